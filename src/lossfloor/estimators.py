@@ -1,0 +1,263 @@
+"""Estimators of the optimal x0 loss J*(sigma) = E[tr Var(x0 | x~)] / D on a finite dataset.
+
+All estimators draw queries x~ = x_src + sigma * eps from source points x_src of the dataset and
+differ in which data points normalise each query's posterior:
+
+- ``full``: the whole dataset (exact posterior).  Sources are stratified: every point is the source
+  of the same number of queries, up to one.
+- ``dol`` / ``cdol`` / ``snis``: a random subset of L points that contains the source (reconstructed
+  from the paper's description, see docs in README): the self-pair's weight is divided by C.
+  C = 1 is DOL, C = inf drops the self-pair (SNIS over the other L - 1 points); cDOL's default is
+  C = 4 N / L.  The research note derives C ~ (N-1)/(L-1) as the ratio estimator of the full sums.
+
+Two per-query forms: ``rb`` (Rao-Blackwellised, the posterior variance E[||x||^2|x~] - ||E[x|x~]||^2,
+our default) and ``global`` (the paper's A - B with A = mean ||x_n||^2 over the whole dataset and
+B from ||E[x|x~]||^2, which suffers Monte-Carlo cancellation when both terms are near A).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from tqdm.auto import tqdm
+
+from .curve import OptimalLossCurve
+from .kernel import posterior_stats
+
+Tensor = torch.Tensor
+ESTIMATORS = ("full", "cdol", "dol", "snis")
+FORMS = ("rb", "global")
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """How to estimate one sigma level: estimator, queries per level, subset size, C, form."""
+
+    estimator: str = "full"
+    queries: int = 1024  # Monte-Carlo queries per sigma level
+    subset: int | None = None  # L for subset estimators (default min(N, 4096))
+    C: float | None = None  # self-pair down-weighting; default 4N/L for cdol
+    form: str = "rb"
+    batch_size: int = 512  # queries per kernel call
+    chunk_size: int = 8192  # data rows per GEMM
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        if self.form not in FORMS:
+            raise ValueError(f"unknown form {self.form!r}; choose from {', '.join(FORMS)}")
+        if self.queries < 2:
+            raise ValueError(f"need at least 2 queries per level, got {self.queries}")
+        if self.subset is not None and self.subset < 2:
+            raise ValueError(f"subset size L must be at least 2, got {self.subset}")
+        if self.C is not None and self.C < 1:
+            raise ValueError(f"C must be >= 1, got {self.C}")
+
+    def subset_size(self, n: int) -> int:
+        """L, checked against the dataset size."""
+        size = self.subset if self.subset is not None else min(n, 4096)
+        if size > n:
+            raise ValueError(f"subset size L={size} exceeds the dataset size N={n}")
+        return size
+
+    def self_weight(self, n: int) -> float:
+        """C, the factor dividing the self-pair's kernel weight."""
+        if self.estimator == "dol":
+            return 1.0
+        if self.estimator == "snis":
+            return math.inf
+        if self.estimator == "cdol":
+            return self.C if self.C is not None else 4.0 * n / self.subset_size(n)
+        return 1.0
+
+
+@dataclass(frozen=True)
+class LevelEstimate:
+    """J*(sigma) per dimension, its standard error and the number of queries behind it."""
+
+    sigma: float
+    loss: float
+    stderr: float
+    queries: int
+
+
+def stratified_sources(n: int, m: int, generator: torch.Generator) -> Tensor:
+    """m source indices in which every point of range(n) appears floor(m/n) or ceil(m/n) times."""
+    reps, rest = divmod(m, n)
+    parts = [torch.arange(n).repeat(reps), torch.randperm(n, generator=generator)[:rest]]
+    return torch.cat(parts)
+
+
+def _rows(data, idx: Tensor, device, dtype) -> Tensor:
+    """Rows of a tensor or an array-like (memmap) by index."""
+    if isinstance(data, Tensor):
+        return data[idx.to(data.device)].to(device=device, dtype=dtype)
+    order = np.argsort(idx.numpy())
+    rows = np.empty((len(idx),) + tuple(data.shape[1:]), dtype=data.dtype)
+    rows[order] = data[np.sort(idx.numpy())]  # sorted reads are sequential on a memmap
+    return torch.from_numpy(rows).to(device=device, dtype=dtype)
+
+
+class DataMatrix:
+    """Data rows as an (N, D) tensor or array-like (memmap), with the centre and mean squared norm."""
+
+    def __init__(self, rows, *, device="cpu", dtype=torch.float32, chunk_size: int = 8192):
+        if len(rows) < 2:
+            raise ValueError(f"need at least 2 data points, got {len(rows)}")
+        self.rows = rows.reshape(len(rows), -1)
+        if isinstance(self.rows, Tensor):  # in-memory data lives on the working device
+            self.rows = self.rows.to(device=device, dtype=dtype)
+        self.device, self.dtype, self.chunk_size = torch.device(device), dtype, chunk_size
+        self.n, self.dim = self.rows.shape
+        self.center = sum(x.sum(0) for x in self._chunks()) / self.n
+        # Two passes: the centred second moment is tr Cov(x0), the large-sigma limit of J* (summed).
+        self.mean_sq = sum((x - self.center).pow(2).sum().item() for x in self._chunks()) / self.n
+
+    def _chunks(self):
+        for start in range(0, self.n, self.chunk_size):
+            yield torch.as_tensor(np.asarray(self.rows[start:start + self.chunk_size]), dtype=torch.float64)
+
+    @property
+    def variance(self) -> float:
+        """Per-dimension data variance, the large-sigma limit of J*."""
+        return self.mean_sq / self.dim
+
+    def centered_rows(self, idx: Tensor) -> Tensor:
+        """Rows by index, centred, on the working device and dtype."""
+        return _rows(self.rows, idx, self.device, self.dtype) - self.center.to(self.device, self.dtype)
+
+
+def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
+                   generator: torch.Generator, progress=None) -> LevelEstimate:
+    """Estimate J*(sigma) per dimension with its standard error."""
+    if not sigma > 0 or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be positive and finite, got {sigma}")
+    if config.estimator == "full":
+        values = _full_values(data, sigma, config, generator, progress)
+        se = values.std().item() / math.sqrt(len(values))
+    else:
+        values, block = _subset_values(data, sigma, config, generator, progress)
+        # Queries sharing a subset are correlated: the standard error comes from block means.
+        means = values.view(-1, block).mean(1)
+        se = means.std().item() / math.sqrt(len(means))
+    return LevelEstimate(float(sigma), values.mean().item(), se, len(values))
+
+
+def _value(stats, data: DataMatrix, form: str) -> Tensor:
+    if form == "rb":
+        v = stats.variance()
+    else:
+        v = data.mean_sq - stats.mean().pow(2).sum(1)
+    return v / data.dim
+
+
+def _noisy(x_src: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
+    # Noise is drawn on the CPU in float64 so results do not depend on the device or dtype.
+    eps = torch.randn(x_src.shape, generator=generator, dtype=torch.float64)
+    return x_src + (sigma * eps).to(device=x_src.device, dtype=x_src.dtype)
+
+
+def _full_values(data, sigma, config, generator, progress) -> Tensor:
+    sources = stratified_sources(data.n, config.queries, generator)
+    out = []
+    for idx in sources.split(config.batch_size):
+        x_src = data.centered_rows(idx)
+        stats = posterior_stats(_noisy(x_src, sigma, generator), data.rows, sigma,
+                                shift=data.center, chunk_size=config.chunk_size)
+        out.append(_value(stats, data, config.form).cpu())
+        if progress is not None:
+            progress(len(idx))
+    return torch.cat(out)
+
+
+def _subset_values(data, sigma, config, generator, progress) -> tuple[Tensor, int]:
+    size = config.subset_size(data.n)
+    log_w = -math.log(config.self_weight(data.n))
+    blocks = max(8, math.ceil(config.queries / size))
+    per_block = max(1, math.ceil(config.queries / blocks))
+    out = []
+    for _ in range(blocks):
+        members = torch.randperm(data.n, generator=generator)[:size]
+        subset = data.centered_rows(members)
+        for first in range(0, per_block, config.batch_size):
+            local = torch.arange(first, min(per_block, first + config.batch_size))
+            queries = _noisy(subset[local], sigma, generator)
+            stats = posterior_stats(queries, subset, sigma, self_index=local.to(data.device),
+                                    self_log_weight=log_w, chunk_size=config.chunk_size)
+            out.append(_value(stats, data, config.form).cpu())
+            if progress is not None:
+                progress(len(local))
+    return torch.cat(out), per_block
+
+
+def level_generator(seed: int, sigma: float) -> torch.Generator:
+    """A generator keyed by (seed, sigma), so a level's numbers do not depend on the rest of the grid."""
+    key = hashlib.sha256(f"{seed}:{float(sigma):.17g}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(key[:7], "little"))
+
+
+class Estimator:
+    """J*(sigma) on one dataset, optionally class-conditional (posterior within the query's class)."""
+
+    def __init__(self, rows, config: EstimatorConfig = EstimatorConfig(), *, labels=None,
+                 device="cpu", dtype=torch.float32):
+        self.config = config
+        self.data = DataMatrix(rows, device=device, dtype=dtype, chunk_size=config.chunk_size)
+        self.classes: list[tuple[float, DataMatrix]] = []
+        if labels is not None:
+            labels = np.asarray(labels)
+            if len(labels) != self.data.n:
+                raise ValueError(f"{len(labels)} labels for {self.data.n} data points")
+            for c in np.unique(labels):
+                idx = np.nonzero(labels == c)[0]
+                self.classes.append((len(idx) / self.data.n, DataMatrix(self.data.rows[idx], device=device,
+                                     dtype=dtype, chunk_size=config.chunk_size)))
+        config.subset_size(min([self.data.n] + [d.n for _, d in self.classes]))  # L <= N, checked early
+
+    def level(self, sigma: float, seed: int = 0, progress=None) -> LevelEstimate:
+        """J*(sigma) per dimension with its standard error."""
+        gen = level_generator(seed, sigma)
+        if not self.classes:
+            return estimate_level(self.data, sigma, self.config, gen, progress)
+        value = var = 0.0
+        used = 0
+        for frac, part in self.classes:
+            m = max(2, round(self.config.queries * frac))
+            est = estimate_level(part, sigma, replace(self.config, queries=m), gen, progress)
+            value += frac * est.loss
+            var += (frac * est.stderr) ** 2
+            used += est.queries
+        return LevelEstimate(float(sigma), value, math.sqrt(var), used)
+
+    def curve(self, sigmas, seed: int = 0, done: dict | None = None, on_level=None,
+              progress: bool = False) -> OptimalLossCurve:
+        """Estimate every sigma level; `done` maps sigma to finished LevelEstimates (resume), and
+        `on_level(estimate)` is called after each new level (to save progress)."""
+        sigmas = [float(s) for s in sigmas]
+        for s in sigmas:
+            if not s > 0 or not math.isfinite(s):
+                raise ValueError(f"sigma must be positive and finite, got {s}")
+        done = dict(done or {})
+        todo = [s for s in sigmas if s not in done]
+        bar = tqdm(total=len(todo) * self.config.queries, unit="query", disable=not progress,
+                   desc="optimal loss")
+        for s in todo:
+            bar.set_postfix(sigma=f"{s:.3g}")
+            done[s] = self.level(s, seed, bar.update)
+            if on_level is not None:
+                on_level(done[s])
+        bar.close()
+        levels = [done[s] for s in sigmas]
+        return OptimalLossCurve(
+            sigma=[e.sigma for e in levels], loss=[e.loss for e in levels],
+            stderr=[e.stderr for e in levels], data_variance=self.data.variance,
+            n=self.data.n, dim=self.data.dim,
+            settings={**asdict(self.config), "seed": seed, "dtype": str(self.data.dtype).replace("torch.", ""),
+                      "class_conditional": bool(self.classes),
+                      "C_used": self.config.self_weight(self.data.n) if self.config.estimator != "full" else None,
+                      "queries_used": [e.queries for e in levels]})

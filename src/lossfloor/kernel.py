@@ -1,0 +1,113 @@
+"""The posterior kernel: softmax-weighted moments of a dataset around noisy queries.
+
+For a query x~ = x0 + sigma * eps (VE coordinates) the posterior over the N data points is
+softmax_n(-||x~ - x_n||^2 / 2 sigma^2).  Dropping the per-query constant ||x~||^2 the logits are
+(x~ . x_n - ||x_n||^2 / 2) / sigma^2: one GEMM for the logits and one for the weighted sum, streamed
+over chunks of the dataset with an online log-sum-exp.  The partial sums (max, sum exp, sum w x,
+sum w ||x||^2) merge associatively, which is how chunks, and ranks of a distributed job, are combined.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+F64 = torch.float64
+
+
+@dataclass
+class PosteriorStats:
+    """Unnormalised posterior sums, scaled by exp(-log_max) per query; merge with `merge`."""
+
+    log_max: Tensor  # (M,) running maximum logit
+    weight: Tensor  # (M,) sum_n exp(l_n - log_max)
+    weighted_x: Tensor  # (M, D) sum_n exp(l_n - log_max) x_n
+    weighted_sq: Tensor  # (M,) sum_n exp(l_n - log_max) ||x_n||^2
+
+    def merge(self, other: "PosteriorStats") -> "PosteriorStats":
+        """Combine sums over two disjoint sets of data points (log-sum-exp form)."""
+        new_max = torch.maximum(self.log_max, other.log_max)
+        safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        a, b = torch.exp(self.log_max - safe), torch.exp(other.log_max - safe)
+        return PosteriorStats(
+            new_max,
+            a * self.weight + b * other.weight,
+            a[:, None] * self.weighted_x + b[:, None] * other.weighted_x,
+            a * self.weighted_sq + b * other.weighted_sq,
+        )
+
+    def mean(self) -> Tensor:
+        """Posterior mean E[x0 | x~], shape (M, D)."""
+        return self.weighted_x / self.weight[:, None]
+
+    def second_moment(self) -> Tensor:
+        """E[||x0||^2 | x~], shape (M,)."""
+        return self.weighted_sq / self.weight
+
+    def variance(self) -> Tensor:
+        """tr Var(x0 | x~) = E[||x0||^2 | x~] - ||E[x0 | x~]||^2, clamped at 0 against round-off."""
+        return (self.second_moment() - self.mean().pow(2).sum(1)).clamp_min(0)
+
+
+def _as_tensor(rows, device, dtype) -> Tensor:
+    if isinstance(rows, np.ndarray):
+        rows = torch.from_numpy(np.ascontiguousarray(rows))
+    return rows.to(device=device, dtype=dtype)
+
+
+def posterior_stats(
+    queries: Tensor,
+    data,
+    sigma: float,
+    *,
+    shift: Tensor | None = None,
+    self_index: Tensor | None = None,
+    self_log_weight: float = 0.0,
+    row_offset: int = 0,
+    chunk_size: int = 8192,
+) -> PosteriorStats:
+    """Posterior sums of `queries` (M, D) against `data` rows (a tensor or an array-like such as a
+    numpy memmap), computed in the queries' dtype on their device, accumulated in float64.
+
+    shift: subtracted from every data row as it is read (centring keeps ||x||^2 small).
+    self_index: per query, the global row index of its source; that pair's logit gets `self_log_weight`
+    added (log(1/C) for cDOL, -inf to exclude it).  row_offset: global index of data[0].
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    device, dtype = queries.device, queries.dtype
+    m, d = queries.shape
+    inv_var = 1.0 / (float(sigma) ** 2)
+    q_scaled = queries * inv_var
+    total = PosteriorStats(
+        torch.full((m,), -torch.inf, dtype=F64, device=device),
+        torch.zeros(m, dtype=F64, device=device),
+        torch.zeros(m, d, dtype=F64, device=device),
+        torch.zeros(m, dtype=F64, device=device),
+    )
+    if shift is not None:
+        shift = shift.to(device=device, dtype=dtype)
+    for start in range(0, len(data), chunk_size):
+        x = _as_tensor(data[start:start + chunk_size], device, dtype)
+        if shift is not None:
+            x = x - shift
+        sq = x.pow(2).sum(1)
+        logits = torch.addmm((-0.5 * inv_var) * sq[None, :], q_scaled, x.T)
+        if self_index is not None and self_log_weight != 0.0:
+            local = self_index - (row_offset + start)
+            rows = torch.nonzero((local >= 0) & (local < len(x))).flatten()
+            logits[rows, local[rows]] += self_log_weight
+        cmax = logits.max(1).values
+        safe = torch.where(torch.isfinite(cmax), cmax, torch.zeros_like(cmax))
+        w = logits.sub_(safe[:, None]).exp_()  # in place: the (M, chunk) buffer is the big one
+        chunk = PosteriorStats(
+            cmax.to(F64),
+            w.sum(1, dtype=F64),
+            (w @ x).to(F64),
+            (w @ sq[:, None]).squeeze(1).to(F64),
+        )
+        total = total.merge(chunk)
+    return total
