@@ -14,10 +14,18 @@ import torch
 
 from .formulation import Objective
 
-# Beyond the grid J* is extended by J(sigma_min) (sigma/sigma_min)^2 below (the small-noise behaviour
-# of a smooth density; for a finite dataset J* decays even faster) and by the data variance above.
+# J* is interpolated as z = logit(J*/V) linearly in log sigma (V the data variance): exact for Gaussian
+# data with equal eigenvalues, where z = 2 log sigma - log V, and so far more accurate than linear J* on a
+# coarse grid (0.7% against 1e-5 for the EDM total at 10 levels per decade).  Beyond the grid z continues
+# with slope 2: J ~ J(s_min) (s/s_min)^2 below (the small-noise behaviour of a smooth density; a finite
+# dataset's J* decays faster, like exp(-d_nn^2 / 8 s^2), so this overestimates) and V - J ~ (V -
+# J(s_max)) (s_max/s)^2 above (the large-noise expansion J* = V - tr(Cov^2) / (D s^2) + ...).  Where a
+# value lies outside (0, V) (Monte-Carlo noise) the same shapes are used linearly in J*.  Standard errors
+# are propagated through the Jacobian of this map (exact where it is linear, first order otherwise).
 TAIL_DECADES = 6.0
-MASS_TOLERANCE = 1e-6
+QUADRATURE_NODES = 16001
+REDUCTIONS = ("mean", "sum")
+MASS_TOLERANCE = 1e-6  # noise mass allowed beyond the extended range, where the integral stops
 
 
 @dataclass(frozen=True)
@@ -56,53 +64,84 @@ class OptimalLossCurve:
             self.sigma, self.loss, self.stderr = self.sigma[order], self.loss[order], self.stderr[order]
 
     # -- evaluation ------------------------------------------------------------------------
-    def _basis(self, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """J*(sigma) = B @ loss + c: linear in the grid values, so errors propagate exactly."""
+    def _evaluate(self, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """J*(sigma) and its Jacobian with respect to the grid values, shape (len(sigma), len(grid))."""
         ls, grid = np.log(np.asarray(sigma, dtype=float)), np.log(self.sigma)
-        basis = np.stack([np.interp(ls, grid, np.eye(len(grid))[i]) for i in range(len(grid))], 1)
-        const = np.zeros(len(ls))
-        below, above = ls < grid[0], ls > grid[-1]
-        basis[below] = 0.0
-        basis[below, 0] = np.exp(2 * (ls[below] - grid[0]))
-        basis[above] = 0.0
-        const[above] = self.data_variance
-        return basis, const
+        v, n = self.data_variance, len(grid)
+        # Each point is a combination of two grid values i, j (equal in the tails) with slopes.
+        i = np.clip(np.searchsorted(grid, ls, side="right") - 1, 0, n - 1)
+        j = np.minimum(i + 1, n - 1)
+        below, above = ls < grid[0], ls >= grid[-1]
+        i[below], j[below] = 0, 0
+        span = np.where(j > i, grid[j] - grid[i], 1.0)
+        w = np.where(j > i, (ls - grid[i]) / span, 0.0)
+        ui, uj = self.loss[i] / v, self.loss[j] / v
+        # Tails: logit shifts by 2 (log sigma - log sigma_edge); linearly, J scales by the same factor.
+        tail = np.where(below, 2 * (ls - grid[0]), np.where(above, 2 * (ls - grid[-1]), 0.0))
+        logit = (ui > 0) & (ui < 1) & (uj > 0) & (uj < 1)
+        jac = np.zeros((len(ls), n))
+        rows = np.arange(len(ls))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (1 - w) * np.log(ui / (1 - ui)) + w * np.log(uj / (1 - uj)) + tail
+            u = 1 / (1 + np.exp(-z))
+            gi = np.where(logit, u * (1 - u) / (ui * (1 - ui)), 0.0)
+            gj = np.where(logit, u * (1 - u) / (uj * (1 - uj)), 0.0)
+        # Linear fallback: interpolation inside, J(s_min) e^tail below, V - (V - J(s_max)) e^-tail above.
+        scale = np.where(above, np.exp(-tail), np.exp(tail))
+        lin = (1 - w) * self.loss[i] + w * self.loss[j]
+        lin = np.where(below, lin * scale, np.where(above, v - (v - self.loss[i]) * scale, lin))
+        lin_gi = np.where(below | above, scale, 1 - w)
+        values = np.where(logit, v * u, lin)
+        np.add.at(jac, (rows, i), np.where(logit, (1 - w) * gi, lin_gi))
+        np.add.at(jac, (rows, j), np.where(logit, w * gj, np.where(below | above, 0.0, w)))
+        return values, jac
 
-    def __call__(self, sigma) -> np.ndarray:
-        """J*(sigma), interpolated linearly in log sigma and extended beyond the grid."""
+    def _scale(self, reduction: str) -> float:
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; choose from {', '.join(REDUCTIONS)}")
+        return 1.0 if reduction == "mean" else float(self.dim)
+
+    def __call__(self, sigma, reduction: str = "mean") -> np.ndarray:
+        """J*(sigma), interpolated in log sigma and extended beyond the grid (see the top); per dimension
+        (reduction="mean") or summed over the D dimensions (reduction="sum")."""
         scalar = np.ndim(sigma) == 0
-        basis, const = self._basis(np.atleast_1d(sigma))
-        out = basis @ self.loss + const
+        out = self._evaluate(np.atleast_1d(sigma))[0] * self._scale(reduction)
         return out[0] if scalar else out
 
-    def total(self, objective: Objective) -> TotalLoss:
-        """The objective's optimal loss E_{p(sigma)}[lambda(sigma) J*(sigma)] per dimension."""
+    def _quadrature(self, objective: Objective) -> tuple[np.ndarray, np.ndarray]:
+        """Nodes in log sigma and weights (p(log sigma) d log sigma, or atom masses) for E_p."""
         grid = np.log(self.sigma)
         lo, hi = grid[0] - TAIL_DECADES * math.log(10), grid[-1] + TAIL_DECADES * math.log(10)
+        support = f"sigma in [{math.exp(lo):.3g}, {math.exp(hi):.3g}] ({TAIL_DECADES:g} decades beyond the grid)"
         if objective.is_discrete:
-            sig = objective.atoms().numpy()
-            coef = np.full(len(sig), 1.0 / len(sig))
-            ls = np.log(sig)
+            ls = np.log(objective.atoms().numpy())
             if ls.min() < lo or ls.max() > hi:
-                raise ValueError(f"{objective.name}: noise levels outside [{math.exp(lo):.3g}, {math.exp(hi):.3g}]")
-        else:
-            mass = objective.cdf(torch.tensor(lo)).item() + 1 - objective.cdf(torch.tensor(hi)).item()
-            if mass > MASS_TOLERANCE:
-                raise ValueError(
-                    f"{objective.name}: {mass:.2g} of the noise density lies outside sigma in "
-                    f"[{math.exp(lo):.3g}, {math.exp(hi):.3g}]; widen the sigma grid")
-            ls = np.linspace(lo, hi, 8001)
-            logp = objective.log_density(torch.tensor(ls)).numpy()
-            coef = np.where(np.isfinite(logp), np.exp(logp), 0.0) * np.gradient(ls)
-            sig = np.exp(ls)
-        lam = np.nan_to_num(objective.x0_weight(torch.tensor(sig)).numpy(), nan=0.0, posinf=0.0)
-        coef = coef * lam
-        basis, const = self._basis(sig)
-        inside = (ls >= grid[0]) & (ls <= grid[-1])
-        value = coef @ (basis @ self.loss + const)
-        outside = coef[~inside] @ (basis[~inside] @ self.loss + const[~inside])
-        stderr = math.sqrt(float(np.sum((coef @ basis) ** 2 * self.stderr**2)))
-        return TotalLoss(float(value), stderr, float(outside))
+                raise ValueError(f"{objective.name}: noise levels outside {support}; widen the sigma grid")
+            return ls, np.full(len(ls), 1.0 / len(ls))
+        mass = objective.cdf(torch.tensor(lo)).item() + 1 - objective.cdf(torch.tensor(hi)).item()
+        if mass > MASS_TOLERANCE:
+            raise ValueError(f"{objective.name}: {mass:.2g} of the noise density lies outside {support}; "
+                             "widen the sigma grid")
+        # Trapezoid rule on a fine mesh that contains the grid nodes, where J* has its kinks.
+        ls = np.union1d(np.linspace(lo, hi, QUADRATURE_NODES), grid)
+        logp = objective.log_density(torch.tensor(ls)).numpy()
+        h = np.diff(ls)
+        weights = np.concatenate([h, [0.0]]) / 2 + np.concatenate([[0.0], h]) / 2
+        return ls, np.where(np.isfinite(logp), np.exp(logp), 0.0) * weights
+
+    def total(self, objective: Objective, reduction: str = "mean") -> TotalLoss:
+        """The objective's optimal loss E_{p(sigma)}[lambda(sigma) J*(sigma)], per dimension
+        (reduction="mean") or summed over dimensions (reduction="sum"), with its standard error."""
+        scale = self._scale(reduction)
+        ls, coef = self._quadrature(objective)
+        lam = objective.x0_weight(torch.tensor(np.exp(ls))).numpy()
+        coef = coef * np.where(coef > 0, lam, 0.0)  # lambda may be infinite where p vanishes
+        values, jac = self._evaluate(np.exp(ls))
+        grid = np.log(self.sigma)
+        outside = (ls < grid[0]) | (ls > grid[-1])
+        stderr = math.sqrt(float(np.sum((coef @ jac) ** 2 * self.stderr**2)))
+        return TotalLoss(float(coef @ values) * scale, stderr * scale,
+                         float(coef[outside] @ values[outside]) * scale)
 
     def critical_sigma(self, fraction: float = 0.01) -> float:
         """The smallest grid sigma where J* exceeds `fraction` of the data variance (nan if none)."""
@@ -139,12 +178,24 @@ class OptimalLossCurve:
 
 def atomic_write_text(path, text: str) -> None:
     """Write text to `path` through a temporary file in the same folder, then rename."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write bytes to `path` through a temporary file in the same folder, then rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give outputs the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -27,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .curve import OptimalLossCurve
-from .kernel import posterior_stats
+from .distributed import sharded_posterior_stats
+from .storage import take_rows
 
 Tensor = torch.Tensor
 ESTIMATORS = ("full", "cdol", "dol", "snis")
@@ -120,7 +121,8 @@ class DataMatrix:
 
     def _chunks(self):
         for start in range(0, self.n, self.chunk_size):
-            yield torch.as_tensor(np.asarray(self.rows[start:start + self.chunk_size]), dtype=torch.float64)
+            rows = self.rows[start:start + self.chunk_size]  # a tensor may live on the GPU: no numpy trip
+            yield rows.double() if isinstance(rows, Tensor) else torch.from_numpy(np.array(rows, dtype=np.float64))
 
     @property
     def variance(self) -> float:
@@ -167,8 +169,8 @@ def _full_values(data, sigma, config, generator, progress) -> Tensor:
     out = []
     for idx in sources.split(config.batch_size):
         x_src = data.centered_rows(idx)
-        stats = posterior_stats(_noisy(x_src, sigma, generator), data.rows, sigma,
-                                shift=data.center, chunk_size=config.chunk_size)
+        stats = sharded_posterior_stats(_noisy(x_src, sigma, generator), data.rows, sigma,
+                                        shift=data.center, chunk_size=config.chunk_size)
         out.append(_value(stats, data, config.form).cpu())
         if progress is not None:
             progress(len(idx))
@@ -178,8 +180,8 @@ def _full_values(data, sigma, config, generator, progress) -> Tensor:
 def _subset_values(data, sigma, config, generator, progress) -> tuple[Tensor, int]:
     size = config.subset_size(data.n)
     log_w = -math.log(config.self_weight(data.n))
-    blocks = max(8, math.ceil(config.queries / size))
-    per_block = max(1, math.ceil(config.queries / blocks))
+    per_block = subset_block_size(config, data.n)
+    blocks = math.ceil(config.queries / per_block)
     out = []
     for _ in range(blocks):
         members = torch.randperm(data.n, generator=generator)[:size]
@@ -187,12 +189,18 @@ def _subset_values(data, sigma, config, generator, progress) -> tuple[Tensor, in
         for first in range(0, per_block, config.batch_size):
             local = torch.arange(first, min(per_block, first + config.batch_size))
             queries = _noisy(subset[local], sigma, generator)
-            stats = posterior_stats(queries, subset, sigma, self_index=local.to(data.device),
-                                    self_log_weight=log_w, chunk_size=config.chunk_size)
+            stats = sharded_posterior_stats(queries, subset, sigma, self_index=local.to(data.device),
+                                            self_log_weight=log_w, chunk_size=config.chunk_size)
             out.append(_value(stats, data, config.form).cpu())
             if progress is not None:
                 progress(len(local))
     return torch.cat(out), per_block
+
+
+def subset_block_size(config: EstimatorConfig, n: int) -> int:
+    """Queries per random subset: at most L, and small enough for at least 32 independent blocks,
+    whose means give the standard error (a subset costs only L rows to load, so blocks are cheap)."""
+    return max(1, min(config.subset_size(n), config.queries // 32))
 
 
 def level_generator(seed: int, sigma: float) -> torch.Generator:
@@ -215,9 +223,17 @@ class Estimator:
                 raise ValueError(f"{len(labels)} labels for {self.data.n} data points")
             for c in np.unique(labels):
                 idx = np.nonzero(labels == c)[0]
-                self.classes.append((len(idx) / self.data.n, DataMatrix(self.data.rows[idx], device=device,
-                                     dtype=dtype, chunk_size=config.chunk_size)))
+                part = DataMatrix(take_rows(self.data.rows, idx), device=device, dtype=dtype,
+                                  chunk_size=config.chunk_size)
+                self.classes.append((len(idx) / self.data.n, part))
         config.subset_size(min([self.data.n] + [d.n for _, d in self.classes]))  # L <= N, checked early
+
+    @property
+    def data_variance(self) -> float:
+        """Per-dimension large-sigma limit of J*: the data variance, or the mean within-class variance."""
+        if not self.classes:
+            return self.data.variance
+        return sum(frac * part.variance for frac, part in self.classes)
 
     def level(self, sigma: float, seed: int = 0, progress=None) -> LevelEstimate:
         """J*(sigma) per dimension with its standard error."""
@@ -255,7 +271,7 @@ class Estimator:
         levels = [done[s] for s in sigmas]
         return OptimalLossCurve(
             sigma=[e.sigma for e in levels], loss=[e.loss for e in levels],
-            stderr=[e.stderr for e in levels], data_variance=self.data.variance,
+            stderr=[e.stderr for e in levels], data_variance=self.data_variance,
             n=self.data.n, dim=self.data.dim,
             settings={**asdict(self.config), "seed": seed, "dtype": str(self.data.dtype).replace("torch.", ""),
                       "class_conditional": bool(self.classes),

@@ -61,10 +61,15 @@ class Process:
         """(d alpha/dt, d sigma/dt) by autograd, so each process is written once."""
         t = _t64(t).detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            a, s = self.alpha(t), self.sigma(t)
-            da, = torch.autograd.grad(a.sum(), t, retain_graph=True)
-            ds, = torch.autograd.grad(s.sum(), t)
-        return da.detach(), ds.detach()
+            return _grad(self.alpha(t), t), _grad(self.sigma(t), t)
+
+
+def _grad(y: Tensor, t: Tensor) -> Tensor:
+    """Elementwise dy/dt; zero where y does not depend on t (e.g. VE's constant alpha)."""
+    if not y.requires_grad:
+        return torch.zeros_like(t).detach()
+    g, = torch.autograd.grad(y.sum(), t, allow_unused=True, materialize_grads=True)
+    return g.detach()
 
 
 class VE(Process):

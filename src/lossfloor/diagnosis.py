@@ -1,0 +1,283 @@
+"""Diagnose a denoiser against the optimal loss J*(sigma), and `GapMonitor` for users' own loops.
+
+The model's x0 loss at a noise level is E ||D(x0 + sigma eps, sigma) - x0||^2 / D over the data, the same
+normalisation as J*; on the training data it can never be below J* (the posterior mean is optimal), so a
+value below J* beyond 3 standard errors means a bug in the evaluation or the data pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .curve import OptimalLossCurve
+from .estimators import LevelEstimate, level_generator, stratified_sources
+from .formulation import Objective, target_error_factor
+from .training import BinnedLoss, per_sample_x0_loss
+
+Tensor = torch.Tensor
+VIOLATION_SE = 3.0  # standard errors below J* that count as impossible
+
+
+@dataclass(frozen=True)
+class LevelGap:
+    """Model loss and optimal loss at one sigma, per dimension, with standard errors."""
+
+    sigma: float
+    model_loss: float
+    model_stderr: float
+    optimal_loss: float
+    optimal_stderr: float
+    data_variance: float
+
+    @property
+    def gap(self) -> float:
+        return self.model_loss - self.optimal_loss
+
+    @property
+    def gap_stderr(self) -> float:
+        return math.hypot(self.model_stderr, self.optimal_stderr)
+
+    @property
+    def relative_gap(self) -> float:
+        """The gap as a fraction of the per-dimension data variance."""
+        return self.gap / self.data_variance
+
+    @property
+    def below_floor(self) -> bool:
+        """True when the model beats J* by more than VIOLATION_SE standard errors (impossible on train)."""
+        return self.gap < -VIOLATION_SE * self.gap_stderr
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "gap": self.gap, "gap_stderr": self.gap_stderr,
+                "relative_gap": self.relative_gap, "below_floor": self.below_floor}
+
+
+def _device_of(denoiser, fallback) -> torch.device:
+    """Where a module's parameters live (the fallback for plain callables)."""
+    params = list(denoiser.parameters()) if isinstance(denoiser, torch.nn.Module) else []
+    return params[0].device if params else fallback
+
+
+@torch.no_grad()
+def model_level(denoiser, x: Tensor, sigma: float, queries: int, generator: torch.Generator,
+                batch_size: int = 512) -> LevelEstimate:
+    """The denoiser's per-dimension x0 loss at sigma on data x, from `queries` noisy copies (stratified)."""
+    device = _device_of(denoiser, x.device)
+    sources = stratified_sources(len(x), queries, generator)
+    losses = []
+    for idx in sources.split(batch_size):
+        x0 = x[idx].to(device)
+        eps = torch.randn(x0.shape, generator=generator).to(device)
+        losses.append(per_sample_x0_loss(denoiser(x0 + sigma * eps, sigma), x0).double().cpu())
+    values = torch.cat(losses)
+    return LevelEstimate(float(sigma), values.mean().item(), values.std().item() / math.sqrt(len(values)),
+                         len(values))
+
+
+def model_curve(denoiser, x: Tensor, sigmas, queries: int, seed: int = 0, progress=None) -> OptimalLossCurve:
+    """The denoiser's x0 loss on a sigma grid, in the optimal-loss curve's container (for `total`)."""
+    levels = []
+    for s in sigmas:
+        levels.append(model_level(denoiser, x, float(s), queries, level_generator(seed + 1, float(s))))
+        if progress is not None:
+            progress(1)
+    rows = x.reshape(len(x), -1).double()
+    variance = rows.var(0, unbiased=False).mean().item()
+    return OptimalLossCurve([e.sigma for e in levels], [e.loss for e in levels], [e.stderr for e in levels],
+                            variance, len(x), rows.shape[1], settings={"queries": queries, "seed": seed})
+
+
+def compare(model: OptimalLossCurve, optimal: OptimalLossCurve) -> list[LevelGap]:
+    """Per-level gaps of a model curve against J* (interpolated where the grids differ)."""
+    exact = len(model.sigma) == len(optimal.sigma) and np.allclose(model.sigma, optimal.sigma, rtol=1e-9)
+    j_star = optimal.loss if exact else optimal(model.sigma)
+    j_se = optimal.stderr if exact else np.interp(np.log(model.sigma), np.log(optimal.sigma), optimal.stderr)
+    return [LevelGap(float(s), float(m), float(me), float(j), float(je), optimal.data_variance)
+            for s, m, me, j, je in zip(model.sigma, model.loss, model.stderr, j_star, j_se, strict=True)]
+
+
+@dataclass
+class Diagnosis:
+    """A model against the optimal loss: per-level gaps (train, optionally test) and objective totals."""
+
+    objective: str
+    train: list[LevelGap]
+    totals: dict  # split -> {model, model_stderr, optimal, optimal_stderr, gap, gap_stderr, extrapolated}
+    test: list[LevelGap] | None = None
+
+    @property
+    def violations(self) -> list[LevelGap]:
+        """Training-data levels where the model is below J* beyond VIOLATION_SE standard errors."""
+        return [g for g in self.train if g.below_floor]
+
+    def to_dict(self) -> dict:
+        return {"objective": self.objective, "train": [g.to_dict() for g in self.train],
+                "test": None if self.test is None else [g.to_dict() for g in self.test],
+                "totals": self.totals, "floor_violation": bool(self.violations),
+                "violation_sigmas": [g.sigma for g in self.violations]}
+
+    def csv_text(self) -> str:
+        """One row per (split, sigma)."""
+        buf = io.StringIO()
+        fields = ["split", *self.train[0].to_dict()]
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for split, gaps in (("train", self.train), ("test", self.test or [])):
+            for g in gaps:
+                writer.writerow({"split": split, **g.to_dict()})
+        return buf.getvalue()
+
+
+def totals(model: OptimalLossCurve, optimal: OptimalLossCurve, objective: Objective) -> dict:
+    """The objective's total model loss, total optimal loss and total gap, per dimension."""
+    m, o = model.total(objective), optimal.total(objective)
+    return {"model": m.value, "model_stderr": m.stderr, "optimal": o.value, "optimal_stderr": o.stderr,
+            "gap": m.value - o.value, "gap_stderr": math.hypot(m.stderr, o.stderr),
+            "model_extrapolated": m.extrapolated, "optimal_extrapolated": o.extrapolated}
+
+
+def diagnose(denoiser, objective: Objective, optimal: OptimalLossCurve, train_x: Tensor, *,
+             test_x: Tensor | None = None, queries: int = 1024, seed: int = 0, progress=None) -> Diagnosis:
+    """Evaluate the denoiser at J*'s sigma levels on the training (and test) data and compare."""
+    model = model_curve(denoiser, train_x, optimal.sigma, queries, seed, progress)
+    result = Diagnosis(objective.name, compare(model, optimal), {"train": totals(model, optimal, objective)})
+    if test_x is not None:
+        held_out = model_curve(denoiser, test_x, optimal.sigma, queries, seed, progress)
+        result.test = compare(held_out, optimal)
+        result.totals["test"] = totals(held_out, optimal, objective)
+    return result
+
+
+def violation_message(diagnosis: Diagnosis) -> str:
+    """The loud warning printed when the model beats the floor on its training data."""
+    where = ", ".join(f"sigma={g.sigma:.3g} (gap {g.gap:.3g} ± {g.gap_stderr:.2g})" for g in diagnosis.violations)
+    return ("IMPOSSIBLE: the model's loss is below the optimal loss J* on the training data at " + where
+            + ". No denoiser can beat the posterior mean, so the model evaluation or the data pipeline is "
+              "wrong (different normalisation, data subset, flip or dataset than J* was computed on?).")
+
+
+def plot_diagnosis(diagnosis: Diagnosis, path, title: str = "") -> None:
+    """Model loss and J* against sigma (top) and the gap with 2-SE bands (bottom), train and test."""
+    from .plots import plt, save_figure
+
+    fig, (ax, gap_ax) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True,
+                                     gridspec_kw={"height_ratios": [3, 2]})
+    sig = np.array([g.sigma for g in diagnosis.train])
+    j_star = np.array([g.optimal_loss for g in diagnosis.train])
+    ax.plot(sig, j_star, "k-", lw=2, label="optimal loss J*(σ)")
+    for split, gaps, color in (("train", diagnosis.train, "C0"), ("test", diagnosis.test, "C1")):
+        if not gaps:
+            continue
+        m = np.array([g.model_loss for g in gaps])
+        gap = np.array([g.gap for g in gaps])
+        se = np.array([g.gap_stderr for g in gaps])
+        ax.plot(sig, m, "o-", color=color, ms=3, label=f"model x0 loss ({split})")
+        gap_ax.fill_between(sig, gap - 2 * se, gap + 2 * se, color=color, alpha=0.25, lw=0)
+        gap_ax.plot(sig, gap, "o-", color=color, ms=3, label=f"gap ({split}) ± 2 SE")
+    bad = diagnosis.violations
+    if bad:
+        gap_ax.plot([g.sigma for g in bad], [g.gap for g in bad], "rx", ms=10, mew=2,
+                    label="below the floor: impossible")
+    ax.axhline(diagnosis.train[0].data_variance, color="gray", ls="--", lw=1, label="data variance")
+    ax.set_xscale("log")
+    ax.set_ylabel("per-dimension x0 MSE")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    gap_ax.axhline(0, color="k", lw=0.8)
+    gap_ax.set_xlabel("noise level σ (VE)")
+    gap_ax.set_ylabel("gap J(σ) − J*(σ)")
+    gap_ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# GapMonitor: the gap inside a user's own training loop.
+# --------------------------------------------------------------------------------------------
+
+
+class GapMonitor:
+    """Running per-log-sigma-bin x0 loss, optimal loss and gap of a training loop.
+
+    ``update(sigma, x0_loss)`` takes VE noise levels and per-sample x0 losses ||x0_hat - x0||^2 / D;
+    ``update_from_target(t, target_loss)`` converts a per-sample target loss (eps, v, ...) of the
+    objective at process times t first.  Each sample's floor J*(sigma_i) is binned alongside, so a bin's
+    gap compares like with like however wide it is.  With an objective, `summary` adds the weighted
+    totals E[lambda (J - J*)] over the samples seen.
+    """
+
+    def __init__(self, curve: OptimalLossCurve, objective: Objective | None = None, edges=None):
+        self.curve, self.objective = curve, objective
+        self.loss, self.floor, self.gap = BinnedLoss(edges), BinnedLoss(edges), BinnedLoss(edges)
+        self._weighted = np.zeros(3)  # sums of lambda J, lambda J*, count
+
+    def reset(self) -> None:
+        """Start a new interval."""
+        for b in (self.loss, self.floor, self.gap):
+            b.reset()
+        self._weighted[:] = 0
+
+    def update(self, sigma, x0_loss) -> None:
+        """Add per-sample x0 losses (per dimension) at VE noise levels sigma."""
+        sigma = np.asarray(torch.as_tensor(sigma).detach().cpu(), dtype=float).ravel()
+        loss = np.asarray(torch.as_tensor(x0_loss).detach().cpu(), dtype=float).ravel()
+        floor = np.asarray(self.curve(sigma), dtype=float)
+        self.loss.update(sigma, loss)
+        self.floor.update(sigma, floor)
+        self.gap.update(sigma, loss - floor)
+        if self.objective is not None:
+            lam = self.objective.x0_weight(torch.as_tensor(sigma)).numpy()
+            self._weighted += [np.sum(lam * loss), np.sum(lam * floor), len(loss)]
+
+    def update_from_target(self, t, target_loss) -> None:
+        """Add per-sample losses on the objective's own target (per dimension) at process times t."""
+        if self.objective is None:
+            raise ValueError("update_from_target needs the objective that defines the target")
+        obj = self.objective
+        t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
+        factor = target_error_factor(obj.target, obj.process, t, obj.precond)
+        x0_loss = torch.as_tensor(target_loss).detach().cpu().double() / factor
+        self.update(obj.process.ve_sigma(t), x0_loss)
+
+    def summary(self) -> dict:
+        """Per-bin rows (x0 loss, J*, gap with standard errors) and, with an objective, weighted totals."""
+        rows = []
+        for lo, fl, gp in zip(self.loss.rows(), self.floor.rows(), self.gap.rows(), strict=True):
+            if lo["count"]:
+                rows.append({"sigma_lo": lo["sigma_lo"], "sigma_hi": lo["sigma_hi"], "sigma": lo["sigma"],
+                             "count": lo["count"], "x0_loss": lo["x0_loss"], "x0_loss_stderr": lo["stderr"],
+                             "optimal_loss": fl["x0_loss"], "gap": gp["x0_loss"], "gap_stderr": gp["stderr"],
+                             "relative_gap": gp["x0_loss"] / self.curve.data_variance})
+        out = {"bins": rows, "outside": self.loss.outside}
+        if self.objective is not None and self._weighted[2]:
+            model, floor, n = self._weighted
+            out.update(objective=self.objective.name, weighted_loss=model / n, weighted_optimal=floor / n,
+                       weighted_gap=(model - floor) / n)
+        return out
+
+    def to_csv(self, path=None) -> str:
+        """The per-bin rows as CSV text, also written atomically to `path` when given."""
+        rows = self.summary()["bins"]
+        buf = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+        if path is not None:
+            from .curve import atomic_write_text
+
+            atomic_write_text(path, buf.getvalue())
+        return buf.getvalue()
+
+    def log_tensorboard(self, writer, step: int) -> None:
+        """Scalars gap/log_sigma_<centre> (and the weighted total) on a SummaryWriter."""
+        summary = self.summary()
+        for row in summary["bins"]:
+            writer.add_scalar(f"gap/log_sigma_{math.log(row['sigma']):+.2f}", row["gap"], step)
+        if "weighted_gap" in summary:
+            writer.add_scalar("gap/weighted_total", summary["weighted_gap"], step)

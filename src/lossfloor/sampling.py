@@ -1,0 +1,88 @@
+"""One sampler for every objective, working on the x0-denoiser D(x~, sigma) in VE coordinates.
+
+The probability-flow ODE is dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, Alg. 1): `heun`
+integrates it with Heun's method; `euler_maruyama` integrates the reverse SDE
+dx = 2 (x - D) / sigma dsigma + sqrt(2 sigma |dsigma|) z.  Both walk down a sigma grid and end with one
+denoising step to sigma = 0.  Whatever the training process, its samples live at alpha = 1 (VE), so
+every objective's denoiser is sampled the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+Tensor = torch.Tensor
+SAMPLERS = ("heun", "euler_maruyama")
+
+
+def karras_sigmas(steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                  rho: float = 7.0) -> Tensor:
+    """EDM's noise levels sigma_max -> sigma_min, uniform in sigma^(1/rho), followed by 0."""
+    if steps < 2:
+        raise ValueError(f"need at least 2 sampling steps, got {steps}")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    inv = sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))
+    return torch.cat([inv**rho, torch.zeros(1, dtype=torch.float64)])
+
+
+@torch.no_grad()
+def sample(denoiser, shape, sigmas: Tensor | None = None, *, method: str = "heun",
+           generator: torch.Generator | None = None, device="cpu", progress: bool = False) -> Tensor:
+    """Draw samples of `shape` = (n, *data_shape) from x ~ N(0, sigma_max^2 I) down the grid `sigmas`."""
+    if method not in SAMPLERS:
+        raise ValueError(f"unknown sampler {method!r}; choose from {', '.join(SAMPLERS)}")
+    sigmas = karras_sigmas() if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
+    noise = lambda: torch.randn(shape, generator=generator).to(device)  # noqa: E731 (CPU draws: device-independent)
+    x = noise() * float(sigmas[0])
+    steps = list(zip(sigmas[:-1].tolist(), sigmas[1:].tolist(), strict=True))
+    for s, s_next in tqdm(steps, disable=not progress, desc="sample", unit="step"):
+        d = (x - denoiser(x, s)) / s
+        if s_next == 0:  # the last step lands on the denoised estimate
+            x = x - s * d
+        elif method == "heun":
+            x_next = x + (s_next - s) * d
+            d_next = (x_next - denoiser(x_next, s_next)) / s_next
+            x = x + (s_next - s) * 0.5 * (d + d_next)
+        else:
+            x = x + 2 * (s_next - s) * d + (2 * s * (s - s_next)) ** 0.5 * noise()
+    return x
+
+
+def plot_samples(x: Tensor, path, reference: Tensor | None = None, title: str = "") -> None:
+    """Images (N, C, H, W) in [-1, 1] as a grid; points as a scatter of the first two coordinates over
+    the reference data in grey."""
+    import math
+
+    import numpy as np
+
+    from .plots import plt, save_figure
+
+    x = x.detach().cpu().float()
+    if x.dim() == 4:
+        n, c, h, w = x.shape
+        cols = math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
+        pixels = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        for i in range(n):
+            r, k = divmod(i, cols)
+            grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = pixels[i]
+        fig, ax = plt.subplots(figsize=(min(12, 0.35 * cols * max(w, 8) / 8 + 1),) * 2)
+        ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.axis("off")
+    else:
+        pts = x.reshape(len(x), -1)
+        if pts.shape[1] < 2:
+            raise ValueError(f"cannot draw samples of shape {tuple(x.shape[1:])}: need images or 2+ coordinates")
+        fig, ax = plt.subplots(figsize=(5.5, 5.5))
+        if reference is not None:
+            ref = reference.reshape(len(reference), -1)[:, :2].cpu().numpy()
+            ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.7", label="data")
+        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=3, color="C0", label="samples")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)

@@ -1,0 +1,443 @@
+"""Objective-driven training of diffusion models, with per-sigma x0-loss logging and exact resume.
+
+The objective decides everything formulation-specific: ``objective.sample_t`` draws the times, the
+process noises the data, ``make_target`` builds the regression target and ``objective.target_weight``
+weighs its squared error.  Nothing in the loop is special-cased per formulation.
+
+Programmatic API::
+
+    from lossfloor.training import TrainConfig, train, load_checkpoint
+    from lossfloor.models import ModelConfig
+    trainer = train(x, "edm", ModelConfig("unet", x.shape[1:]), TrainConfig(steps=2000), out="run/")
+    denoiser = trainer.denoiser()          # EMA weights: callable (x_tilde, sigma) -> x0_hat
+    trainer.last_interval                  # BinnedLoss of the last logging interval
+    ckpt = load_checkpoint("run/checkpoint.pt"); denoiser = ckpt.denoiser()
+
+- ``x`` is an (N, *shape) float tensor (images in [-1, 1]); ``objective`` an `Objective` or a name
+  accepted by `get_objective` (custom `Objective` instances train fine but only named ones reload).
+- Every step draws indices, times and noise from one seeded generator, so a run resumed from a
+  checkpoint (model, EMA, optimizer, generator, step) continues bit-for-bit.
+- The per-sample x0 loss ``||x0_hat - x0||^2 / D`` (the normalisation of J*) is the target error divided
+  by `target_error_factor`; `BinnedLoss` bins it in log sigma, and `out/binned.csv` holds one block of
+  bins per logging interval.  `lossfloor.diagnosis.GapMonitor` reuses `BinnedLoss`.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .curve import atomic_write_bytes, atomic_write_text
+from .formulation import Objective, get_objective, make_target, target_error_factor
+from .models import Denoiser, ModelConfig, build_model, parameter_count
+
+Tensor = torch.Tensor
+CHECKPOINT_FORMAT = "lossfloor-checkpoint-1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+# --------------------------------------------------------------------------------------------
+# The binned x0-loss logger.
+# --------------------------------------------------------------------------------------------
+
+
+def default_sigma_edges(sigma_min: float = 1e-3, sigma_max: float = 1e3, per_decade: int = 4) -> np.ndarray:
+    """Bin edges evenly spaced in log sigma."""
+    decades = math.log10(sigma_max / sigma_min)
+    return np.geomspace(sigma_min, sigma_max, round(decades * per_decade) + 1)
+
+
+def per_sample_x0_loss(x0_hat: Tensor, x0: Tensor) -> Tensor:
+    """||x0_hat - x0||^2 / D per sample: the normalisation of J*(sigma)."""
+    return (x0_hat - x0).pow(2).flatten(1).mean(1)
+
+
+class BinnedLoss:
+    """Running count, sum and sum of squares of per-sample x0 losses in log-sigma bins.
+
+    Samples outside the outer edges are counted in `outside` and otherwise ignored.
+    """
+
+    def __init__(self, edges=None):
+        self.edges = np.asarray(default_sigma_edges() if edges is None else edges, dtype=float)
+        if len(self.edges) < 2 or np.any(np.diff(self.edges) <= 0) or self.edges[0] <= 0:
+            raise ValueError("sigma bin edges must be positive and strictly increasing")
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far."""
+        k = len(self.edges) - 1
+        self.count, self.sum, self.sum_sq = np.zeros(k, dtype=np.int64), np.zeros(k), np.zeros(k)
+        self.outside = 0
+
+    @property
+    def centers(self) -> np.ndarray:
+        """Geometric bin centres."""
+        return np.sqrt(self.edges[:-1] * self.edges[1:])
+
+    def update(self, sigma, x0_loss) -> None:
+        """Add per-sample x0 losses (per dimension) observed at VE noise levels sigma."""
+        sigma = np.asarray(torch.as_tensor(sigma).detach().cpu(), dtype=float).ravel()
+        loss = np.asarray(torch.as_tensor(x0_loss).detach().cpu(), dtype=float).ravel()
+        if sigma.shape != loss.shape:
+            raise ValueError(f"{len(sigma)} noise levels for {len(loss)} losses")
+        idx = np.searchsorted(self.edges, sigma, side="right") - 1
+        inside = (idx >= 0) & (idx < len(self.count))
+        self.outside += int((~inside).sum())
+        k = len(self.count)
+        self.count += np.bincount(idx[inside], minlength=k)
+        self.sum += np.bincount(idx[inside], loss[inside], minlength=k)
+        self.sum_sq += np.bincount(idx[inside], loss[inside] ** 2, minlength=k)
+
+    def mean(self) -> np.ndarray:
+        """Mean x0 loss per bin (nan where empty)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.sum / self.count
+
+    def stderr(self) -> np.ndarray:
+        """Standard error of each bin's mean (nan with fewer than 2 samples)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = (self.sum_sq - self.sum**2 / self.count) / (self.count - 1)
+            return np.sqrt(np.clip(var, 0, None) / self.count)
+
+    def rows(self) -> list[dict]:
+        """One dict per bin: edges, centre, count, mean and standard error."""
+        mean, se = self.mean(), self.stderr()
+        return [dict(sigma_lo=float(self.edges[i]), sigma_hi=float(self.edges[i + 1]),
+                     sigma=float(self.centers[i]), count=int(self.count[i]),
+                     x0_loss=float(mean[i]), stderr=float(se[i])) for i in range(len(self.count))]
+
+    def state_dict(self) -> dict:
+        return dict(edges=self.edges.tolist(), count=self.count.tolist(), sum=self.sum.tolist(),
+                    sum_sq=self.sum_sq.tolist(), outside=self.outside)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.edges = np.asarray(state["edges"], dtype=float)
+        self.count = np.asarray(state["count"], dtype=np.int64)
+        self.sum = np.asarray(state["sum"], dtype=float)
+        self.sum_sq = np.asarray(state["sum_sq"], dtype=float)
+        self.outside = int(state["outside"])
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints.
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_torch_save(obj, path) -> None:
+    """torch.save to memory, then an atomic write (temporary file and rename)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the run's description plus its state dicts."""
+
+    path: Path
+    step: int
+    objective_name: str
+    model: ModelConfig
+    data: dict
+    train: dict
+    state: dict
+
+    @property
+    def objective(self) -> Objective:
+        """The named objective (its process, target and preconditioning define the denoiser)."""
+        return get_objective(self.objective_name)
+
+    def denoiser(self, ema: bool = True, device="cpu") -> Denoiser:
+        """The trained x0-denoiser (EMA weights by default), in eval mode."""
+        net = build_model(self.model)
+        net.load_state_dict(self.state["ema" if ema else "net"])
+        return Denoiser(net, self.objective).to(device).eval()
+
+
+def load_checkpoint(path) -> Checkpoint:
+    """Read a checkpoint; a missing file raises FileNotFoundError, a damaged one ValueError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path}: corrupted or truncated checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a lossfloor checkpoint")
+    try:
+        model = ModelConfig(**state["model"])
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"{path}: checkpoint is missing its model description ({err})") from err
+    return Checkpoint(path, int(state["step"]), state["objective"], model, state.get("data") or {},
+                      state.get("train") or {}, state)
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings (stored in the checkpoint)."""
+
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 100  # linear learning-rate warm-up steps
+    ema: float = 0.999  # EMA decay (ramped up as min(ema, (1+k)/(10+k)) early on)
+    grad_clip: float | None = 1.0  # max gradient norm; None disables clipping
+    seed: int = 0
+    log_every: int = 100  # steps per logging interval (log.csv, binned.csv)
+    checkpoint_every: int = 500
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"the EMA decay must be in [0, 1), got {self.ema}")
+
+
+def _broadcast(values: Tensor, like: Tensor) -> Tensor:
+    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+class Trainer:
+    """Trains a network under an objective; see the module docstring."""
+
+    def __init__(self, data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *,
+                 out=None, data_info: dict | None = None, device="cpu", sigma_edges=None):
+        self.objective = get_objective(objective) if isinstance(objective, str) else objective
+        self.data = torch.as_tensor(data, dtype=torch.float32).to(device)
+        if tuple(self.data.shape[1:]) != model.shape:
+            raise ValueError(f"data of shape {tuple(self.data.shape[1:])} for a model of shape {model.shape}")
+        self.model_config, self.config, self.device = model, config, torch.device(device)
+        self.data_info = dict(data_info or {})
+        self.out = Path(out) if out is not None else None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            net = build_model(model)
+        self.net = net.to(self.device)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.binned = BinnedLoss(sigma_edges)
+        self.last_interval = BinnedLoss(sigma_edges)  # the bins of the last finished logging interval
+        self.step = 0
+        self._loss_sum, self._loss_count = 0.0, 0
+        self._writer = None
+
+    # -- one step ------------------------------------------------------------------------------
+    def losses(self, x0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """(weighted objective loss, x0 loss) per sample for clean data, times and noise."""
+        obj = self.objective
+        x0_64, eps_64 = x0.double(), eps.double()
+        # Noising and the target in float64: the target's coefficients diverge at the ends of the schedule.
+        alpha, sigma_t = _broadcast(obj.process.alpha(t), x0_64), _broadcast(obj.process.sigma(t), x0_64)
+        x_t = alpha * x0_64 + sigma_t * eps_64
+        target = make_target(obj.target, obj.process, t, x_t, x0_64, obj.precond).float()
+        pred = Denoiser(self.net, obj).prediction(x_t.float(), t)
+        err = (pred - target).pow(2).flatten(1).mean(1)
+        weight = obj.target_weight(t).to(device=err.device, dtype=err.dtype)
+        factor = target_error_factor(obj.target, obj.process, t, obj.precond).to(err.device)
+        return weight * err, err.detach().double() / factor
+
+    def train_step(self) -> float:
+        """One optimisation step; returns the batch's objective loss."""
+        cfg, n = self.config, len(self.data)
+        idx = torch.randint(n, (cfg.batch_size,), generator=self.generator)
+        t = self.objective.sample_t(cfg.batch_size, self.generator)
+        eps = torch.randn((cfg.batch_size, *self.data.shape[1:]), generator=self.generator).to(self.device)
+        loss, x0_loss = self.losses(self.data[idx.to(self.device)], t, eps)
+        loss = loss.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (self.step + 1) / max(cfg.warmup, 1))
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self._update_ema()
+        self.step += 1
+        self.binned.update(self.objective.process.ve_sigma(t), x0_loss)
+        value = loss.item()
+        self._loss_sum += value
+        self._loss_count += 1
+        return value
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.config.ema, (1 + self.step) / (10 + self.step))
+        for p_ema, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+            p_ema.lerp_(p, 1 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.net.buffers(), strict=True):
+            b_ema.copy_(b)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self, progress: bool = True) -> Trainer:
+        """Train until `config.steps`, logging and checkpointing along the way."""
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step",
+                   desc=f"train {self.objective.name}")
+        running = None
+        while self.step < cfg.steps:
+            value = self.train_step()
+            running = value if running is None else 0.98 * running + 0.02 * value
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4g}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self._log()
+            if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                self.save()
+        bar.close()
+        return self
+
+    def _log(self) -> None:
+        """Append the interval's mean loss and binned x0 losses to CSV (and TensorBoard), then reset."""
+        mean_loss = self._loss_sum / max(self._loss_count, 1)
+        if self.out is not None:
+            _append_csv(self.out / "log.csv", [dict(step=self.step, loss=mean_loss)])
+            _append_csv(self.out / "binned.csv", [dict(step=self.step, **r) for r in self.binned.rows()])
+            writer = self._tensorboard()
+            if writer is not None:
+                writer.add_scalar("loss/objective", mean_loss, self.step)
+                for r in self.binned.rows():
+                    if r["count"]:
+                        tag = f"x0_loss/log_sigma_{math.log(r['sigma']):+.2f}"
+                        writer.add_scalar(tag, r["x0_loss"], self.step)
+        self.last_interval = copy.deepcopy(self.binned)
+        self.binned.reset()
+        self._loss_sum, self._loss_count = 0.0, 0
+
+    def _tensorboard(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # TensorBoard is optional
+                self._writer = False
+                return None
+            self._writer = SummaryWriter(str(self.out / "tensorboard"))
+        return self._writer or None
+
+    # -- state -----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return dict(
+            format=CHECKPOINT_FORMAT, step=self.step, objective=self.objective.name,
+            model=self.model_config.to_dict(), data=self.data_info, train=asdict(self.config),
+            parameters=parameter_count(self.net), net=self.net.state_dict(), ema=self.ema.state_dict(),
+            optimizer=self.optimizer.state_dict(), generator=self.generator.get_state(),
+            binned=self.binned.state_dict(), interval=[self._loss_sum, self._loss_count])
+
+    def save(self, path=None) -> Path:
+        """Write the checkpoint atomically (default `out/checkpoint.pt`)."""
+        path = Path(path) if path is not None else self.out / CHECKPOINT_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(self.state_dict(), path)
+        return path
+
+    def load_state(self, ckpt: Checkpoint) -> None:
+        """Continue from a checkpoint of the same run (objective, model and data must match)."""
+        if ckpt.objective_name != self.objective.name:
+            raise ValueError(f"checkpoint objective {ckpt.objective_name!r} differs from "
+                             f"{self.objective.name!r}")
+        if ckpt.model != self.model_config:
+            raise ValueError(f"checkpoint model {ckpt.model} differs from {self.model_config}")
+        theirs, ours = ckpt.data.get("fingerprint"), self.data_info.get("fingerprint")
+        if theirs and ours and theirs != ours:
+            raise ValueError("the checkpoint was trained on different data (fingerprint mismatch)")
+        s = ckpt.state
+        self.net.load_state_dict(s["net"])
+        self.ema.load_state_dict(s["ema"])
+        self.optimizer.load_state_dict(s["optimizer"])
+        self.generator.set_state(s["generator"])
+        self.binned.load_state_dict(s["binned"])
+        self._loss_sum, self._loss_count = float(s["interval"][0]), int(s["interval"][1])
+        self.step = ckpt.step
+        if self.out is not None:  # drop log rows written after the checkpoint
+            for name in ("log.csv", "binned.csv"):
+                _truncate_csv(self.out / name, self.step)
+
+    def denoiser(self, ema: bool = True) -> Denoiser:
+        """The x0-denoiser with the EMA (default) or raw weights, in eval mode."""
+        return Denoiser(copy.deepcopy(self.ema if ema else self.net), self.objective).eval()
+
+
+def _append_csv(path: Path, rows: list[dict]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def _truncate_csv(path: Path, step: int) -> None:
+    """Keep the header and the rows with step <= `step` (atomically)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(r for r in rows if int(r["step"]) <= step)
+    atomic_write_text(path, buf.getvalue())
+
+
+def train(data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *, out=None,
+          resume: bool = False, data_info: dict | None = None, device="cpu",
+          progress: bool = True) -> Trainer:
+    """Train (or, with `resume`, continue) a model; checkpoints go to `out/checkpoint.pt` if `out` is set."""
+    trainer = Trainer(data, objective, model, config, out=out, data_info=data_info, device=device)
+    if out is not None:
+        path = Path(out) / CHECKPOINT_NAME
+        if resume and path.exists():
+            trainer.load_state(load_checkpoint(path))
+        elif resume:  # nothing to resume from: start over, dropping logs of an unsaved start
+            for name in ("log.csv", "binned.csv"):
+                _truncate_csv(Path(out) / name, 0)
+        elif path.exists() or (Path(out) / "log.csv").exists():
+            raise ValueError(f"{out} already holds a run; pass resume=True (--resume) or choose another "
+                             "folder")
+        Path(out).mkdir(parents=True, exist_ok=True)
+    return trainer.run(progress=progress)
+
+
+def data_info(dataset, load_args: dict) -> dict:
+    """What a checkpoint records about its data: `Dataset.describe()`, scaling and how to reload it."""
+    return {**dataset.describe(), "scaling": dataset.scaling, "load": dict(load_args)}
+
+
+def reload_data(ckpt: Checkpoint, split: str = "train"):
+    """The checkpoint's dataset, reloaded with the recorded arguments; the train split must match the
+    recorded fingerprint."""
+    from .data import TOYS, load_dataset
+
+    load = ckpt.data.get("load")
+    if not load:
+        raise ValueError(f"{ckpt.path}: the checkpoint does not record how to load its data; pass --data")
+    # A subset (--n) applies to the training split; toys draw n points for either split.
+    n = load.get("n") if split == "train" or load["name"] in TOYS else None
+    dataset = load_dataset(load["name"], data_dir=load.get("data_dir"), split=split,
+                           flip=load.get("flip", False), n=n, seed=load.get("seed", 0))
+    if split == "train" and dataset.fingerprint != ckpt.data.get("fingerprint"):
+        raise ValueError(f"{load['name']}: the reloaded training data differs from the checkpoint's "
+                         "(fingerprint mismatch); pass --data explicitly")
+    return dataset

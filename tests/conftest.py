@@ -1,0 +1,19 @@
+"""Shared test set-up: tests marked `fashion` skip, with the reason, when the Debian data is missing."""
+
+import pytest
+
+from lossfloor.data import FASHION_DIR
+
+FASHION_FILES = [FASHION_DIR / f"{split}-{kind}-ubyte.gz" for split in ("train", "t10k")
+                 for kind in ("images-idx3", "labels-idx1")]
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = [p for p in FASHION_FILES if not p.is_file()]
+    if not missing:
+        return
+    skip = pytest.mark.skip(reason=f"Fashion-MNIST is not installed ({missing[0]} is missing); run "
+                                   "`sudo apt-get update && sudo apt-get install dataset-fashion-mnist`")
+    for item in items:
+        if "fashion" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,210 @@
+"""Estimators of J*(sigma) against exact answers: 1-D quadrature, Gaussian data, the full estimator."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lossfloor.estimators import Estimator, EstimatorConfig, stratified_sources
+from lossfloor.reference import gaussian_optimal_loss, optimal_loss_1d, optimal_loss_1d_curve
+
+POINTS = np.array([-1.0, -0.7, 0.2, 1.5, 1.6])
+SIGMAS_1D = [0.05, 0.1, 0.2, 0.4, 1.0, 3.0, 10.0]  # J* from 5e-4 to 0.99 of the variance
+
+
+def _within(est, want, k=3.0):
+    assert abs(est.loss - want) <= k * est.stderr, (est, want, (est.loss - want) / est.stderr)
+
+
+def test_two_point_reference_is_exact():
+    # x0 = +-1: E[x0 | x~] = tanh(x~ / s^2), so J* = E[1 - tanh^2(x~ / s^2)], x~ ~ N(1, s^2) by symmetry.
+    for s in (0.3, 1.0, 3.0):  # a dense trapezoid rule, independent of the adaptive quadrature
+        x = np.linspace(1 - 14 * s, 1 + 14 * s, 400001)
+        f = np.exp(-0.5 * ((x - 1) / s) ** 2) / (s * math.sqrt(2 * math.pi)) * (1 - np.tanh(x / s**2) ** 2)
+        want = np.sum((f[1:] + f[:-1]) / 2 * np.diff(x))
+        assert optimal_loss_1d([-1.0, 1.0], s) == pytest.approx(want, rel=1e-8)
+
+
+@pytest.mark.parametrize("config", [
+    EstimatorConfig("full", queries=4000),
+    EstimatorConfig("full", queries=4000, form="global"),
+    EstimatorConfig("dol", queries=1000, subset=5),  # a subset that is the whole dataset is exact
+    EstimatorConfig("cdol", queries=1000, subset=5, C=1.0),
+], ids=["full", "full-global", "dol-L=N", "cdol-L=N-C=1"])
+def test_agrees_with_1d_quadrature(config):
+    est = Estimator(torch.tensor(POINTS[:, None]), config, dtype=torch.float64)
+    ref = optimal_loss_1d_curve(POINTS, SIGMAS_1D)
+    for s, want in zip(SIGMAS_1D, ref):
+        _within(est.level(s, seed=0), want)
+
+
+def test_gaussian_data_at_moderate_and_large_sigma():
+    """N = 20000 samples of N(0, diag(0.5, 2)).  The estimator targets the *empirical* J*, and the
+    comparison is with the Gaussian that has the sample mean and covariance: a linear denoiser's risk
+    depends only on the first two moments, so that Gaussian's J* is the risk of a (suboptimal) linear
+    denoiser on the sample, and empirical J* <= it exactly (one-sided check).  The deficit is the
+    Fisher divergence between the noised sample and that Gaussian, ~ sigma^2 / N_eff with N_eff =
+    N prod_i (s^2 / (s^2 + l_i))^(1/2) sample points within a kernel width (measured: 0 to 2.4 times
+    that), so the two-sided tolerance is 3 SE above and 3 SE plus that deficit below."""
+    g = torch.Generator().manual_seed(1)
+    lam = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    x = torch.randn(20000, 2, generator=g, dtype=torch.float64) * lam.sqrt()
+    xc = x - x.mean(0)
+    eig = torch.linalg.eigvalsh(xc.T @ xc / len(x)).numpy()
+    est = Estimator(x, EstimatorConfig("full", queries=1000), dtype=torch.float64)
+    for s in (0.6, 1.0, 2.0, 4.0):
+        lvl, want = est.level(s, seed=0), float(gaussian_optimal_loss(s, eig))
+        deficit = 2.4 * s**2 / (len(x) * np.prod(np.sqrt(s**2 / (s**2 + eig))))
+        assert deficit < 0.003 * want  # "N large": the deficit is a small fraction of J*
+        assert want - 3 * lvl.stderr - deficit <= lvl.loss <= want + 3 * lvl.stderr
+
+
+def test_empirical_is_below_gaussian_at_small_sigma():
+    # Near the sample spacing the discreteness shows: strictly below the linear-denoiser bound.
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5000, 3, generator=g, dtype=torch.float64)
+    xc = x - x.mean(0)
+    eig = torch.linalg.eigvalsh(xc.T @ xc / len(x)).numpy()
+    lvl = Estimator(x, EstimatorConfig("full", queries=2000), dtype=torch.float64).level(0.3, seed=0)
+    assert lvl.loss < float(gaussian_optimal_loss(0.3, eig)) - 5 * lvl.stderr
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    """12 clusters of std 0.5 in D = 8 (nearest-neighbour distance ~0.9), N = 1200."""
+    g = torch.Generator().manual_seed(0)
+    centers = 1.5 * torch.randn(12, 8, generator=g)
+    labels = torch.randint(12, (1200,), generator=g)
+    return centers[labels] + 0.5 * torch.randn(1200, 8, generator=g), labels
+
+
+CLUSTER_SIGMAS = [0.05, 0.2, 0.4, 0.7, 1.2, 2.5, 6.0]
+
+
+@pytest.fixture(scope="module")
+def full_curve(clusters):
+    return Estimator(clusters[0], EstimatorConfig("full", queries=2400)).curve(CLUSTER_SIGMAS)
+
+
+def test_cdol_quarter_subset_matches_full(clusters, full_curve):
+    # cDOL with L = N/4 and the default C = 4N/L = 16 (research note 3.6: the paper's empirical optimum).
+    x, _ = clusters
+    cdol = Estimator(x, EstimatorConfig("cdol", queries=2400, subset=300)).curve(CLUSTER_SIGMAS)
+    assert cdol.settings["C_used"] == 16.0
+    err = np.abs(cdol.loss - full_curve.loss) / full_curve.data_variance
+    assert err.max() < 0.02, err  # measured: at most 0.74% of the variance
+
+
+def test_dol_is_biased_low_and_snis_high_at_small_sigma(clusters, full_curve):
+    x, _ = clusters
+    dol = Estimator(x, EstimatorConfig("dol", queries=2400, subset=300)).curve(CLUSTER_SIGMAS)
+    snis = Estimator(x, EstimatorConfig("snis", queries=2400, subset=300)).curve(CLUSTER_SIGMAS)
+    se = np.hypot(dol.stderr, full_curve.stderr)
+    # the source is always in DOL's subset with full weight: the posterior is too sharp, J* too low
+    transition = [1, 2, 3]  # sigma 0.2 .. 0.7, J*/V from 0.1% to 7%
+    assert np.all(dol.loss[transition] < full_curve.loss[transition] - 3 * se[transition])
+    # SNIS misses the source: near the spacing it averages over wrong neighbours, J* far too high
+    assert snis.loss[1] > 3 * full_curve.loss[1]
+
+
+def test_shape_of_the_curve(full_curve):
+    v = full_curve.data_variance
+    assert full_curve.loss[0] < 1e-9 * v  # far below the nearest-neighbour spacing: memorised
+    assert np.all(np.diff(full_curve.loss) > -3 * np.hypot(full_curve.stderr[1:], full_curve.stderr[:-1]))
+    big = Estimator(full_curve_data(full_curve), EstimatorConfig("full", queries=1200)).level(1e3)
+    assert big.loss == pytest.approx(v, rel=1e-4)
+
+
+def full_curve_data(curve):
+    """The clusters again (the fixture's data), rebuilt from its seed."""
+    g = torch.Generator().manual_seed(0)
+    centers = 1.5 * torch.randn(12, 8, generator=g)
+    labels = torch.randint(12, (1200,), generator=g)
+    return centers[labels] + 0.5 * torch.randn(1200, 8, generator=g)
+
+
+def test_class_conditional_against_quadrature():
+    # Two classes of 1-D points: J*_cond = sum_c p(c) J*_c, each by quadrature within its class.
+    a, b = np.array([-1.0, -0.6, 0.1]), np.array([0.0, 0.5, 1.4, 2.0])
+    x = torch.tensor(np.concatenate([a, b])[:, None])
+    labels = np.array([0] * 3 + [1] * 4)
+    est = Estimator(x, EstimatorConfig("full", queries=7000), labels=labels, dtype=torch.float64)
+    uncond = Estimator(x, EstimatorConfig("full", queries=7000), dtype=torch.float64)
+    for s in (0.1, 0.3, 1.0, 3.0):
+        want = 3 / 7 * optimal_loss_1d(a, s) + 4 / 7 * optimal_loss_1d(b, s)
+        lvl = est.level(s, seed=0)
+        _within(lvl, want)
+        assert lvl.loss <= uncond.level(s, seed=0).loss + 3 * lvl.stderr
+    curve = est.curve([0.3, 1.0])
+    assert curve.data_variance == pytest.approx(3 / 7 * a.var() + 4 / 7 * b.var())
+    assert curve.settings["class_conditional"] is True
+
+
+def test_float32_agrees_with_float64(clusters):
+    x, _ = clusters
+    for estimator in ("full", "cdol"):
+        cfg = EstimatorConfig(estimator, queries=128, subset=300)
+        e32, e64 = Estimator(x, cfg), Estimator(x, cfg, dtype=torch.float64)
+        for s in (0.05, 0.4, 2.5, 1e3):
+            a, b = e32.level(s, seed=3), e64.level(s, seed=3)  # the same noise: only round-off differs
+            assert a.loss == pytest.approx(b.loss, rel=1e-5, abs=1e-7)
+
+
+def test_memmap_rows_equal_tensor_rows(tmp_path, clusters):
+    x, _ = clusters
+    path = tmp_path / "x.npy"
+    np.save(path, x.numpy())
+    cfg = EstimatorConfig("full", queries=300, chunk_size=500)
+    from_mm = Estimator(np.load(path, mmap_mode="r"), cfg).level(0.7, seed=2)
+    from_tensor = Estimator(x, cfg).level(0.7, seed=2)
+    assert from_mm.loss == pytest.approx(from_tensor.loss, rel=1e-6)
+
+
+def test_levels_do_not_depend_on_the_grid_and_resume(clusters):
+    x, _ = clusters
+    est = Estimator(x, EstimatorConfig("full", queries=200))
+    alone = est.level(0.7, seed=5)
+    seen = []
+    curve = est.curve([0.2, 0.7, 1.2], seed=5, done={0.2: alone}, on_level=seen.append)
+    assert [e.sigma for e in seen] == [0.7, 1.2]  # 0.2 was given as done
+    assert curve.loss[1] == alone.loss  # same (seed, sigma), same number
+    assert curve.loss[0] == alone.loss  # the given level is used as is
+
+
+def test_stratified_sources():
+    idx = stratified_sources(7, 30, torch.Generator().manual_seed(0))
+    counts = np.bincount(idx.numpy(), minlength=7)
+    assert len(idx) == 30 and counts.min() == 4 and counts.max() == 5
+
+
+def test_subset_standard_error_comes_from_many_blocks(clusters):
+    x, _ = clusters
+    lvl = Estimator(x, EstimatorConfig("cdol", queries=640, subset=300)).level(0.7)
+    assert lvl.queries == 640  # 32 blocks of 20 queries, each block one random subset
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"estimator": "nope"}, "unknown estimator"),
+    ({"form": "nope"}, "unknown form"),
+    ({"queries": 1}, "at least 2"),
+    ({"subset": 1}, "at least 2"),
+    ({"C": 0.5}, "C must be"),
+])
+def test_config_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EstimatorConfig(**kwargs)
+
+
+def test_input_errors():
+    x = torch.randn(10, 2)
+    with pytest.raises(ValueError, match="exceeds"):
+        Estimator(x, EstimatorConfig("cdol", subset=11))
+    with pytest.raises(ValueError, match="at least 2 data points"):
+        Estimator(x[:1])
+    with pytest.raises(ValueError, match="labels"):
+        Estimator(x, labels=np.zeros(9))
+    with pytest.raises(ValueError, match="positive"):
+        Estimator(x).level(0.0)
+    with pytest.raises(ValueError, match="positive"):
+        Estimator(x).curve([1.0, math.inf])

@@ -1,0 +1,86 @@
+"""The losses study: its objectives, a tiny end-to-end run, resume, and the CLI's input errors."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lossfloor import studies
+from lossfloor.cli import main
+
+
+def test_nelbo_objective_is_the_exact_vdm_weight_above_sigma_min():
+    """lambda(sigma) p(log sigma) = 1 / sigma^2 on [sigma_min, inf): training loss = the bound's diffusion term."""
+    sigma_min = 1e-2
+    sig = torch.logspace(-1.9, 2.5, 40, dtype=torch.float64)
+    for target in studies.LOSS_TARGETS:
+        obj = studies.losses_objective(target, "nelbo", sigma_min)
+        dens = torch.exp(obj.log_density(torch.log(sig)))
+        torch.testing.assert_close(obj.x0_weight(sig) * dens, sig**-2, rtol=1e-9, atol=0)
+        assert obj.sample_sigma(20000, torch.Generator().manual_seed(0)).min() >= sigma_min * (1 - 1e-9)
+    simple = studies.losses_objective("eps", "simple", sigma_min)
+    assert simple.time_dist == studies.get_objective("cosine").time_dist  # t ~ U(0, 1) untouched
+
+
+TINY_POINTS = replace(studies.POINTS_PRESETS["quick"], width=16, depth=2, epochs=5, batch_size=128,
+                      n_train=512, n_test=400, nelbo_points=128, nelbo_samples=2, samples=200, sample_steps=4,
+                      floor_queries=32)
+TINY_IMAGES = replace(studies.IMAGE_PRESETS["quick"], width=8, epochs=1, n_train=256, n_test=128,
+                      nelbo_points=32, nelbo_samples=1, samples=64, sample_steps=3, floor_queries=16,
+                      classifier_steps=20)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setitem(studies.POINTS_PRESETS, "quick", TINY_POINTS)
+    monkeypatch.setitem(studies.IMAGE_PRESETS, "quick", TINY_IMAGES)
+
+
+@pytest.mark.slow
+def test_tiny_points_study_writes_tables_and_resumes(tiny, tmp_path):
+    summary = studies.run_losses_study(["ring"], ["x0", "eps"], ["nelbo", "simple"], [0, 1], "quick", tmp_path,
+                                       progress=False)
+    assert summary["cells"] == 8
+    rows = {(r["target"], r["loss"]): r for r in summary["rows"]}
+    assert set(rows) == {(t, w) for t in ("x0", "eps") for w in ("nelbo", "simple")}
+    for r in rows.values():
+        assert r["seeds"] == 2 and math.isfinite(r["nelbo_bpd"]) and r["nelbo_bpd_se"] >= 0
+        assert math.isfinite(r["sliced_wasserstein"]) and r["covariance_distance"] >= 0
+    for name in ("table.md", "table.csv", "summary.json", "ring/loss_vs_t.png", "ring/samples.png"):
+        assert (tmp_path / name).is_file()
+    table = (tmp_path / "table.md").read_text()
+    assert "| ring | x0 |" in table and "±" in table
+    # resume: a deleted cell is recomputed identically from its final checkpoint, the others are kept
+    cells = sorted((tmp_path / "ring" / "cells").glob("*.json"))
+    kept = {p: p.stat().st_mtime_ns for p in cells[1:]}
+    before = json.loads(cells[0].read_text())
+    cells[0].unlink()
+    studies.run_losses_study(["ring"], ["x0", "eps"], ["nelbo", "simple"], [0, 1], "quick", tmp_path,
+                             progress=False)
+    after = json.loads(cells[0].read_text())
+    assert all(p.stat().st_mtime_ns == m for p, m in kept.items())
+    before.pop("train_seconds"), after.pop("train_seconds")
+    assert after == before
+
+
+@pytest.mark.slow
+def test_tiny_image_study_uses_the_cached_classifier(tiny, tmp_path):
+    summary = studies.run_losses_study(["digits"], ["v"], ["simple"], [0], "quick", tmp_path, progress=False)
+    (row,) = summary["rows"]
+    assert row["classifier_fd"] > 0 and math.isfinite(row["nelbo_bpd"])
+    cell = json.loads(next((tmp_path / "digits" / "cells").glob("*.json")).read_text())
+    assert cell["nelbo"]["dequantization"] == pytest.approx(-math.log(0.125))  # digits: 17 levels in [-1, 1]
+    assert (tmp_path / "digits" / "classifier.pt").is_file()
+
+
+@pytest.mark.parametrize("args", [["--targets", "x0,velocity"], ["--losses", "elbo"], ["--seeds", "0,a"],
+                                  ["--datasets", "moons"], ["--preset", "huge"]])
+def test_cli_rejects_bad_input_without_writing(tmp_path, capsys, args):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        main(["study", "losses", "--out", str(out), *args])
+    assert err.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not out.exists()
