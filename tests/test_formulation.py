@@ -153,7 +153,7 @@ def test_log_density_integrates_to_cdf_differences(name):
     ls = np.log(obj.sample_sigma(2000, torch.Generator().manual_seed(4)).numpy())
     for a, b in [np.quantile(ls, [0.05, 0.3]), np.quantile(ls, [0.3, 0.9])]:
         mass, _ = integrate.quad(lambda x: math.exp(obj.log_density(torch.tensor(x)).item()), a, b,
-                                 epsabs=1e-11, epsrel=1e-9, limit=200)
+                                 epsabs=1e-10, epsrel=1e-8, limit=200)
         want = (obj.cdf(torch.tensor(b)) - obj.cdf(torch.tensor(a))).item()
         assert mass == pytest.approx(want, rel=1e-7)
 

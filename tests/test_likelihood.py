@@ -29,7 +29,8 @@ def gaussian_nelbo_per_dim(s2, sigma_min, sigma_max, prior_variance=1.0):
 @pytest.mark.parametrize("sigma_max", [3.0, 1e3])
 def test_gaussian_nelbo_matches_closed_form(sigma_max):
     s2, dim = 0.7, 3
-    x = math.sqrt(s2) * torch.randn(4000, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    x = math.sqrt(s2) * torch.randn(4000, dim, generator=gen, dtype=torch.float64)
     est = nelbo(gaussian_denoiser(s2), x, sigma_min=1e-2, sigma_max=sigma_max, samples=8, seed=3)
     exact = gaussian_nelbo_per_dim(s2, 1e-2, sigma_max)
     assert est.stderr > 0
@@ -40,7 +41,7 @@ def test_gaussian_nelbo_matches_closed_form(sigma_max):
 
 
 def test_gaussian_nelbo_approaches_entropy():
-    """With a wide sigma range the bound of the exact denoiser is the true entropy plus log(1 + smin^2/s2)/2."""
+    """With a wide sigma range the exact denoiser's bound is the entropy plus log(1 + smin^2 / s2) / 2."""
     s2 = 0.5
     x = math.sqrt(s2) * torch.randn(4000, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     est = nelbo(gaussian_denoiser(s2), x, sigma_min=1e-3, sigma_max=1e4, samples=8)
@@ -72,7 +73,8 @@ def test_nelbo_identical_across_targets(process):
             x0_hat = gaussian_denoiser(s2)(x_tilde, obj.process.ve_sigma(t))
             return prediction_from_x0(obj.target, obj.process, t, x_t, x0_hat, obj.precond)
 
-        values.append(nelbo(x0_denoiser(predict, obj), x, sigma_min=1e-2, sigma_max=1e2, samples=4).nats_per_dim)
+        est = nelbo(x0_denoiser(predict, obj), x, sigma_min=1e-2, sigma_max=1e2, samples=4)
+        values.append(est.nats_per_dim)
     assert max(values) - min(values) < 1e-6 * abs(values[0])
 
 
@@ -81,7 +83,8 @@ def test_cosine_nelbo_weights_are_the_vdm_weights():
     t = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
     a, s = torch.cos(math.pi * t / 2), torch.sin(math.pi * t / 2)
     half_pi = math.pi / 2
-    expected = {"x0": half_pi * a / s**3, "eps": half_pi / (a * s), "v": half_pi * a / s, "score": half_pi * s / a}
+    expected = {"x0": half_pi * a / s**3, "eps": half_pi / (a * s), "v": half_pi * a / s,
+                "score": half_pi * s / a}
     for target, w in expected.items():
         obj = get_objective(f"cosine-{target}-nelbo")
         torch.testing.assert_close(obj.target_weight(t), w, rtol=1e-9, atol=0)
@@ -98,7 +101,7 @@ def test_error_curve_and_rescaled_loss_of_gaussian_denoiser():
     x = math.sqrt(s2) * torch.randn(20000, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     den = gaussian_denoiser(s2)
     curve = x0_error_curve(den, x, [0.1, 1.0, 10.0], seed=1)
-    for s, loss, se in zip(curve.sigma, curve.loss, curve.stderr):
+    for s, loss, se in zip(curve.sigma, curve.loss, curve.stderr, strict=True):
         assert abs(loss - s2 * s**2 / (s2 + s**2)) < 4 * se
     obj = get_objective("cosine-x0-simple")
     value, se = rescaled_loss(den, x, obj, samples=2)

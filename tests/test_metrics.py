@@ -62,7 +62,7 @@ def test_sliced_wasserstein():
     a, b = gaussians(2, n=4000)
     est = sliced_wasserstein(a, b, projections=300, seed=0)
     exact = exact_sliced_w2(MU, np.eye(2), COV_B)
-    # projection noise is reported; the per-projection sampling noise of W_2 is about sqrt(var_a + var_b) / sqrt(n)
+    # projection noise is reported; each projection's sampling noise of W_2 is about sqrt((var_a + var_b) / n)
     sample_se = math.sqrt((1 + 4) / len(a))
     assert est.stderr > 0
     assert abs(est.value - exact) < 4 * math.hypot(est.stderr, sample_se)
@@ -71,7 +71,7 @@ def test_sliced_wasserstein():
 def test_energy_distance_closed_form():
     a, b = gaussians(3, cov_b=np.eye(2))
     est = energy_distance(a, b, blocks=10, max_points=2000)
-    # X - Y ~ N(mu, 2I): its norm is Rice(|mu| / sqrt 2, scale sqrt 2); X - X' gives the Rayleigh mean sqrt(pi)
+    # X - Y ~ N(mu, 2I): its norm is Rice(|mu| / sqrt 2, scale sqrt 2); X - X' has the Rayleigh mean sqrt(pi)
     cross = stats.rice(np.linalg.norm(MU) / math.sqrt(2), scale=math.sqrt(2)).mean()
     exact = 2 * cross - 2 * math.sqrt(math.pi)
     assert abs(est.value - exact) < 4 * est.stderr

@@ -12,7 +12,7 @@ from lossfloor.cli import main
 
 
 def test_nelbo_objective_is_the_exact_vdm_weight_above_sigma_min():
-    """lambda(sigma) p(log sigma) = 1 / sigma^2 on [sigma_min, inf): training loss = the bound's diffusion term."""
+    """lambda p(log sigma) = 1 / sigma^2 on [sigma_min, inf): training loss = the bound's diffusion term."""
     sigma_min = 1e-2
     sig = torch.logspace(-1.9, 2.5, 40, dtype=torch.float64)
     for target in studies.LOSS_TARGETS:
@@ -40,8 +40,8 @@ def tiny(monkeypatch):
 
 @pytest.mark.slow
 def test_tiny_points_study_writes_tables_and_resumes(tiny, tmp_path):
-    summary = studies.run_losses_study(["ring"], ["x0", "eps"], ["nelbo", "simple"], [0, 1], "quick", tmp_path,
-                                       progress=False)
+    args = (["ring"], ["x0", "eps"], ["nelbo", "simple"], [0, 1], "quick", tmp_path)
+    summary = studies.run_losses_study(*args, progress=False)
     assert summary["cells"] == 8
     rows = {(r["target"], r["loss"]): r for r in summary["rows"]}
     assert set(rows) == {(t, w) for t in ("x0", "eps") for w in ("nelbo", "simple")}
@@ -57,8 +57,7 @@ def test_tiny_points_study_writes_tables_and_resumes(tiny, tmp_path):
     kept = {p: p.stat().st_mtime_ns for p in cells[1:]}
     before = json.loads(cells[0].read_text())
     cells[0].unlink()
-    studies.run_losses_study(["ring"], ["x0", "eps"], ["nelbo", "simple"], [0, 1], "quick", tmp_path,
-                             progress=False)
+    studies.run_losses_study(*args, progress=False)
     after = json.loads(cells[0].read_text())
     assert all(p.stat().st_mtime_ns == m for p, m in kept.items())
     before.pop("train_seconds"), after.pop("train_seconds")

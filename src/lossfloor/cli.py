@@ -301,8 +301,8 @@ def _data_options(f):
     """--data, --data-dir, --n, --data-seed, --flip (shared by train and diagnose)."""
     options = [
         click.option("--data-dir", type=click.Path(), help="folder with the Fashion-MNIST IDX files"),
-        click.option("--n", "n_points", type=int, help="use a random subset of N points (toys: draw N points)"),
-        click.option("--data-seed", type=int, default=0, show_default=True, help="seed of --n (and toy draws)"),
+        click.option("--n", "n_points", type=int, help="a random subset of N points (toys: draw N points)"),
+        click.option("--data-seed", type=int, default=0, show_default=True, help="seed of --n and toy draws"),
         click.option("--flip", is_flag=True, help="add the horizontal mirror of every image (doubles N)"),
     ]
     for option in reversed(options):
@@ -327,14 +327,15 @@ def _data_options(f):
 @click.option("--ema", type=float, default=0.999, show_default=True, help="EMA decay of the weights")
 @click.option("--grad-clip", type=float, default=1.0, show_default=True, help="max gradient norm (0: off)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--log-every", type=int, default=100, show_default=True, help="steps per log.csv / binned.csv row")
+@click.option("--log-every", type=int, default=100, show_default=True, help="steps per log interval")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:K")
 @click.option("--out", type=click.Path(), default="out/train", show_default=True)
-@click.option("--resume", is_flag=True, help="continue from --out/checkpoint.pt (same options; --steps may grow)")
+@click.option("--resume", is_flag=True, help="continue --out/checkpoint.pt (same options; --steps may grow)")
+@click.option("--force", is_flag=True, help="start over, replacing the run in --out")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def train(data, data_dir, n_points, data_seed, flip, objective, model, width, depth, steps, batch_size, lr,
-          warmup, ema, grad_clip, seed, log_every, checkpoint_every, device, out, resume, progress):
+          warmup, ema, grad_clip, seed, log_every, checkpoint_every, device, out, resume, force, progress):
     """Train a diffusion model under any objective; per-sigma x0 losses go to --out/binned.csv."""
     from dataclasses import asdict
     from pathlib import Path
@@ -350,7 +351,9 @@ def train(data, data_dir, n_points, data_seed, flip, objective, model, width, de
                          checkpoint_every=checkpoint_every)
     dev = _device(device)
     out = Path(out)
-    check_out_dir(out, TRAIN_FILES, resume=resume, force=False)
+    if resume and force:
+        raise UsageProblem("give either --resume or --force, not both")
+    check_out_dir(out, TRAIN_FILES, resume=resume, force=force)
     dataset = load_dataset(data, data_dir=data_dir, flip=flip, n=n_points, seed=data_seed)
     kind = model or ("unet" if dataset.is_image else "mlp")
     model_config = ModelConfig(kind, dataset.shape, width, depth)
@@ -368,13 +371,17 @@ def train(data, data_dir, n_points, data_seed, flip, objective, model, width, de
     if ckpt is not None:
         trainer.load_state(ckpt)
         if trainer.step >= steps:
-            raise UsageProblem(f"--resume: {out} is already at step {trainer.step}; raise --steps to continue")
+            raise UsageProblem(f"--resume: {out} is already at step {trainer.step}; raise --steps")
     click.echo(f"{data}: N = {len(dataset)}, shape {tuple(dataset.shape)}; objective {obj.name} "
                f"(target {obj.target}, weight {obj.weight}); {kind} with {parameter_count(net):,} parameters"
                + (f"; resuming at step {trainer.step}" if ckpt is not None else ""))
     out.mkdir(parents=True, exist_ok=True)
+    if force:
+        for name in TRAIN_FILES:
+            (out / name).unlink(missing_ok=True)
     trainer.run(progress=progress)
-    click.echo(f"wrote {out / CHECKPOINT_NAME} (step {trainer.step}), {out / 'log.csv'}, {out / 'binned.csv'}")
+    click.echo(f"wrote {out / CHECKPOINT_NAME} (step {trainer.step}), {out / 'log.csv'}, "
+               f"{out / 'binned.csv'}")
 
 
 @cli.command()
@@ -406,10 +413,9 @@ def sample(checkpoint, n_samples, steps, sampler, sigma_min, sigma_max, seed, ra
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UsageProblem(f"--out {out}: expected a .png file")
-    if not out.parent.exists() and out.parent != Path(""):
-        out.parent.mkdir(parents=True, exist_ok=True)
     dev = _device(device)
     ckpt = load_checkpoint(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
     denoiser = ckpt.denoiser(ema=not raw_weights, device=dev)
     x = draw(denoiser, (n_samples, *ckpt.model.shape), sigmas, method=sampler,
              generator=torch.Generator().manual_seed(seed), device=dev, progress=True)
@@ -418,8 +424,9 @@ def sample(checkpoint, n_samples, steps, sampler, sigma_min, sigma_max, seed, ra
              f"{steps} levels, {'raw' if raw_weights else 'EMA'} weights")
     plot_samples(x, out, reference, title)
     if npy:
-        from .curve import atomic_write_bytes
         import io
+
+        from .curve import atomic_write_bytes
 
         buf = io.BytesIO()
         np.save(buf, x.cpu().numpy())
@@ -432,7 +439,8 @@ def sample(checkpoint, n_samples, steps, sampler, sigma_min, sigma_max, seed, ra
 @click.option("--checkpoint", required=True, type=click.Path(), help="a checkpoint.pt (or its folder)")
 @click.option("--data", help="evaluate on this dataset instead of the checkpoint's (same shape)")
 @_data_options
-@click.option("--curve", "curve_path", type=click.Path(), help="optimal_loss.json of the same data (else estimated)")
+@click.option("--curve", "curve_path", type=click.Path(),
+              help="optimal_loss.json of the same data [estimated here]")
 @click.option("--levels", type=int, default=16, show_default=True, help="sigma levels (without --curve)")
 @click.option("--sigma-min", type=float, default=0.002, show_default=True)
 @click.option("--sigma-max", type=float, default=80.0, show_default=True)
@@ -460,8 +468,8 @@ def diagnose(checkpoint, data, data_dir, n_points, data_seed, flip, curve_path, 
     if queries < 2:
         raise UsageProblem(f"--queries must be at least 2, got {queries}")
     if curve_path is None and (levels < 2 or not 0 < sigma_min < sigma_max):
-        raise UsageProblem(f"need --levels >= 2 and 0 < --sigma-min < --sigma-max, got {levels}, {sigma_min}, "
-                           f"{sigma_max}")
+        raise UsageProblem(f"need --levels >= 2 and 0 < --sigma-min < --sigma-max, got {levels}, "
+                           f"{sigma_min}, {sigma_max}")
     dev = _device(device)
     out = Path(out)
     check_out_dir(out, DIAGNOSE_FILES, resume=False, force=force)
@@ -509,17 +517,48 @@ def diagnose(checkpoint, data, data_dir, n_points, data_seed, flip, curve_path, 
     click.echo(f"{'sigma':>9} {'model':>10} {'J*':>10} {'gap':>10} {'± SE':>8} {'gap/var':>8}"
                + (f" {'test':>10} {'test gap':>10}" if result.test else ""))
     for i, g in enumerate(result.train):
-        line = (f"{g.sigma:9.4g} {g.model_loss:10.4g} {g.optimal_loss:10.4g} {g.gap:10.4g} {g.gap_stderr:8.2g} "
-                f"{g.relative_gap:8.4f}")
+        line = (f"{g.sigma:9.4g} {g.model_loss:10.4g} {g.optimal_loss:10.4g} {g.gap:10.4g} "
+                f"{g.gap_stderr:8.2g} {g.relative_gap:8.4f}")
         if result.test:
             line += f" {result.test[i].model_loss:10.4g} {result.test[i].gap:10.4g}"
         click.echo(line)
     for split, t in result.totals.items():
-        click.echo(f"total {obj.name} loss ({split}): model {t['model']:.5g} ± {t['model_stderr']:.2g}, optimal "
-                   f"{t['optimal']:.5g} ± {t['optimal_stderr']:.2g}, gap {t['gap']:.5g} ± {t['gap_stderr']:.2g}")
+        click.echo(f"total {obj.name} loss ({split}): model {t['model']:.5g} ± {t['model_stderr']:.2g}, "
+                   f"optimal {t['optimal']:.5g} ± {t['optimal_stderr']:.2g}, "
+                   f"gap {t['gap']:.5g} ± {t['gap_stderr']:.2g}")
     if result.violations:
         click.echo("!" * 100 + "\n" + violation_message(result) + "\n" + "!" * 100, err=True)
     click.echo(f"wrote {', '.join(str(out / f) for f in DIAGNOSE_FILES)}")
+
+
+# -- study diagnose ----------------------------------------------------------------------------
+
+
+@study.command("diagnose")
+@click.option("--datasets", default="digits,fashion-mnist", show_default=True, help="digits, fashion-mnist")
+@click.option("--variants", default="vp,ve,edm,flow", show_default=True,
+              help="objectives to train (presets or <preset>-<target>-<weight>)")
+@click.option("--budget", type=click.Choice(["cpu", "quick"]), default="cpu", show_default=True,
+              help="cpu: the committed results (~30 min on 2 CPU cores); quick: a smoke test")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", type=click.Path(), help="folder with the Fashion-MNIST IDX files")
+@click.option("--out", type=click.Path(), default="out/diagnose_study", show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def diagnose_study(datasets, variants, budget, seed, data_dir, out, progress):
+    """Train VP, VE, EDM and flow matching on the same data and plot their per-sigma gaps to J*."""
+    from .studies import run_diagnose_study
+
+    names, objectives = _csv_list("--datasets", datasets), _csv_list("--variants", variants)
+    report = run_diagnose_study(names, objectives, budget, out, seed=seed, data_dir=data_dir,
+                                progress=progress)
+    for name, d in report["datasets"].items():
+        for r in d["variants"]:
+            t = r["totals"]["train"]
+            c = r["common_totals"]["train"]
+            click.echo(f"{name:14s} {r['variant']:6s} total gap {t['gap']:.4g} ± {t['gap_stderr']:.2g} "
+                       f"(own objective), {c['gap']:.4g} ± {c['gap_stderr']:.2g} (EDM weighting)"
+                       + ("  FLOOR VIOLATION" if r["floor_violation"] else ""))
+    click.echo(f"wrote {out}/diagnose_study.json, gaps.csv, totals.csv, gaps.png, samples_*.png")
 
 
 def main(argv=None):

@@ -112,7 +112,8 @@ class OptimalLossCurve:
         """Nodes in log sigma and weights (p(log sigma) d log sigma, or atom masses) for E_p."""
         grid = np.log(self.sigma)
         lo, hi = grid[0] - TAIL_DECADES * math.log(10), grid[-1] + TAIL_DECADES * math.log(10)
-        support = f"sigma in [{math.exp(lo):.3g}, {math.exp(hi):.3g}] ({TAIL_DECADES:g} decades beyond the grid)"
+        support = (f"sigma in [{math.exp(lo):.3g}, {math.exp(hi):.3g}] "
+                   f"({TAIL_DECADES:g} decades beyond the grid)")
         if objective.is_discrete:
             ls = np.log(objective.atoms().numpy())
             if ls.min() < lo or ls.max() > hi:
@@ -157,7 +158,7 @@ class OptimalLossCurve:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "OptimalLossCurve":
+    def from_dict(cls, d: dict) -> OptimalLossCurve:
         keys = ("sigma", "loss", "stderr", "data_variance", "n", "dim", "settings", "fingerprint")
         missing = [k for k in keys[:6] if k not in d]
         if missing:
@@ -169,7 +170,7 @@ class OptimalLossCurve:
         atomic_write_text(path, json.dumps({**self.to_dict(), **extra}, indent=1))
 
     @classmethod
-    def load(cls, path) -> "OptimalLossCurve":
+    def load(cls, path) -> OptimalLossCurve:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

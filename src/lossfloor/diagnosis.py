@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -110,6 +110,7 @@ class Diagnosis:
     train: list[LevelGap]
     totals: dict  # split -> {model, model_stderr, optimal, optimal_stderr, gap, gap_stderr, extrapolated}
     test: list[LevelGap] | None = None
+    model_curves: dict = field(default_factory=dict, repr=False)  # split -> the model's loss curve
 
     @property
     def violations(self) -> list[LevelGap]:
@@ -146,17 +147,20 @@ def diagnose(denoiser, objective: Objective, optimal: OptimalLossCurve, train_x:
              test_x: Tensor | None = None, queries: int = 1024, seed: int = 0, progress=None) -> Diagnosis:
     """Evaluate the denoiser at J*'s sigma levels on the training (and test) data and compare."""
     model = model_curve(denoiser, train_x, optimal.sigma, queries, seed, progress)
-    result = Diagnosis(objective.name, compare(model, optimal), {"train": totals(model, optimal, objective)})
+    result = Diagnosis(objective.name, compare(model, optimal), {"train": totals(model, optimal, objective)},
+                       model_curves={"train": model})
     if test_x is not None:
         held_out = model_curve(denoiser, test_x, optimal.sigma, queries, seed, progress)
         result.test = compare(held_out, optimal)
         result.totals["test"] = totals(held_out, optimal, objective)
+        result.model_curves["test"] = held_out
     return result
 
 
 def violation_message(diagnosis: Diagnosis) -> str:
     """The loud warning printed when the model beats the floor on its training data."""
-    where = ", ".join(f"sigma={g.sigma:.3g} (gap {g.gap:.3g} ± {g.gap_stderr:.2g})" for g in diagnosis.violations)
+    where = ", ".join(f"sigma={g.sigma:.3g} (gap {g.gap:.3g} ± {g.gap_stderr:.2g})"
+                      for g in diagnosis.violations)
     return ("IMPOSSIBLE: the model's loss is below the optimal loss J* on the training data at " + where
             + ". No denoiser can beat the posterior mean, so the model evaluation or the data pipeline is "
               "wrong (different normalisation, data subset, flip or dataset than J* was computed on?).")

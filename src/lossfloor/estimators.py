@@ -6,9 +6,11 @@ differ in which data points normalise each query's posterior:
 - ``full``: the whole dataset (exact posterior).  Sources are stratified: every point is the source
   of the same number of queries, up to one.
 - ``dol`` / ``cdol`` / ``snis``: a random subset of L points that contains the source (reconstructed
-  from the paper's description, see docs in README): the self-pair's weight is divided by C.
-  C = 1 is DOL, C = inf drops the self-pair (SNIS over the other L - 1 points); cDOL's default is
-  C = 4 N / L.  The research note derives C ~ (N-1)/(L-1) as the ratio estimator of the full sums.
+  from the paper's description, not transcribed: see docs/readme/theory.md): the self-pair's weight is
+  divided by C.  C = 1 is DOL, C = inf drops the self-pair (SNIS over the other L - 1 points); cDOL's
+  default is C = 4 N / L, tuned for L << N (at L = N the exact choice is C = 1).  The research note
+  derives C ~ (N-1)/(L-1) as the ratio estimator of the full sums.  Queries sharing a subset are
+  correlated, so each level uses at least 32 subsets and the standard error comes from their means.
 
 Two per-query forms: ``rb`` (Rao-Blackwellised, the posterior variance E[||x||^2|x~] - ||E[x|x~]||^2,
 our default) and ``global`` (the paper's A - B with A = mean ||x_n||^2 over the whole dataset and
@@ -23,7 +25,6 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-
 from tqdm.auto import tqdm
 
 from .curve import OptimalLossCurve
@@ -121,8 +122,11 @@ class DataMatrix:
 
     def _chunks(self):
         for start in range(0, self.n, self.chunk_size):
-            rows = self.rows[start:start + self.chunk_size]  # a tensor may live on the GPU: no numpy trip
-            yield rows.double() if isinstance(rows, Tensor) else torch.from_numpy(np.array(rows, dtype=np.float64))
+            rows = self.rows[start:start + self.chunk_size]
+            if isinstance(rows, Tensor):  # it may live on the GPU: no numpy round trip
+                yield rows.double()
+            else:
+                yield torch.from_numpy(np.array(rows, dtype=np.float64))
 
     @property
     def variance(self) -> float:
@@ -273,7 +277,9 @@ class Estimator:
             sigma=[e.sigma for e in levels], loss=[e.loss for e in levels],
             stderr=[e.stderr for e in levels], data_variance=self.data_variance,
             n=self.data.n, dim=self.data.dim,
-            settings={**asdict(self.config), "seed": seed, "dtype": str(self.data.dtype).replace("torch.", ""),
+            settings={**asdict(self.config), "seed": seed,
+                      "dtype": str(self.data.dtype).replace("torch.", ""),
                       "class_conditional": bool(self.classes),
-                      "C_used": self.config.self_weight(self.data.n) if self.config.estimator != "full" else None,
+                      "C_used": None if self.config.estimator == "full"
+                      else self.config.self_weight(self.data.n),
                       "queries_used": [e.queries for e in levels]})

@@ -17,8 +17,8 @@ factor b^2 between the target's loss and the x0 loss.  Schedule arithmetic is do
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 
@@ -455,7 +455,7 @@ class Objective:
         s = self.process.ve_sigma(t)
         return self.x0_weight(s) / target_error_factor(self.target, self.process, t, self.precond)
 
-    def with_(self, **changes) -> "Objective":
+    def with_(self, **changes) -> Objective:
         """A copy with some fields replaced (e.g. another target or weight)."""
         return replace(self, **changes)
 

@@ -27,7 +27,7 @@ class PosteriorStats:
     weighted_x: Tensor  # (M, D) sum_n exp(l_n - log_max) x_n
     weighted_sq: Tensor  # (M,) sum_n exp(l_n - log_max) ||x_n||^2
 
-    def merge(self, other: "PosteriorStats") -> "PosteriorStats":
+    def merge(self, other: PosteriorStats) -> PosteriorStats:
         """Combine sums over two disjoint sets of data points (log-sum-exp form)."""
         new_max = torch.maximum(self.log_max, other.log_max)
         safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))

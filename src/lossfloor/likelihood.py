@@ -22,8 +22,8 @@ dequantised bound: -log P(bin) <= E_u[NELBO(x + u)] - D log(step) with u uniform
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -60,7 +60,8 @@ def x0_denoiser(predict: Callable[[Tensor, Tensor], Tensor], objective: Objectiv
         alpha = process.alpha(t).to(x_tilde.dtype).reshape(-1, *([1] * (x_tilde.dim() - 1)))
         x_t = alpha * x_tilde
         pred = predict(x_t, t)
-        return x0_from_prediction(objective.target, process, t, x_t, pred, objective.precond).to(x_tilde.dtype)
+        x0_hat = x0_from_prediction(objective.target, process, t, x_t, pred, objective.precond)
+        return x0_hat.to(x_tilde.dtype)
 
     return denoise
 

@@ -40,7 +40,7 @@ class Estimate:
 
 
 def sliced_wasserstein(a, b, *, projections: int = 500, seed: int = 0) -> Estimate:
-    """Sliced 2-Wasserstein distance SW_2 (POT), with the SE of SW_2^2 over random projections mapped to SW_2."""
+    """Sliced 2-Wasserstein distance SW_2 (POT); the SE comes from the spread over random projections."""
     import ot
 
     sw, log = ot.sliced_wasserstein_distance(_np(a), _np(b), n_projections=projections, p=2, seed=seed,

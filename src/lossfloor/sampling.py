@@ -76,7 +76,7 @@ def plot_samples(x: Tensor, path, reference: Tensor | None = None, title: str = 
     else:
         pts = x.reshape(len(x), -1)
         if pts.shape[1] < 2:
-            raise ValueError(f"cannot draw samples of shape {tuple(x.shape[1:])}: need images or 2+ coordinates")
+            raise ValueError(f"cannot draw points of shape {tuple(x.shape[1:])}: need 2 or more coordinates")
         fig, ax = plt.subplots(figsize=(5.5, 5.5))
         if reference is not None:
             ref = reference.reshape(len(reference), -1)[:, :2].cpu().numpy()

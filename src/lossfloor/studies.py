@@ -67,6 +67,7 @@ class LossesPreset:
     samples: int
     sample_steps: int
     floor_queries: int
+    native_steps: int  # steps of the seed's per-target samplers (it used 512 for 2-D, 500 for images)
     classifier_steps: int = 0
 
     def steps(self, n_train: int) -> int:
@@ -77,20 +78,20 @@ class LossesPreset:
 # no clipping, 2,000 samples at 512 steps.  `reduced` is what the committed results could afford here.
 POINTS_PRESETS = {
     "full": LossesPreset("relu-mlp", 512, 7, 100, 1024, 1e-3, 1, 0.0, None, 80_000, 20_000, 1e-2, 1e3,
-                         20_000, 16, 2000, 512, 2048),
+                         20_000, 16, 2000, 512, 2048, 512),
     "reduced": LossesPreset("relu-mlp", 128, 4, 6.4, 512, 1e-3, 1, 0.0, None, 80_000, 20_000, 1e-2, 1e3,
-                            4000, 8, 2000, 64, 512),
+                            2000, 8, 1000, 64, 512, 512),
     "quick": LossesPreset("relu-mlp", 64, 3, 16, 256, 1e-3, 1, 0.0, None, 8000, 4000, 1e-2, 1e3,
-                          1000, 4, 1000, 32, 128),
+                          1000, 4, 1000, 32, 128, 64),
 }
 # Images: the project's small UNet (properly noise-conditioned), EMA, 3 targets.
 IMAGE_PRESETS = {
     "full": LossesPreset("unet", 32, None, 100, 128, 1e-3, 100, 0.999, 1.0, None, None, 1e-3, 1e3,
-                         10_000, 8, 10_000, 64, 1024, 3000),
+                         10_000, 8, 10_000, 64, 1024, 500, 3000),
     "reduced": LossesPreset("unet", 16, None, 60, 128, 1e-3, 100, 0.999, 1.0, None, None, 1e-3, 1e3,
-                            359, 8, 1000, 32, 256, 600),
+                            359, 8, 1000, 32, 256, 64, 600),
     "quick": LossesPreset("unet", 8, None, 8, 128, 1e-3, 20, 0.99, 1.0, 512, 256, 1e-3, 1e3,
-                          128, 2, 128, 12, 64, 100),
+                          128, 2, 128, 12, 64, 12, 100),
 }
 PRESET_NAMES = tuple(POINTS_PRESETS)
 
@@ -188,13 +189,15 @@ def _train_cell(train, target, weight, seed, preset: LossesPreset, run_dir: Path
 
 
 @torch.no_grad()
-def seed_native_sample(denoiser, target: str, shape, steps: int, generator: torch.Generator) -> torch.Tensor:
+def seed_native_sample(denoiser, target: str, shape, steps: int, generator: torch.Generator, *,
+                       clamp: bool = False) -> torch.Tensor:
     """The seed paper's per-target samplers, reproduced for comparison (its sampling.py, cosine process).
 
     On the grid t = linspace(1 - 1e-4, 1e-4, steps + 1): x0 and eps use the ancestral (DDPM, eta = 1)
     step z_s = alpha_s x0_hat + sqrt(sigma_s^2 - eta^2) eps_hat + eta xi; v the deterministic angle step
     z_s = cos(phi_s - phi_t) z_t + sin(phi_s - phi_t) v_hat; score the annealed-Langevin update
     z += sigma_t^2 s_hat + sqrt(2) sigma_t xi (no reverse-SDE drift, no final denoising), as in the seed.
+    `clamp` clips the eps sampler's x0_hat to [-1, 1], as the seed does for images (not for its x sampler).
     Each network's x0 estimate is converted to the target it was trained on with `prediction_from_x0`.
     """
     from .formulation import prediction_from_x0
@@ -209,11 +212,13 @@ def seed_native_sample(denoiser, target: str, shape, steps: int, generator: torc
         x0_hat = denoiser(z / alpha, process.ve_sigma(t_vec))
         return x0_hat, prediction_from_x0(kind, process, t_vec, z, x0_hat).to(z.dtype)
 
-    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist()):
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
         a_t, s_t = float(process.alpha(torch.tensor(t))), float(process.sigma(torch.tensor(t)))
         a_s, s_s = float(process.alpha(torch.tensor(s))), float(process.sigma(torch.tensor(s)))
         if target in ("x0", "eps"):
             x0_hat, eps_hat = predict(z, t, "eps")
+            if clamp and target == "eps":
+                x0_hat = x0_hat.clamp(-1, 1)
             eta = s_s / s_t * math.sqrt(max(0.0, 1 - a_t**2 / a_s**2))
             z = a_s * x0_hat + math.sqrt(max(0.0, s_s**2 - eta**2)) * eps_hat + eta * torch.randn(
                 shape, generator=generator)
@@ -245,8 +250,8 @@ def _evaluate_cell(denoiser, obj, train, test, preset: LossesPreset, seed: int, 
     x = sample(denoiser, (preset.samples, *train.shape), sigmas, generator=gen)
     result = {"nelbo": asdict(bound), "train_nelbo_diffusion": on_train.diffusion,
               "rescaled_loss": rescaled, "rescaled_loss_se": rescaled_se, "x0_error_curve": asdict(errors)}
-    native = seed_native_sample(denoiser, obj.target, (preset.samples, *train.shape), preset.sample_steps,
-                                torch.Generator().manual_seed(seed))
+    native = seed_native_sample(denoiser, obj.target, (preset.samples, *train.shape), preset.native_steps,
+                                torch.Generator().manual_seed(seed), clamp=train.is_image)
     for prefix, xs in (("", x), ("native_", native)):
         result[f"{prefix}nonfinite_samples"] = int((~torch.isfinite(xs)).reshape(len(xs), -1).any(1).sum())
         xs = torch.nan_to_num(xs, nan=0.0, posinf=1e6, neginf=-1e6)
@@ -280,7 +285,8 @@ def run_losses_study(datasets, targets, weights, seeds, preset_name: str, out, *
         raise ValueError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESET_NAMES)}")
     for d in datasets:
         if d not in POINT_DATASETS + IMAGE_DATASETS:
-            raise ValueError(f"unknown dataset {d!r}; choose from {', '.join(POINT_DATASETS + IMAGE_DATASETS)}")
+            names = ", ".join(POINT_DATASETS + IMAGE_DATASETS)
+            raise ValueError(f"unknown dataset {d!r}; choose from {names}")
     if not datasets or not targets or not weights or not seeds:
         raise ValueError("need at least one dataset, target, loss and seed")
     cells = [(d, t, w, s) for d in datasets for t in targets for w in weights for s in seeds]
@@ -314,7 +320,7 @@ def run_losses_study(datasets, targets, weights, seeds, preset_name: str, out, *
             atomic_write_text(path, json.dumps(result))
             bar.update(1)
     bar.close()
-    return write_losses_report(out, preset_name)
+    return write_losses_report(out)
 
 
 # -- aggregation and report --------------------------------------------------------------------
@@ -384,7 +390,24 @@ def markdown_table(rows: list[dict], columns, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_losses_report(out, preset_name: str | None = None) -> dict:
+def seed_comparison_table(rows: list[dict]) -> str:
+    """Our mean / covariance distances (seed samplers and shared sampler) next to the seed paper's."""
+    head = ["data", "target", "loss", "paper mean", "ours mean (seed sampler)", "ours mean (Heun)",
+            "paper cov.", "ours cov. (seed sampler)", "ours cov. (Heun)"]
+    lines = ["### Against the seed paper's 2-D table (its numbers: one run average, no SE)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        paper = SEED_2D_TABLE.get((r["dataset"], r["target"]))
+        if paper is None:
+            continue
+        p_mean, p_cov = (paper[1], paper[2]) if r["loss"] == "nelbo" else (paper[4], paper[5])
+        lines.append(f"| {r['dataset']} | {r['target']} | {r['loss']} | {p_mean:.3f} | "
+                     f"{_fmt(r, 'native_mean_distance')} | {_fmt(r, 'mean_distance')} | {p_cov:.3f} | "
+                     f"{_fmt(r, 'native_covariance_distance')} | {_fmt(r, 'covariance_distance')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_losses_report(out) -> dict:
     """Aggregate the finished cells into table.md, table.csv, summary.json and the figures."""
     out = Path(out)
     cells = load_cells(out)
@@ -394,7 +417,7 @@ def write_losses_report(out, preset_name: str | None = None) -> dict:
     rows = aggregate(cells, floors)
     seeds = sorted({c["seed"] for c in cells})
     presets = sorted({c["preset"] for c in cells})
-    note = (f"Preset(s): {', '.join(presets)}; seeds {seeds}; every cell is mean ± standard error over seeds. "
+    note = (f"Preset(s): {', '.join(presets)}; seeds {seeds}; each cell: mean ± standard error over seeds. "
             "NELBO: one continuous-time VDM estimator for every model (bits/dim; 2-D: continuous density "
             "bound; images: dequantised). Metrics against a held-out test set. Classifier FD is not the "
             "Inception FID.\n\n")
@@ -404,7 +427,8 @@ def write_losses_report(out, preset_name: str | None = None) -> dict:
     if points:
         text += markdown_table(points, POINT_COLUMNS, "2-D data: likelihood and sample metrics (shared Heun "
                                                       "sampler)") + "\n"
-        text += markdown_table(points, NATIVE_POINT_COLUMNS, "2-D data: the seed's per-target samplers") + "\n"
+        text += markdown_table(points, NATIVE_POINT_COLUMNS, "2-D data: the seed's own samplers") + "\n"
+        text += seed_comparison_table(points) + "\n"
     if images:
         text += markdown_table(images, IMAGE_COLUMNS, "Images: likelihood and classifier Fréchet distance "
                                                       "(shared Heun sampler)") + "\n"
@@ -414,7 +438,8 @@ def write_losses_report(out, preset_name: str | None = None) -> dict:
     atomic_write_text(out / "table.md", text)
     keys = sorted({k for r in rows for k in r} - {"dataset", "target", "loss", "seeds"})
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["dataset", "target", "loss", "seeds", *keys], lineterminator="\n")
+    fields = ["dataset", "target", "loss", "seeds", *keys]
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "table.csv", buf.getvalue())
@@ -453,7 +478,7 @@ def _plot_losses(out: Path, cells: list[dict], floors: dict) -> None:
         axes[0].set_ylabel("test x0 MSE per dim")
         save_figure(fig, out / d / "loss_vs_t.png")
         _plot_samples(out / d / "samples.png", d, mine, "samples", "the shared Heun sampler")
-        _plot_samples(out / d / "native_samples.png", d, mine, "native_samples", "the seed's per-target samplers")
+        _plot_samples(out / d / "native_samples.png", d, mine, "native_samples", "the seed's own samplers")
 
 
 def _plot_samples(path: Path, dataset: str, cells: list[dict], key: str, sampler: str) -> None:
@@ -463,7 +488,8 @@ def _plot_samples(path: Path, dataset: str, cells: list[dict], key: str, sampler
 
     seed0 = {(c["target"], c["loss"]): c for c in cells if c["seed"] == min(x["seed"] for x in cells)}
     targets = [t for t in LOSS_TARGETS if any(k[0] == t for k in seed0)]
-    fig, axes = plt.subplots(len(LOSS_WEIGHTS), len(targets), figsize=(2.6 * len(targets), 5.4), squeeze=False)
+    size = (2.6 * len(targets), 5.4)
+    fig, axes = plt.subplots(len(LOSS_WEIGHTS), len(targets), figsize=size, squeeze=False)
     for i, w in enumerate(LOSS_WEIGHTS):
         for j, t in enumerate(targets):
             ax = axes[i, j]
@@ -484,3 +510,221 @@ def _plot_samples(path: Path, dataset: str, cells: list[dict], key: str, sampler
     fig.suptitle(f"{dataset}: samples of {sampler} (seed {min(x['seed'] for x in cells)})")
     save_figure(fig, path)
 
+
+
+# ============================================================================================
+# The diagnosis study (issue 3): mainstream variants trained on the same data, their per-sigma
+# x0-loss gaps to J*(sigma) on one plot (the analogue of the optimal-loss paper's Figure 2).
+# ============================================================================================
+
+DIAGNOSE_VARIANTS = ("vp", "ve", "edm", "flow")  # VP-eps, VE-eps, EDM-F, flow matching (velocity)
+DIAGNOSE_DATASETS = ("digits", "fashion-mnist")
+COMMON_OBJECTIVE = "edm"  # the common weighting under which the totals of all variants are also compared
+
+
+@dataclass(frozen=True)
+class DiagnoseBudget:
+    """Training and evaluation budget of one dataset in the diagnosis study."""
+
+    model: str
+    width: int
+    steps: int
+    batch_size: int
+    lr: float
+    levels: int  # sigma levels, geometric over [0.002, 80]
+    floor_queries: int  # queries per level of the full J* estimator
+    model_queries: int  # noisy queries per level and split for the model losses
+    samples: int
+
+
+DIAGNOSE_BUDGETS = {
+    "cpu": {"digits": DiagnoseBudget("unet", 16, 1000, 128, 2e-3, 14, 2048, 1024, 36),
+            "fashion-mnist": DiagnoseBudget("unet", 16, 400, 64, 2e-3, 14, 1024, 1024, 36)},
+    "quick": {"digits": DiagnoseBudget("mlp", 64, 40, 64, 2e-3, 5, 64, 64, 4),
+              "fashion-mnist": DiagnoseBudget("mlp", 64, 40, 64, 2e-3, 5, 64, 64, 4)},
+}
+
+
+def diagnose_floor(train, budget: DiagnoseBudget, path: Path, seed: int, progress: bool) -> OptimalLossCurve:
+    """J*(sigma) of the training set on the study's grid (reused from `path` if data and settings match)."""
+    from .estimators import Estimator, EstimatorConfig
+
+    sigmas = np.geomspace(0.002, 80.0, budget.levels)
+    if path.exists():
+        curve = OptimalLossCurve.load(path)
+        settings = curve.settings
+        if (curve.fingerprint == train.fingerprint and np.allclose(curve.sigma, sigmas)
+                and settings.get("queries") == budget.floor_queries and settings.get("seed") == seed):
+            return curve
+    est = Estimator(train.rows(), EstimatorConfig(queries=budget.floor_queries))
+    curve = est.curve(sigmas, seed=seed, progress=progress)
+    curve.fingerprint = train.fingerprint
+    curve.save(path, data=train.describe())
+    return curve
+
+
+def diagnose_variant(train, test, variant: str, budget: DiagnoseBudget, curve: OptimalLossCurve,
+                     run_dir: Path, seed: int, progress: bool) -> dict:
+    """Train one variant (resumable in `run_dir`), diagnose it on both splits and draw samples."""
+    from .diagnosis import diagnose, totals
+    from .models import ModelConfig
+    from .sampling import sample
+    from .training import TrainConfig, data_info
+    from .training import train as run_training
+
+    config = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr, seed=seed,
+                         log_every=max(1, budget.steps // 10), checkpoint_every=max(1, budget.steps // 4))
+    model = ModelConfig(budget.model, train.shape, budget.width)
+    info = data_info(train, {"name": train.name, "n": None, "seed": 0, "flip": False})
+    trainer = run_training(train.x, variant, model, config, out=run_dir, resume=True, data_info=info,
+                           progress=progress)
+    denoiser = trainer.denoiser()
+    result = diagnose(denoiser, trainer.objective, curve, train.x, test_x=test.x,
+                      queries=budget.model_queries, seed=seed)
+    common = get_objective(COMMON_OBJECTIVE)
+    x = sample(denoiser, (budget.samples, *train.shape), generator=torch.Generator().manual_seed(seed))
+    return {"variant": variant, "objective": trainer.objective.name, "target": trainer.objective.target,
+            "steps": trainer.step, "train_seconds": trainer.elapsed, **result.to_dict(),
+            "common_objective": COMMON_OBJECTIVE,
+            "common_totals": {s: totals(m, curve, common) for s, m in result.model_curves.items()},
+            "samples": x.clamp(-1, 1).reshape(len(x), -1).tolist()}
+
+
+def run_diagnose_study(datasets, variants, budget_name: str, out, *, seed: int = 0, data_dir=None,
+                       progress: bool = True) -> dict:
+    """Train every variant on every dataset, diagnose each against J*, write JSON/CSV and figures."""
+    from .data import load_dataset
+
+    if budget_name not in DIAGNOSE_BUDGETS:
+        raise ValueError(f"unknown budget {budget_name!r}; choose from {', '.join(DIAGNOSE_BUDGETS)}")
+    for v in variants:
+        get_objective(v)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"budget": budget_name, "seed": seed, "datasets": {}}
+    for name in datasets:
+        if name not in DIAGNOSE_BUDGETS[budget_name]:
+            raise ValueError(f"unknown dataset {name!r} for the diagnose study; choose from "
+                             f"{', '.join(DIAGNOSE_DATASETS)}")
+        budget = DIAGNOSE_BUDGETS[budget_name][name]
+        kw = {"data_dir": data_dir} if name == "fashion-mnist" else {}
+        train, test = load_dataset(name, **kw), load_dataset(name, split="test", **kw)
+        curve = diagnose_floor(train, budget, out / f"optimal_loss_{name}.json", seed, progress)
+        results = [diagnose_variant(train, test, v, budget, curve, out / "runs" / name / v, seed, progress)
+                   for v in variants]
+        report["datasets"][name] = {"budget": asdict(budget), "data": train.describe(),
+                                    "test_data": test.describe(), "optimal_loss": curve.to_dict(),
+                                    "variants": results}
+        plot_variant_samples(results, train.shape, out / f"samples_{name}.png", name)
+    atomic_write_text(out / "diagnose_study.json", json.dumps(report, indent=1))
+    atomic_write_text(out / "gaps.csv", diagnose_gaps_csv(report))
+    atomic_write_text(out / "totals.csv", diagnose_totals_csv(report))
+    plot_diagnose_study(report, out / "gaps.png")
+    return report
+
+
+def diagnose_gaps_csv(report: dict) -> str:
+    """One row per (dataset, variant, split, sigma)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dataset", "variant", "split", "sigma", "model_loss", "model_stderr", "optimal_loss",
+                     "optimal_stderr", "gap", "gap_stderr", "relative_gap"])
+    for name, d in report["datasets"].items():
+        for r in d["variants"]:
+            for split in ("train", "test"):
+                for g in r[split] or []:
+                    writer.writerow([name, r["variant"], split] + [f"{g[k]:.6g}" for k in (
+                        "sigma", "model_loss", "model_stderr", "optimal_loss", "optimal_stderr", "gap",
+                        "gap_stderr", "relative_gap")])
+    return buf.getvalue()
+
+
+def diagnose_totals_csv(report: dict) -> str:
+    """One row per (dataset, variant, split): totals under the variant's own objective and under EDM's."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["dataset", "variant", "target", "steps", "split", "own_model", "own_optimal", "own_gap",
+                     "own_gap_stderr", "edm_weighted_model", "edm_weighted_optimal", "edm_weighted_gap",
+                     "edm_weighted_gap_stderr", "max_relative_gap", "sigma_of_max_gap"])
+    for name, d in report["datasets"].items():
+        for r in d["variants"]:
+            for split in ("train", "test"):
+                own, common = r["totals"][split], r["common_totals"][split]
+                gaps = r[split]
+                worst = max(gaps, key=lambda g: g["relative_gap"])
+                values = (own["model"], own["optimal"], own["gap"], own["gap_stderr"], common["model"],
+                          common["optimal"], common["gap"], common["gap_stderr"], worst["relative_gap"],
+                          worst["sigma"])
+                writer.writerow([name, r["variant"], r["target"], r["steps"], split]
+                                + [f"{v:.6g}" for v in values])
+    return buf.getvalue()
+
+
+def plot_diagnose_study(report: dict, path) -> None:
+    """Per dataset: model losses and J* (top), per-sigma gaps of all variants (bottom); test dashed."""
+    import matplotlib.pyplot as plt
+
+    from .plots import save_figure
+
+    names = list(report["datasets"])
+    fig, axes = plt.subplots(2, len(names), figsize=(6.5 * len(names), 7.5), squeeze=False, sharex=True,
+                             gridspec_kw={"height_ratios": [2, 3]})
+    for j, name in enumerate(names):
+        d = report["datasets"][name]
+        top, bottom = axes[0, j], axes[1, j]
+        opt = d["optimal_loss"]
+        top.plot(opt["sigma"], opt["loss"], "k-", lw=2.2, label="optimal loss J*(σ)")
+        for i, r in enumerate(d["variants"]):
+            color = f"C{i}"
+            label = f"{r['variant']} ({r['target']}-prediction)"
+            for split, style in (("train", "-"), ("test", "--")):
+                gaps = r[split] or []
+                sig = [g["sigma"] for g in gaps]
+                if split == "train":
+                    top.plot(sig, [g["model_loss"] for g in gaps], style, color=color, lw=1.2, label=label)
+                gap = np.array([g["gap"] for g in gaps])
+                se = np.array([g["gap_stderr"] for g in gaps])
+                bottom.plot(sig, gap, style + "o", color=color, ms=3, lw=1.3,
+                            label=f"{label}, {split}" if split == "train" else f"{r['variant']}, test")
+                if split == "train":
+                    bottom.fill_between(sig, gap - 2 * se, gap + 2 * se, color=color, alpha=0.2, lw=0)
+        top.set_xscale("log")
+        top.set_yscale("log")
+        top.set_ylim(bottom=1e-5)
+        top.set_ylabel("per-dimension x0 MSE (log)")
+        top.set_title(f"{name} (N = {d['data']['n']}): {d['budget']['model']} width {d['budget']['width']}, "
+                      f"{d['budget']['steps']} steps × batch {d['budget']['batch_size']}", fontsize=10)
+        top.legend(fontsize=7)
+        bottom.axhline(0, color="k", lw=0.8)
+        bottom.set_yscale("symlog", linthresh=1e-3)
+        lowest = min([g["gap"] for r in d["variants"] for g in r["train"]] + [0.0])
+        bottom.set_ylim(bottom=min(-1e-3, 2 * lowest))
+        bottom.set_xlabel("noise level σ (VE)")
+        bottom.set_ylabel("gap J(σ) − J*(σ)  (symlog)")
+        bottom.legend(fontsize=7, ncol=2)
+    fig.suptitle("Per-σ x0-loss gap to the optimal loss (solid: train, dashed: test; bands ± 2 SE)",
+                 fontsize=11)
+    save_figure(fig, path)
+
+
+def plot_variant_samples(results: list[dict], shape, path, name: str) -> None:
+    """One panel of samples per variant (images as a grid, points as a scatter)."""
+    import matplotlib.pyplot as plt
+
+    from .plots import save_figure
+
+    fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], results, strict=True):
+        x = np.asarray(r["samples"])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if len(shape) == 3:
+            c, h, w = shape
+            k = int(math.isqrt(len(x)))
+            grid = x[: k * k].reshape(k, k, h, w).transpose(0, 2, 1, 3).reshape(k * h, k * w)
+            ax.imshow((grid + 1) / 2, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        else:
+            ax.scatter(x[:, 0], x[:, 1], s=2)
+        ax.set_title(f"{r['variant']} ({r['target']})", fontsize=9)
+    fig.suptitle(f"{name}: samples (Heun, 18 levels, EMA weights)", fontsize=10)
+    save_figure(fig, path)

@@ -28,6 +28,7 @@ import copy
 import csv
 import io
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -239,6 +240,7 @@ class Trainer:
         self.binned = BinnedLoss(sigma_edges)
         self.last_interval = BinnedLoss(sigma_edges)  # the bins of the last finished logging interval
         self.step = 0
+        self.elapsed = 0.0  # seconds spent in `run`, over all resumed sessions
         self._loss_sum, self._loss_count = 0.0, 0
         self._writer = None
 
@@ -295,9 +297,11 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step",
                    desc=f"train {self.objective.name}")
         running = None
+        start = time.perf_counter() - self.elapsed
         while self.step < cfg.steps:
             value = self.train_step()
             running = value if running is None else 0.98 * running + 0.02 * value
+            self.elapsed = time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4g}")
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
@@ -341,7 +345,8 @@ class Trainer:
             model=self.model_config.to_dict(), data=self.data_info, train=asdict(self.config),
             parameters=parameter_count(self.net), net=self.net.state_dict(), ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(), generator=self.generator.get_state(),
-            binned=self.binned.state_dict(), interval=[self._loss_sum, self._loss_count])
+            binned=self.binned.state_dict(), interval=[self._loss_sum, self._loss_count],
+            elapsed=self.elapsed)
 
     def save(self, path=None) -> Path:
         """Write the checkpoint atomically (default `out/checkpoint.pt`)."""
@@ -368,6 +373,7 @@ class Trainer:
         self.binned.load_state_dict(s["binned"])
         self._loss_sum, self._loss_count = float(s["interval"][0]), int(s["interval"][1])
         self.step = ckpt.step
+        self.elapsed = float(s.get("elapsed", 0.0))
         if self.out is not None:  # drop log rows written after the checkpoint
             for name in ("log.csv", "binned.csv"):
                 _truncate_csv(self.out / name, self.step)

@@ -1,0 +1,146 @@
+"""`lossfloor train / sample / diagnose`: outputs, resume, and bad input (one stderr line, exit 2,
+nothing written)."""
+
+import json
+
+import pytest
+import torch
+
+from lossfloor.cli import main
+from lossfloor.training import load_checkpoint
+
+TRAIN = ["train", "--no-progress", "--data", "ring", "--n", "400", "--objective", "edm", "--model", "mlp",
+         "--width", "32", "--depth", "1", "--batch-size", "32", "--log-every", "5",
+         "--checkpoint-every", "10"]
+
+
+def run(args, capsys):
+    """Run the command in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def assert_usage_error(result, match: str):
+    code, _, err = result
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and match in err, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*TRAIN, "--steps", "20", "--out", str(out)])
+    assert exit_info.value.code == 0
+    return out
+
+
+def test_train_writes_checkpoint_and_logs(trained):
+    assert sorted(p.name for p in trained.iterdir()) == ["binned.csv", "checkpoint.pt", "log.csv"]
+    ckpt = load_checkpoint(trained / "checkpoint.pt")
+    assert (ckpt.step, ckpt.objective_name, ckpt.model.kind) == (20, "edm", "mlp")
+    assert ckpt.data["load"] == {"name": "ring", "data_dir": None, "n": 400, "seed": 0, "flip": False}
+    assert [line.split(",")[0] for line in (trained / "log.csv").read_text().splitlines()] == \
+        ["step", "5", "10", "15", "20"]
+
+
+def test_resume_continues_the_run(trained, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert run([*TRAIN, "--steps", "10", "--out", out], capsys)[0] == 0
+    code, stdout, _ = run([*TRAIN, "--steps", "20", "--out", out, "--resume"], capsys)
+    assert code == 0 and "resuming at step 10" in stdout
+    ours, straight = load_checkpoint(out), load_checkpoint(trained)
+    for a, b in zip(ours.state["net"].values(), straight.state["net"].values(), strict=True):
+        assert torch.equal(a, b)
+    assert (out / "binned.csv").read_text() == (trained / "binned.csv").read_text()
+
+
+def test_sample_writes_a_png(trained, tmp_path, capsys):
+    out = tmp_path / "s.png"
+    code, stdout, _ = run(["sample", "--checkpoint", trained, "--n", 50, "--steps", 6, "--out", out, "--npy"],
+                          capsys)
+    assert code == 0 and out.read_bytes()[:4] == b"\x89PNG"
+    assert out.with_suffix(".npy").exists()
+
+
+def test_diagnose_estimates_the_floor_and_reports_train_and_test(trained, tmp_path, capsys):
+    out = tmp_path / "d"
+    code, stdout, err = run(["diagnose", "--checkpoint", trained, "--levels", 4, "--queries", 64,
+                             "--out", out], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["diagnosis.csv", "diagnosis.json", "diagnosis.png"]
+    doc = json.loads((out / "diagnosis.json").read_text())
+    assert len(doc["train"]) == len(doc["test"]) == 4 and doc["objective"] == "edm"
+    assert set(doc["totals"]) == {"train", "test"} and not doc["floor_violation"]
+    assert "total edm loss (train)" in stdout
+
+
+def test_diagnose_with_a_matching_curve(trained, tmp_path, capsys):
+    curve_dir = tmp_path / "est"
+    assert run(["estimate", "--no-progress", "--data", "ring", "--n", 400, "--sigmas", "0.1,1,5",
+                "--out", curve_dir], capsys)[0] == 0
+    out = tmp_path / "d"
+    code, _, err = run(["diagnose", "--checkpoint", trained, "--curve", curve_dir / "optimal_loss.json",
+                        "--queries", 32, "--out", out], capsys)
+    assert code == 0, err
+    assert [g["sigma"] for g in json.loads((out / "diagnosis.json").read_text())["train"]] == [0.1, 1.0, 5.0]
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_diagnose_rejects_a_truncated_checkpoint(trained, tmp_path, capsys):
+    bad = tmp_path / "cut.pt"
+    data = (trained / "checkpoint.pt").read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    out = tmp_path / "d"
+    assert_usage_error(run(["diagnose", "--checkpoint", bad, "--out", out], capsys), "corrupted or truncated")
+    assert not out.exists()
+
+
+def test_diagnose_rejects_data_of_another_dimension(trained, tmp_path, capsys):
+    out = tmp_path / "d"
+    assert_usage_error(run(["diagnose", "--checkpoint", trained, "--data", "digits", "--out", out], capsys),
+                       "shape")
+    assert not out.exists()
+
+
+def test_diagnose_rejects_a_curve_of_other_data(trained, tmp_path, capsys):
+    curve_dir = tmp_path / "est"
+    assert run(["estimate", "--no-progress", "--data", "ring", "--n", 300, "--sigmas", "0.1,1",
+                "--out", curve_dir], capsys)[0] == 0
+    out = tmp_path / "d"
+    result = run(["diagnose", "--checkpoint", trained, "--curve", curve_dir / "optimal_loss.json",
+                  "--out", out], capsys)
+    assert_usage_error(result, "other data")
+    assert not out.exists()
+
+
+def test_train_refuses_to_overwrite_or_to_resume_with_other_settings(trained, capsys):
+    before = (trained / "checkpoint.pt").read_bytes()
+    assert_usage_error(run([*TRAIN, "--steps", "30", "--out", trained], capsys), "--resume")
+    assert_usage_error(run([*TRAIN, "--steps", "30", "--lr", "0.01", "--out", trained, "--resume"], capsys),
+                       "different lr")
+    assert_usage_error(run([*TRAIN, "--steps", "20", "--out", trained, "--resume"], capsys),
+                       "already at step")
+    assert (trained / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--model", "unet"], "images"),
+    (["--objective", "nope"], "unknown objective"),
+    (["--steps", "0"], "steps"),
+])
+def test_train_bad_options(args, match, tmp_path, capsys):
+    out = tmp_path / "t"
+    assert_usage_error(run([*TRAIN, "--out", out, *args], capsys), match)
+    assert not out.exists()
+
+
+def test_sample_needs_a_png_and_a_checkpoint(trained, tmp_path, capsys):
+    assert_usage_error(run(["sample", "--checkpoint", trained, "--out", tmp_path / "s.jpg"], capsys), ".png")
+    missing = tmp_path / "none.pt"
+    assert_usage_error(run(["sample", "--checkpoint", missing, "--out", tmp_path / "s.png"], capsys),
+                       "no checkpoint")

@@ -1,0 +1,162 @@
+"""Diagnosis against J*: the exact posterior mean sits on the floor, an injected pipeline bug is flagged,
+and GapMonitor's bins match a hand computation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lossfloor.curve import OptimalLossCurve
+from lossfloor.data import load_dataset
+from lossfloor.diagnosis import (
+    VIOLATION_SE,
+    GapMonitor,
+    LevelGap,
+    diagnose,
+    plot_diagnosis,
+    violation_message,
+)
+from lossfloor.estimators import Estimator, EstimatorConfig
+from lossfloor.formulation import get_objective, make_target, prediction_from_x0
+from lossfloor.kernel import posterior_stats
+
+SIGMAS = np.geomspace(0.05, 20.0, 7)
+
+
+def posterior_mean(rows: torch.Tensor):
+    """The optimal denoiser E[x0 | x~] of the empirical distribution of `rows`."""
+    def denoise(x_tilde, sigma):
+        flat = x_tilde.reshape(len(x_tilde), -1)
+        return posterior_stats(flat, rows, float(sigma)).mean().float().reshape(x_tilde.shape)
+    return denoise
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_dataset("digits", n=400)
+    curve = Estimator(ds.rows(), EstimatorConfig(queries=400)).curve(SIGMAS, seed=0)
+    return ds, curve
+
+
+def test_the_posterior_mean_sits_on_the_floor(digits):
+    ds, curve = digits
+    result = diagnose(posterior_mean(ds.rows()), get_objective("edm"), curve, ds.x, queries=400)
+    assert not result.violations
+    for g in result.train:
+        assert abs(g.gap) <= 4 * g.gap_stderr + 1e-12, g
+    total = result.totals["train"]
+    assert abs(total["gap"]) <= 4 * total["gap_stderr"]
+
+
+def test_an_injected_pipeline_bug_is_flagged(digits, tmp_path):
+    """Evaluating on data scaled by 1/2 (a normalisation bug) beats the floor at large sigma: impossible."""
+    ds, curve = digits
+    half = ds.x * 0.5
+    result = diagnose(posterior_mean(half.reshape(len(half), -1)), get_objective("edm"), curve, half,
+                      queries=400)
+    flagged = [g.sigma for g in result.violations]
+    assert flagged and min(flagged) > 0.3 and max(flagged) == pytest.approx(SIGMAS[-1])
+    assert result.to_dict()["floor_violation"] and result.to_dict()["violation_sigmas"] == flagged
+    assert "IMPOSSIBLE" in violation_message(result)
+    plot_diagnosis(result, tmp_path / "d.png", "injected bug")
+    assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_test_split_and_csv(digits):
+    ds, curve = digits
+    test = load_dataset("digits", split="test")
+    result = diagnose(posterior_mean(ds.rows()), get_objective("vp"), curve, ds.x, test_x=test.x, queries=64)
+    assert len(result.test) == len(result.train) == len(SIGMAS)
+    # The memorising posterior mean generalises badly: held-out loss far above J* near the critical sigma.
+    assert max(g.relative_gap for g in result.test) > 0.1
+    lines = result.csv_text().splitlines()
+    assert lines[0].startswith("split,sigma,model_loss") and len(lines) == 1 + 2 * len(SIGMAS)
+    assert set(result.totals) == {"train", "test"}
+
+
+def test_level_gap_arithmetic():
+    g = LevelGap(1.0, model_loss=0.10, model_stderr=0.003, optimal_loss=0.12, optimal_stderr=0.004,
+                 data_variance=0.5)
+    assert g.gap == pytest.approx(-0.02) and g.gap_stderr == pytest.approx(0.005)
+    assert g.relative_gap == pytest.approx(-0.04)
+    assert g.below_floor == (-0.02 < -VIOLATION_SE * 0.005)
+
+
+# -- GapMonitor --------------------------------------------------------------------------------
+
+
+def linear_curve() -> OptimalLossCurve:
+    """J* = 0.1 at sigma 1 and 0.3 at sigma 10 (data variance 1), interpolated in log sigma."""
+    return OptimalLossCurve([1.0, 10.0], [0.1, 0.3], [0.0, 0.0], data_variance=1.0, n=10, dim=2)
+
+
+def test_gap_monitor_matches_a_hand_computation():
+    curve = linear_curve()
+    monitor = GapMonitor(curve, get_objective("edm"), edges=[1.0, 10.0, 100.0])
+    sigma = np.array([1.0, 10.0 ** 0.5, 20.0, 0.5])
+    loss = np.array([0.5, 0.7, 0.9, 0.1])
+    monitor.update(torch.tensor(sigma), torch.tensor(loss))
+    s = monitor.summary()
+    assert s["outside"] == 1 and [b["count"] for b in s["bins"]] == [2, 1]
+    floor = curve(sigma[:3])
+    first = s["bins"][0]
+    assert first["x0_loss"] == pytest.approx(0.6)
+    assert first["optimal_loss"] == pytest.approx(floor[:2].mean())
+    assert first["gap"] == pytest.approx(np.mean(loss[:2] - floor[:2]))
+    assert first["gap_stderr"] == pytest.approx(np.std(loss[:2] - floor[:2], ddof=1) / math.sqrt(2))
+    # The weighted totals average over every sample seen, the one outside the bins included.
+    lam = get_objective("edm").x0_weight(torch.tensor(sigma)).numpy()
+    assert s["weighted_gap"] == pytest.approx(np.mean(lam * (loss - curve(sigma))))
+    assert s["weighted_optimal"] == pytest.approx(np.mean(lam * curve(sigma)))
+    text = monitor.to_csv()
+    assert text.splitlines()[0].startswith("sigma_lo,sigma_hi,sigma,count,x0_loss")
+    monitor.reset()
+    assert monitor.summary()["bins"] == []
+
+
+@pytest.mark.parametrize("name", ["ddpm", "cosine-v-simple", "flow", "edm"])
+def test_gap_monitor_converts_target_losses(name):
+    """A per-sample eps / v / velocity / F loss fed with its times equals feeding the x0 loss directly."""
+    obj = get_objective(name)
+    gen = torch.Generator().manual_seed(0)
+    t = obj.sample_t(64, gen)
+    x0 = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    eps = torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    x_t = obj.process.alpha(t)[:, None] * x0 + obj.process.sigma(t)[:, None] * eps
+    x0_hat = x0 + 0.1 * torch.randn(64, 3, generator=gen, dtype=torch.float64)
+    pred = prediction_from_x0(obj.target, obj.process, t, x_t, x0_hat, obj.precond)
+    target = make_target(obj.target, obj.process, t, x_t, x0, obj.precond)
+    via_target, direct = GapMonitor(linear_curve(), obj), GapMonitor(linear_curve(), obj)
+    via_target.update_from_target(t, (pred - target).pow(2).mean(1))
+    direct.update(obj.process.ve_sigma(t), (x0_hat - x0).pow(2).mean(1))
+    for a, b in zip(via_target.summary()["bins"], direct.summary()["bins"], strict=True):
+        assert a["count"] == b["count"] and a["x0_loss"] == pytest.approx(b["x0_loss"], rel=1e-9)
+    with pytest.raises(ValueError, match="objective"):
+        GapMonitor(linear_curve()).update_from_target(t, torch.zeros(64))
+
+
+def test_diffusers_timesteps_map_to_ddpm_times():
+    """diffusers' DDPM step k (alphas_cumprod[k], linear betas 1e-4..0.02) is lossfloor's t = (k + 1) / 1000,
+    the mapping the README's GapMonitor example relies on."""
+    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    k = torch.tensor([0, 1, 499, 998, 999])
+    alpha = get_objective("ddpm").process.alpha((k + 1).double() / 1000)
+    assert torch.allclose(alpha**2, alphas_cumprod[k], rtol=1e-12)
+
+
+def test_gap_monitor_tensorboard_scalars():
+    class Writer:
+        def __init__(self):
+            self.scalars = {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag] = (value, step)
+
+    monitor = GapMonitor(linear_curve(), get_objective("edm"), edges=[1.0, 10.0])
+    monitor.update(torch.tensor([2.0, 3.0]), torch.tensor([0.4, 0.6]))
+    writer = Writer()
+    monitor.log_tensorboard(writer, step=7)
+    tag = f"gap/log_sigma_{math.log(math.sqrt(10.0)):+.2f}"
+    assert writer.scalars[tag] == (pytest.approx(0.5 - np.mean(linear_curve()(np.array([2.0, 3.0])))), 7)
+    assert writer.scalars["gap/weighted_total"][1] == 7
