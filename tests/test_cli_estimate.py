@@ -137,6 +137,7 @@ BAD_INPUTS = {
     "flip of points": (["--flip"], "--flip needs images"),
     "C without cdol": (["--C", "2"], "cdol only"),
     "queries twice": (["--queries", "5", "--queries-per-point", "1"], "not both"),
+    "resume and force": (["--force"], "--resume or --force"),
     "no cuda": (["--device", "cuda"], "CUDA"),
 }
 
@@ -206,3 +207,20 @@ def test_fashion_mnist_subsample(tmp_path, capsys):
     assert code == 0
     doc = json.loads((out / "optimal_loss.json").read_text())
     assert (doc["n"], doc["dim"]) == (500, 784) and doc["scaling"]["formula"] == "x / 127.5 - 1"
+
+
+def test_plotted_weight_density_integrates_to_the_objectives_mean_weight():
+    from lossfloor.plots import weight_density
+
+    # EDM: lambda = 1/sigma_data^2 + 1/sigma^2, ln sigma ~ N(-1.2, 1.2^2): E[lambda] = 4 + e^(2.4 + 2.88).
+    sigma = np.geomspace(1e-6, 1e5, 20001)
+    mean_weight = np.trapezoid(weight_density(get_objective("edm"), sigma), np.log(sigma))
+    assert mean_weight == pytest.approx(4 + np.exp(2.4 + 2.88), rel=1e-6)
+    # DDPM's atoms are binned: the binned mass is the sum of lambda / T over the atoms inside the range.
+    ddpm = get_objective("ddpm")
+    sigma = np.geomspace(0.05, 50, 200001)
+    atoms = ddpm.atoms().numpy()
+    inside = (atoms >= sigma[0]) & (atoms < sigma[-1])
+    expected = ddpm.x0_weight(ddpm.atoms()).numpy()[inside].sum() / len(atoms)
+    binned = np.trapezoid(weight_density(ddpm, sigma), np.log(sigma))
+    assert binned == pytest.approx(expected, rel=1e-3)

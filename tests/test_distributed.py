@@ -8,9 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lossfloor.distributed import RowWindow, shard_bounds, sharded_posterior_stats, world
+from lossfloor.distributed import RowWindow, rank_device, shard_bounds, sharded_posterior_stats, world
 from lossfloor.estimators import Estimator, EstimatorConfig
 from lossfloor.kernel import posterior_stats
+from lossfloor.storage import open_rows
 
 SIGMAS = (0.15, 0.6, 3.0)
 CONFIGS = {
@@ -87,3 +88,24 @@ def test_without_process_group_is_the_plain_kernel():
     q = rows[:7] + 0.3
     a, b = sharded_posterior_stats(q, rows, 0.7, chunk_size=50), posterior_stats(q, rows, 0.7, chunk_size=50)
     assert torch.equal(a.mean(), b.mean()) and torch.equal(a.variance(), b.variance())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("estimator", ["full", "cdol"])
+def test_cuda_matches_cpu(estimator, tmp_path):
+    rows, config = _data(), CONFIGS[estimator]
+    np.save(tmp_path / "rows.npy", rows.numpy())
+    device = rank_device("cuda")
+    assert not torch.backends.cuda.matmul.allow_tf32
+    cpu = Estimator(rows, config, dtype=torch.float64)
+    for source in (rows, open_rows(tmp_path / "rows.npy")):
+        gpu = Estimator(source, config, device=device, dtype=torch.float64)
+        for sigma in SIGMAS:
+            a, b = gpu.level(sigma, seed=7), cpu.level(sigma, seed=7)
+            assert a.loss == pytest.approx(b.loss, rel=1e-10)
+            assert a.stderr == pytest.approx(b.stderr, rel=1e-8)
+    gpu32, cpu32 = (Estimator(rows, config, device=d) for d in (device, "cpu"))
+    for sigma in SIGMAS:
+        a, b = gpu32.level(sigma, seed=7), cpu32.level(sigma, seed=7)
+        assert a.loss == pytest.approx(b.loss, rel=1e-4, abs=1e-7)  # float32, TF32 off

@@ -1,11 +1,13 @@
 """Out-of-core rows (.npy files, folders of shards, memmaps) give the in-memory answer, read in chunks."""
 
+import json
 import tracemalloc
 
 import numpy as np
 import pytest
 import torch
 
+from lossfloor.cli import main
 from lossfloor.data import load_dataset
 from lossfloor.estimators import Estimator, EstimatorConfig
 from lossfloor.storage import IndexedRows, NpyRows, ShardedRows, fingerprint_rows, open_rows, take_rows
@@ -96,3 +98,25 @@ def test_bad_out_of_core_input(tmp_path):
         open_rows(tmp_path / "empty")
     with pytest.raises(ValueError, match="different row shapes"):
         ShardedRows([np.zeros((2, 3)), np.zeros((2, 4))])
+
+
+def _estimate(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["estimate", "--no-progress", "--sigmas", "0.3,1,3", "--queries", "32", *map(str, args)])
+    return exit_info.value.code, capsys.readouterr()
+
+
+def test_cli_out_of_core_equals_in_memory(images, capsys):
+    for flag, out in [([], "memory"), (["--out-of-core"], "disk")]:
+        code, _ = _estimate(["--data", images / "images.npy", "--out", images / out, *flag], capsys)
+        assert code == 0
+    a, b = (json.loads((images / o / "optimal_loss.json").read_text()) for o in ("memory", "disk"))
+    assert a["fingerprint"] == b["fingerprint"]
+    assert np.allclose(a["loss"], b["loss"], rtol=1e-5, atol=1e-9)
+
+
+def test_cli_out_of_core_rejects_in_memory_options(images, capsys):
+    args = ["--data", images / "shards", "--out-of-core", "--flip", "--out", images / "o"]
+    code, captured = _estimate(args, capsys)
+    assert code == 2 and "--out-of-core" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert not (images / "o").exists()

@@ -144,13 +144,15 @@ def curve_csv(curve) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu | cuda | cuda:K")
+@click.option("--out-of-core", is_flag=True,
+              help="--data is a .npy file or a folder of .npy shards, read from disk in chunks")
 @click.option("--out", type=click.Path(), default="out/estimate", show_default=True)
 @click.option("--resume", is_flag=True, help="reuse the finished levels saved in --out")
 @click.option("--force", is_flag=True, help="overwrite the results in --out")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional, objective, sigmas,
              sigma_min, sigma_max, num_sigmas, estimator, queries, queries_per_point, subset, C, form, seed,
-             dtype, device, out, resume, force, progress):
+             dtype, device, out_of_core, out, resume, force, progress):
     """The optimal loss J*(sigma) of a dataset and the total optimal loss of an objective."""
     import math
     from pathlib import Path
@@ -159,9 +161,11 @@ def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional
 
     from .curve import OptimalLossCurve, atomic_write_text
     from .data import load_dataset
+    from .distributed import init_from_env, is_main_process, main_only, rank_device
     from .estimators import Estimator, EstimatorConfig
     from .formulation import get_objective
     from .plots import plot_curve
+    from .storage import load_rows_dataset
 
     # Everything is checked before --out is created.
     grid = parse_sigmas(sigmas, sigma_min, sigma_max, num_sigmas)
@@ -183,8 +187,20 @@ def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageProblem(f"--device {device}: CUDA is not available on this machine")
     out = Path(out)
-    check_out_dir(out, (*ESTIMATE_FILES, PARTIAL_FILE), resume=resume, force=force)
-    dataset = load_dataset(data, data_dir=data_dir, split=split, flip=flip, n=n_points, seed=data_seed)
+    if resume and force:
+        raise UsageProblem("give either --resume or --force, not both")
+    # Under torchrun every rank streams its share of the rows; rank 0 alone checks and writes --out.
+    init_from_env(device)
+    dev = torch.device(rank_device(device))
+    main_rank = is_main_process()
+    main_only(check_out_dir, out, (*ESTIMATE_FILES, PARTIAL_FILE), resume=resume, force=force)
+    if out_of_core:
+        if (data_dir, split, flip, n_points, class_conditional) != (None, "train", False, None, False):
+            raise UsageProblem("--out-of-core reads a .npy file or a folder of .npy shards as given: "
+                               "no --data-dir, --split test, --flip, --n or --class-conditional")
+        dataset = load_rows_dataset(data)
+    else:
+        dataset = load_dataset(data, data_dir=data_dir, split=split, flip=flip, n=n_points, seed=data_seed)
     if class_conditional and dataset.labels is None:
         raise UsageProblem(f"--class-conditional: {data} has no labels")
     n = len(dataset)
@@ -199,7 +215,7 @@ def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional
     identity = {"estimator": estimator, "queries": queries, "subset": subset, "C": C, "form": form,
                 "seed": seed, "dtype": dtype, "class_conditional": class_conditional,
                 "fingerprint": dataset.fingerprint}
-    done = finished_levels(out, identity) if resume else {}
+    done = main_only(finished_levels, out, identity) if resume else {}
     done = {s: done[s] for s in grid if s in done}
 
     def save_partial(level):
@@ -211,11 +227,15 @@ def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional
                                    fingerprint=dataset.fingerprint)
         partial.save(out / PARTIAL_FILE)
 
-    out.mkdir(parents=True, exist_ok=True)
-    click.echo(f"{data} ({split}): N = {n}, D = {est.data.dim}, data variance {est.data.variance:.6g}; "
-               f"{estimator} estimator, {queries} queries per level, {len(grid)} levels "
-               f"({len(done)} already done)")
-    curve = est.curve(grid, seed=seed, done=done, on_level=save_partial, progress=progress)
+    if main_rank:
+        out.mkdir(parents=True, exist_ok=True)
+        click.echo(f"{data} ({split}): N = {n}, D = {est.data.dim}, data variance {est.data.variance:.6g}; "
+                   f"{estimator} estimator, {queries} queries per level, {len(grid)} levels "
+                   f"({len(done)} already done)")
+    curve = est.curve(grid, seed=seed, done=done, on_level=save_partial if main_rank else None,
+                      progress=progress and main_rank)
+    if not main_rank:
+        return
     curve.fingerprint = dataset.fingerprint
     curve.settings["device"] = str(dev)
     total = curve.total(obj)

@@ -11,6 +11,7 @@ than one rank it is `posterior_stats` itself.
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -79,6 +80,25 @@ def all_reduce_stats(part: PosteriorStats, group=None) -> PosteriorStats:
     return PosteriorStats(global_max, packed[:, 0], packed[:, 2:], packed[:, 1])
 
 
+def main_only(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on rank 0 only (checks of --out, reading saved levels); every rank gets its
+    result, or raises its error, so no rank waits forever on a rank that failed."""
+    rank, size = world()
+    if size == 1:
+        return fn(*args, **kwargs)
+    box = [None]
+    if rank == 0:
+        try:
+            box = [(True, fn(*args, **kwargs))]
+        except Exception as err:  # handed to every rank, raised below
+            box = [(False, err)]
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
 def init_from_env(device: str = "cpu") -> bool:
     """Initialise the default process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU,
     NCCL on CUDA, where each rank takes the GPU of its LOCAL_RANK.  Returns whether a group is active."""
@@ -88,11 +108,15 @@ def init_from_env(device: str = "cpu") -> bool:
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
+    atexit.register(dist.destroy_process_group)
     return True
 
 
-def cuda_device_for_rank(device: str) -> str:
-    """`cuda` becomes `cuda:LOCAL_RANK` under torchrun, so each rank uses its own GPU."""
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        return f"cuda:{os.environ['LOCAL_RANK']}"
+def rank_device(device: str) -> str:
+    """`cuda` becomes `cuda:LOCAL_RANK` under torchrun, so each rank uses its own GPU; on CUDA, TF32 is
+    turned off, as the logits q.x / sigma^2 need full float32 mantissas."""
+    if torch.device(device).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
+            return f"cuda:{os.environ['LOCAL_RANK']}"
     return device

@@ -15,7 +15,8 @@ import torch  # noqa: E402
 from .curve import OptimalLossCurve, atomic_write_bytes  # noqa: E402
 from .formulation import Objective  # noqa: E402
 
-WEIGHT_DYNAMIC_RANGE = 1e6  # the lambda * p axis shows this many orders below its maximum
+WEIGHT_DYNAMIC_RANGE = 1e12  # the lambda * p axis stops this many orders below its maximum
+ATOM_BINS_PER_DECADE = 10  # discrete objectives: atoms are counted in bins this wide
 
 
 def save_figure(fig, path) -> None:
@@ -38,10 +39,11 @@ def weight_density(objective: Objective, sigma: np.ndarray) -> np.ndarray:
     # Atoms of equal mass: sum lambda / T over the atoms in each log-sigma bin, divided by its width.
     atoms = objective.atoms().numpy()
     lam = objective.x0_weight(torch.tensor(atoms)).numpy()
-    log_grid = np.log(sigma)
-    edges = np.concatenate([[log_grid[0]], (log_grid[1:] + log_grid[:-1]) / 2, [log_grid[-1]]])
-    mass, _ = np.histogram(np.log(atoms), bins=edges, weights=lam / len(atoms))
-    return mass / np.diff(edges)
+    log_lo, log_hi = np.log10(sigma[0]), np.log10(sigma[-1])
+    edges = np.linspace(log_lo, log_hi, max(2, round((log_hi - log_lo) * ATOM_BINS_PER_DECADE)) + 1)
+    mass, _ = np.histogram(np.log10(atoms), bins=edges, weights=lam / len(atoms))
+    density = mass / (np.diff(edges) * np.log(10))  # per unit natural log sigma, as p(log sigma)
+    return density[np.clip(np.searchsorted(edges, np.log10(sigma), side="right") - 1, 0, len(density) - 1)]
 
 
 def plot_curve(curve: OptimalLossCurve, objective: Objective, path, title: str = "") -> None:
@@ -74,6 +76,7 @@ def plot_curve(curve: OptimalLossCurve, objective: Objective, path, title: str =
 
     lines = ax.get_legend_handles_labels()
     twin_lines = twin.get_legend_handles_labels()
-    ax.legend(lines[0] + twin_lines[0], lines[1] + twin_lines[1], loc="center right", fontsize=8)
+    ax.legend(lines[0] + twin_lines[0], lines[1] + twin_lines[1], loc="upper center", fontsize=8, ncol=2,
+              bbox_to_anchor=(0.5, -0.14), frameon=False)  # below the axes: never hides a curve
     ax.set_title(title or f"Optimal loss (N = {curve.n}, D = {curve.dim})", fontsize=10)
     save_figure(fig, path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import UINT8_SCALING, _from_uint8
+from .data import UINT8_SCALING, Dataset, _from_uint8
 
 
 class NpyRows:
@@ -198,3 +198,11 @@ def fingerprint_rows(rows, chunk_size: int = 8192) -> str:
     for start in range(0, len(rows), chunk_size):
         digest.update(np.ascontiguousarray(rows[start:start + chunk_size], dtype=np.float32).tobytes())
     return digest.hexdigest()
+
+
+def load_rows_dataset(path) -> Dataset:
+    """A .npy file or a folder of .npy shards as a `Dataset` whose rows stay on disk (no labels)."""
+    rows = open_rows(path)
+    scaling = rows.parts[0].scaling if isinstance(rows, ShardedRows) else rows.scaling
+    return Dataset(name=str(path), split="train", x=rows, labels=None, shape=tuple(rows.shape[1:]),
+                   scaling=scaling, fingerprint=fingerprint_rows(rows), source=f"{path} (read from disk)")

@@ -721,7 +721,9 @@ def plot_variant_samples(results: list[dict], shape, path, name: str) -> None:
         if len(shape) == 3:
             c, h, w = shape
             k = int(math.isqrt(len(x)))
-            grid = x[: k * k].reshape(k, k, h, w).transpose(0, 2, 1, 3).reshape(k * h, k * w)
+            tiles = np.pad(x[: k * k].reshape(k, k, h, w), ((0, 0), (0, 0), (1, 0), (1, 0)),
+                           constant_values=1)
+            grid = tiles.transpose(0, 2, 1, 3).reshape(k * (h + 1), k * (w + 1))  # one white pixel between
             ax.imshow((grid + 1) / 2, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
         else:
             ax.scatter(x[:, 0], x[:, 1], s=2)
