@@ -105,7 +105,7 @@ def plot(compare: list[dict], pilot_rows: dict, variance: float, n: int, dim: in
         ax.axhline(2e-3, color="gray", lw=0.8, ls=":", label="goal: 0.2% of the variance")
         ax.set(xscale="log", yscale="log", title=f"sigma = {sigma:.3g}", xlabel="FLOPs per level")
     np.atleast_1d(axes)[0].set_ylabel("error / data variance")
-    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="lower left")
+    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="upper right")
     fig.suptitle(f"Fashion-MNIST (N = {n}, D = {dim}): estimator error against FLOPs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -144,3 +144,18 @@ def test_sample_needs_a_png_and_a_checkpoint(trained, tmp_path, capsys):
     missing = tmp_path / "none.pt"
     assert_usage_error(run(["sample", "--checkpoint", missing, "--out", tmp_path / "s.png"], capsys),
                        "no checkpoint")
+
+
+@pytest.mark.slow
+def test_study_diagnose_quick_budget(tmp_path, capsys):
+    out = tmp_path / "study"
+    code, stdout, err = run(["study", "diagnose", "--budget", "quick", "--datasets", "digits",
+                             "--variants", "edm,vp", "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    for name in ("diagnose_study.json", "gaps.csv", "totals.csv", "gaps.png", "samples_digits.png"):
+        assert (out / name).exists(), name
+    doc = json.loads((out / "diagnose_study.json").read_text())
+    assert [r["variant"] for r in doc["datasets"]["digits"]["variants"]] == ["edm", "vp"]
+    assert len((out / "totals.csv").read_text().splitlines()) == 1 + 2 * 2
+    assert_usage_error(run(["study", "diagnose", "--budget", "quick", "--datasets", "mnist", "--out", out],
+                           capsys), "unknown dataset")

@@ -81,6 +81,8 @@ def test_level_gap_arithmetic():
     assert g.gap == pytest.approx(-0.02) and g.gap_stderr == pytest.approx(0.005)
     assert g.relative_gap == pytest.approx(-0.04)
     assert g.below_floor == (-0.02 < -VIOLATION_SE * 0.005)
+    # Both losses at round-off level (J* ~ 1e-17 in the memorised regime): never a violation.
+    assert not LevelGap(0.01, 0.0, 0.0, 7e-17, 6e-18, data_variance=0.3).below_floor
 
 
 # -- GapMonitor --------------------------------------------------------------------------------

@@ -54,9 +54,9 @@ def test_estimates_match_in_memory(images, estimator):
     np.save(images / "scaled.npy", in_memory.numpy())
     sources = [open_rows(images / "images.npy"), open_rows(images / "shards"),
                np.load(images / "scaled.npy", mmap_mode="r")]
-    for labels in [None, np.arange(230) % 2]:
+    for labels, tried in [(None, sources), (np.arange(230) % 2, sources[:1])]:
         ref = Estimator(in_memory, config, labels=labels, dtype=torch.float64)
-        for source in sources:
+        for source in tried:
             est = Estimator(source, config, labels=labels, dtype=torch.float64)
             for sigma in (0.3, 2.0):
                 a, b = est.level(sigma, seed=1), ref.level(sigma, seed=1)

@@ -523,8 +523,12 @@ def diagnose(checkpoint, data, data_dir, n_points, data_seed, flip, curve_path, 
         est = Estimator(train_set.rows(), EstimatorConfig(queries=queries), device=dev)
         curve = est.curve(np.geomspace(sigma_min, sigma_max, levels), seed=seed, progress=True)
         curve.fingerprint = train_set.fingerprint
-    result = run_diagnosis(denoiser, obj, curve, train_set.x,
-                           test_x=None if test_set is None else test_set.x, queries=queries, seed=seed)
+    from tqdm.auto import tqdm
+
+    test_x = None if test_set is None else test_set.x
+    with tqdm(total=len(curve.sigma) * (1 if test_x is None else 2), desc="model loss", unit="level") as bar:
+        result = run_diagnosis(denoiser, obj, curve, train_set.x, test_x=test_x, queries=queries, seed=seed,
+                               progress=bar.update)
     meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "model": ckpt.model.to_dict(),
             "data": train_set.describe(), "test_data": None if test_set is None else test_set.describe(),
             "queries": queries, "seed": seed, "weights": "raw" if raw_weights else "ema",

@@ -22,6 +22,7 @@ from .training import BinnedLoss, per_sample_x0_loss
 
 Tensor = torch.Tensor
 VIOLATION_SE = 3.0  # standard errors below J* that count as impossible
+ROUND_OFF = 1e-6  # gaps smaller than this fraction of the data variance are float32 round-off, never flagged
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class LevelGap:
     @property
     def below_floor(self) -> bool:
         """True when the model beats J* by more than VIOLATION_SE standard errors (impossible on train)."""
-        return self.gap < -VIOLATION_SE * self.gap_stderr
+        return self.gap < -(VIOLATION_SE * self.gap_stderr + ROUND_OFF * self.data_variance)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "gap": self.gap, "gap_stderr": self.gap_stderr,

@@ -361,7 +361,7 @@ def target_coefficients(target: str, process: Process, t: Tensor,
 
 
 def _bcast(c: Tensor, like: Tensor) -> Tensor:
-    return c.to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+    return c.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
 
 def make_target(target, process, t, x_t, x0, precond=Preconditioning()) -> Tensor:

@@ -90,22 +90,41 @@ def posterior_stats(
     )
     if shift is not None:
         shift = shift.to(device=device, dtype=dtype)
+    rows = min(chunk_size, len(data))
+    centred = torch.empty(rows, d, device=device, dtype=dtype) if shift is not None else None
+    block = torch.empty(min(_NORM_BLOCK, rows), d, device=device, dtype=F64)
+    w_buffer = torch.empty(m * rows, device=device, dtype=F64)
     for start in range(0, len(data), chunk_size):
         x = _as_tensor(data[start:start + chunk_size], device, dtype)
         if shift is not None:
-            x = x - shift
-        sq = x.pow(2).sum(1)
-        logits = torch.addmm((-0.5 * inv_var) * sq[None, :], q_scaled, x.T)
+            x = torch.sub(x, shift, out=centred[:len(x)])
+        # Sum w and sum w ||x||^2 in float64, as E||x||^2 - ||E x||^2 cancels; in a one-hot posterior the
+        # variance is then exactly 0.  Reused buffers: fresh float64 copies per chunk cost as much as
+        # the GEMMs did.
+        sq = _square_norms(x, block)
+        logits = torch.addmm((-0.5 * inv_var) * sq.to(dtype)[None, :], q_scaled, x.T)
         if self_index is not None and self_log_weight != 0.0:
             local = self_index - (row_offset + start)
-            rows = torch.nonzero((local >= 0) & (local < len(x))).flatten()
-            logits[rows, local[rows]] += self_log_weight
+            hit = torch.nonzero((local >= 0) & (local < len(x))).flatten()
+            logits[hit, local[hit]] += self_log_weight
         cmax = logits.amax(1)  # amax: max(1) also builds indices, and was ms per call on small tensors
         safe = torch.where(torch.isfinite(cmax), cmax, torch.zeros_like(cmax))
         w = logits.sub_(safe[:, None]).exp_()  # in place: the (M, chunk) buffer is the big one
-        # E||x||^2 in float64 (a cheap GEMV): in a one-hot posterior it then equals ||mean||^2 exactly,
-        # so the variance has no float32 floor (~1e-7 ||x||^2) in the memorised regime.
-        w64 = w.to(F64)
-        chunk = PosteriorStats(cmax.to(F64), w64.sum(1), (w @ x).to(F64), w64 @ x.to(F64).pow(2).sum(1))
+        w64 = w_buffer[:m * len(x)].view(m, len(x)).copy_(w)
+        chunk = PosteriorStats(cmax.to(F64), w64.sum(1), (w @ x).to(F64), w64 @ sq)
         total = total.merge(chunk)
     return total
+
+
+_NORM_BLOCK = 256
+
+
+def _square_norms(x: Tensor, block: Tensor) -> Tensor:
+    """Row norms squared in float64, converting `len(block)` rows at a time into a reused buffer."""
+    out = torch.empty(len(x), dtype=F64, device=x.device)
+    for first in range(0, len(x), len(block)):
+        rows = x[first:first + len(block)]
+        part = block[:len(rows)].copy_(rows)
+        torch.sum(part.mul_(part), 1, out=out[first:first + len(rows)])
+    return out
+

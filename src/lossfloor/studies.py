@@ -461,6 +461,7 @@ def _plot_losses(out: Path, cells: list[dict], floors: dict) -> None:
     for d in sorted({c["dataset"] for c in cells}):
         mine = [c for c in cells if c["dataset"] == d]
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        lowest = min(min(c["x0_error_curve"]["loss"]) for c in mine)
         for ax, w in zip(axes, LOSS_WEIGHTS, strict=True):
             for t in LOSS_TARGETS:
                 runs = [c for c in mine if c["target"] == t and c["loss"] == w]
@@ -473,7 +474,9 @@ def _plot_losses(out: Path, cells: list[dict], floors: dict) -> None:
                 fc = OptimalLossCurve.from_dict(floors[d]["curve"])
                 ax.plot(cosine.t_of_sigma(torch.tensor(fc.sigma)).numpy(), fc.loss, "k--",
                         label="J* (train set)")
-            ax.set(yscale="log", xlabel="t  (cosine: sigma = tan(pi t / 2))", title=f"{d}: {w}-trained")
+            # J* of a small training set collapses far below any model: keep the models readable
+            ax.set(yscale="log", ylim=(lowest / 10, None), xlabel="t  (cosine: sigma = tan(pi t / 2))",
+                   title=f"{d}: {w}-trained")
             ax.legend(fontsize=8)
         axes[0].set_ylabel("test x0 MSE per dim")
         save_figure(fig, out / d / "loss_vs_t.png")
@@ -599,13 +602,14 @@ def run_diagnose_study(datasets, variants, budget_name: str, out, *, seed: int =
         raise ValueError(f"unknown budget {budget_name!r}; choose from {', '.join(DIAGNOSE_BUDGETS)}")
     for v in variants:
         get_objective(v)
+    unknown = [name for name in datasets if name not in DIAGNOSE_DATASETS]
+    if unknown:
+        raise ValueError(f"unknown dataset {unknown[0]!r} for the diagnose study; choose from "
+                         f"{', '.join(DIAGNOSE_DATASETS)}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"budget": budget_name, "seed": seed, "datasets": {}}
     for name in datasets:
-        if name not in DIAGNOSE_BUDGETS[budget_name]:
-            raise ValueError(f"unknown dataset {name!r} for the diagnose study; choose from "
-                             f"{', '.join(DIAGNOSE_DATASETS)}")
         budget = DIAGNOSE_BUDGETS[budget_name][name]
         kw = {"data_dir": data_dir} if name == "fashion-mnist" else {}
         train, test = load_dataset(name, **kw), load_dataset(name, split="test", **kw)
