@@ -30,7 +30,8 @@ SIGMA_GRID = (0.002, 80.0, 32)  # EDM's range; curve.total covers 6 more decades
 MAX_DEFAULT_QUERIES = 4096
 ESTIMATE_FILES = ("optimal_loss.json", "optimal_loss.csv", "optimal_loss.png")
 PARTIAL_FILE = "optimal_loss.partial.json"
-RESUME_KEYS = ("estimator", "queries", "subset", "C", "form", "seed", "dtype", "class_conditional")
+RESUME_KEYS = ("estimator", "queries", "target_stderr", "subset", "C", "form", "seed", "dtype",
+               "class_conditional")
 
 
 def parse_sigmas(sigmas: str | None, sigma_min: float | None, sigma_max: float | None,
@@ -138,6 +139,8 @@ def curve_csv(curve) -> str:
               show_default=True)
 @click.option("--queries", type=int, help=f"Monte-Carlo queries per level [min(N, {MAX_DEFAULT_QUERIES})]")
 @click.option("--queries-per-point", type=float, help="queries per level as a multiple of N")
+@click.option("--target-stderr", type=float,
+              help="add rounds of --queries per level until stderr <= this fraction of the data variance")
 @click.option("--subset", type=int, help="subset size L of cdol/dol/snis [min(N, 4096)]")
 @click.option("--C", "C", type=float, help="self-pair down-weighting of cdol [4N/L]")
 @click.option("--form", type=click.Choice(["rb", "global"]), default="rb", show_default=True)
@@ -151,8 +154,8 @@ def curve_csv(curve) -> str:
 @click.option("--force", is_flag=True, help="overwrite the results in --out")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional, objective, sigmas,
-             sigma_min, sigma_max, num_sigmas, estimator, queries, queries_per_point, subset, C, form, seed,
-             dtype, device, out_of_core, out, resume, force, progress):
+             sigma_min, sigma_max, num_sigmas, estimator, queries, queries_per_point, target_stderr, subset,
+             C, form, seed, dtype, device, out_of_core, out, resume, force, progress):
     """The optimal loss J*(sigma) of a dataset and the total optimal loss of an objective."""
     import math
     from pathlib import Path
@@ -180,12 +183,7 @@ def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional
         raise UsageProblem("--subset applies to the subset estimators (cdol, dol, snis), not full")
     if estimator != "cdol" and C is not None:
         raise UsageProblem("--C applies to --estimator cdol only")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UsageProblem(f"--device: unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageProblem(f"--device {device}: CUDA is not available on this machine")
+    _device(device)
     out = Path(out)
     if resume and force:
         raise UsageProblem("give either --resume or --force, not both")
@@ -209,10 +207,12 @@ def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional
     if queries is None:
         per_point = queries_per_point
         queries = min(n, MAX_DEFAULT_QUERIES) if per_point is None else math.ceil(per_point * n)
-    config = EstimatorConfig(estimator=estimator, queries=queries, subset=subset, C=C, form=form)
+    config = EstimatorConfig(estimator=estimator, queries=queries, subset=subset, C=C, form=form,
+                             target_stderr=target_stderr)
     est = Estimator(dataset.rows(), config, labels=dataset.labels if class_conditional else None,
                     device=dev, dtype=getattr(torch, dtype))
-    identity = {"estimator": estimator, "queries": queries, "subset": subset, "C": C, "form": form,
+    identity = {"estimator": estimator, "queries": queries, "target_stderr": target_stderr, "subset": subset,
+                "C": C, "form": form,
                 "seed": seed, "dtype": dtype, "class_conditional": class_conditional,
                 "fingerprint": dataset.fingerprint}
     done = main_only(finished_levels, out, identity) if resume else {}

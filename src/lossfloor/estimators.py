@@ -47,6 +47,8 @@ class EstimatorConfig:
     form: str = "rb"
     batch_size: int = 512  # queries per kernel call
     chunk_size: int = 8192  # data rows per GEMM
+    target_stderr: float | None = None  # if set: rounds of `queries` until stderr <= this x data variance
+    max_queries: int = 1 << 20  # cap on the queries of one level when target_stderr is set
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -59,6 +61,8 @@ class EstimatorConfig:
             raise ValueError(f"subset size L must be at least 2, got {self.subset}")
         if self.C is not None and self.C < 1:
             raise ValueError(f"C must be >= 1, got {self.C}")
+        if self.target_stderr is not None and not self.target_stderr > 0:
+            raise ValueError(f"target stderr must be positive, got {self.target_stderr}")
 
     def subset_size(self, n: int) -> int:
         """L, checked against the dataset size."""
@@ -140,18 +144,29 @@ class DataMatrix:
 
 def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
                    generator: torch.Generator, progress=None) -> LevelEstimate:
-    """Estimate J*(sigma) per dimension with its standard error."""
+    """Estimate J*(sigma) per dimension with its standard error.
+
+    With `config.target_stderr`, rounds of `config.queries` are added until the standard error is at most
+    that fraction of the data variance (or `max_queries` is reached): the memorised regime, where every
+    query gives exactly 0, stops after one round.
+    """
     if not sigma > 0 or not math.isfinite(sigma):
         raise ValueError(f"sigma must be positive and finite, got {sigma}")
-    if config.estimator == "full":
-        values = _full_values(data, sigma, config, generator, progress)
-        se = values.std().item() / math.sqrt(len(values))
-    else:
-        values, block = _subset_values(data, sigma, config, generator, progress)
-        # Queries sharing a subset are correlated: the standard error comes from block means.
-        means = values.view(-1, block).mean(1)
-        se = means.std().item() / math.sqrt(len(means))
-    return LevelEstimate(float(sigma), values.mean().item(), se, len(values))
+    units, used = [], 0
+    while True:
+        if config.estimator == "full":
+            values = _full_values(data, sigma, config, generator, progress)
+            units.append(values)
+        else:
+            values, block = _subset_values(data, sigma, config, generator, progress)
+            # Queries sharing a subset are correlated: the independent units are the block means.
+            units.append(values.view(-1, block).mean(1))
+        used += len(values)
+        pooled = torch.cat(units)
+        se = pooled.std().item() / math.sqrt(len(pooled))
+        if (config.target_stderr is None or se <= config.target_stderr * data.variance
+                or used >= config.max_queries):
+            return LevelEstimate(float(sigma), pooled.mean().item(), se, used)
 
 
 def _value(stats, data: DataMatrix, form: str) -> Tensor:
@@ -264,8 +279,9 @@ class Estimator:
                 raise ValueError(f"sigma must be positive and finite, got {s}")
         done = dict(done or {})
         todo = [s for s in sigmas if s not in done]
-        bar = tqdm(total=len(todo) * self.config.queries, unit="query", disable=not progress,
-                   desc="optimal loss")
+        adaptive = self.config.target_stderr is not None  # then the number of queries is not known ahead
+        bar = tqdm(total=None if adaptive else len(todo) * self.config.queries, unit="query",
+                   disable=not progress, desc="optimal loss")
         for s in todo:
             bar.set_postfix(sigma=f"{s:.3g}")
             done[s] = self.level(s, seed, bar.update)
