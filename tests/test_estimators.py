@@ -176,8 +176,32 @@ def test_subset_standard_error_comes_from_many_blocks(clusters):
     assert lvl.queries == 640  # 32 blocks of 20 queries, each block one random subset
 
 
+@pytest.mark.parametrize("estimator", ["full", "cdol"])
+def test_target_stderr_adds_rounds_until_met(clusters, full_curve, estimator):
+    x, _ = clusters
+    target = 0.002
+    est = Estimator(x, EstimatorConfig(estimator, queries=256, subset=600, target_stderr=target))
+    var = est.data_variance
+    memorised, transition = est.level(0.05), est.level(1.2)
+    assert memorised.queries == 256  # every query gives 0: one round is enough
+    assert transition.queries > 256 and transition.queries % 256 == 0
+    for lvl in (memorised, transition):
+        assert lvl.stderr <= target * var
+    ref = full_curve(1.2)
+    se = math.hypot(transition.stderr, full_curve.stderr[CLUSTER_SIGMAS.index(1.2)])
+    allowance = 0.0 if estimator == "full" else 0.01 * var  # cDOL's measured bias here is < 1% of V
+    assert abs(transition.loss - ref) <= 4 * se + allowance
+
+
+def test_target_stderr_respects_the_query_cap(clusters):
+    x, _ = clusters
+    cfg = EstimatorConfig("full", queries=64, target_stderr=1e-9, max_queries=192)
+    assert Estimator(x, cfg).level(1.2).queries == 192
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"estimator": "nope"}, "unknown estimator"),
+    ({"target_stderr": 0.0}, "target stderr"),
     ({"form": "nope"}, "unknown form"),
     ({"queries": 1}, "at least 2"),
     ({"subset": 1}, "at least 2"),
