@@ -386,6 +386,15 @@ def target_error_factor(target, process, t, precond=Preconditioning()) -> Tensor
     return target_coefficients(target, process, t, precond)[1] ** 2
 
 
+def nelbo_log_sigma_weight(sigma: Tensor) -> Tensor:
+    """The continuous-time NELBO's weight on ||x0_hat - x0||^2 per unit of log sigma: 1 / sigma^2.
+
+    The VDM bound int -1/2 SNR'(t) J dt becomes int J / sigma^2 d log sigma with SNR = 1/sigma^2, the
+    same for every process (the bound is invariant to the schedule between its end points).
+    """
+    return _t64(sigma) ** -2
+
+
 # --------------------------------------------------------------------------------------------
 # Objectives.
 # --------------------------------------------------------------------------------------------
@@ -446,9 +455,8 @@ class Objective:
         t = self.process.t_of_sigma(s)
         if self.weight == "simple":
             return target_error_factor(self.target, self.process, t, self.precond)
-        # NELBO: the continuous-time VDM bound int -1/2 SNR'(t) J dt equals int J / sigma^2 d log sigma
-        # (SNR = 1/sigma^2), so under any sampling density the x0 weight is 1 / (sigma^2 p(log sigma)).
-        return torch.exp(-2 * torch.log(s) - self.log_density(torch.log(s)))
+        # Under any sampling density p(log sigma) the NELBO's x0 weight is its per-log-sigma weight / p.
+        return nelbo_log_sigma_weight(s) * torch.exp(-self.log_density(torch.log(s)))
 
     def target_weight(self, t: Tensor) -> Tensor:
         """The weight on the native target's squared error at time t."""

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .formulation import Objective, x0_from_prediction
+from .formulation import Objective, nelbo_log_sigma_weight, x0_from_prediction
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x~ of shape (N, ...), sigma of shape (N,)) -> x0_hat
@@ -93,7 +93,7 @@ def _per_point_diffusion(denoise: Denoiser, x: Tensor, log_lo: float, log_hi: fl
         with torch.no_grad():
             x0_hat = denoise(x + view * eps, sigma)
         err = (x0_hat - x).reshape(n, -1).double().pow(2).sum(1)
-        total += err / sigma**2
+        total += err * nelbo_log_sigma_weight(sigma)
     return total * (log_hi - log_lo) / samples
 
 
