@@ -83,3 +83,10 @@ def test_cli_rejects_bad_input_without_writing(tmp_path, capsys, args):
     assert err.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_fashion_mnist_has_its_own_reduced_budget():
+    assert studies.losses_preset("fashion-mnist", "reduced").steps(60_000) == 500
+    assert studies.losses_preset("digits", "reduced") == studies.IMAGE_PRESETS["reduced"]
+    assert studies.losses_preset("ring", "reduced") == studies.POINTS_PRESETS["reduced"]
+    assert studies.losses_preset("fashion-mnist", "full") == studies.IMAGE_PRESETS["full"]

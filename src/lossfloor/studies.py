@@ -93,7 +93,20 @@ IMAGE_PRESETS = {
     "quick": LossesPreset("unet", 8, None, 8, 128, 1e-3, 20, 0.99, 1.0, 512, 256, 1e-3, 1e3,
                           128, 2, 128, 12, 64, 12, 100),
 }
+# Fashion-MNIST is 40x digits: the image `reduced` budget (60 epochs) would be ~28k steps per model here,
+# so its reduced run is a fixed 500 steps (about half an epoch) of the same UNet.
+FASHION_PRESETS = {
+    "reduced": LossesPreset("unet", 16, None, 500 * 64 / 60_000, 64, 1e-3, 50, 0.995, 1.0, None, 2000,
+                            1e-3, 1e3, 1000, 8, 500, 32, 256, 64, 600),
+}
 PRESET_NAMES = tuple(POINTS_PRESETS)
+
+
+def losses_preset(dataset: str, name: str) -> LossesPreset:
+    """The budget of `name` for `dataset`: points, images, or Fashion-MNIST's own where it has one."""
+    if dataset == "fashion-mnist" and name in FASHION_PRESETS:
+        return FASHION_PRESETS[name]
+    return (IMAGE_PRESETS if dataset in IMAGE_DATASETS else POINTS_PRESETS)[name]
 
 
 def losses_objective(target: str, weight: str, sigma_min: float):
@@ -290,7 +303,7 @@ def run_losses_study(datasets, targets, weights, seeds, preset_name: str, out, *
     if not datasets or not targets or not weights or not seeds:
         raise ValueError("need at least one dataset, target, loss and seed")
     cells = [(d, t, w, s) for d in datasets for t in targets for w in weights for s in seeds]
-    presets = {d: (IMAGE_PRESETS if d in IMAGE_DATASETS else POINTS_PRESETS)[preset_name] for d in datasets}
+    presets = {d: losses_preset(d, preset_name) for d in datasets}
     data = {d: _load_losses_data(d, presets[d], data_dir) for d in datasets}  # fail before writing anything
     bar = tqdm(total=len(cells), disable=not progress, desc="losses study", unit="cell")
     for d in datasets:
