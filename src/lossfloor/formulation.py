@@ -360,20 +360,27 @@ def target_coefficients(target: str, process: Process, t: Tensor,
     raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
 
 
-def _bcast(c: Tensor, like: Tensor) -> Tensor:
+def per_sample(c: Tensor, like: Tensor) -> Tensor:
+    """Per-sample scalars (B,) broadcast against a batch (B, ...), on its device and in its dtype."""
     return c.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def process_input(process: Process, x_tilde: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """(t, x_t) for a VE-coordinate input x~ = x0 + sigma * eps: t = t(sigma) and x_t = alpha_t * x~."""
+    t = process.t_of_sigma(sigma)
+    return t, per_sample(process.alpha(t), x_tilde) * x_tilde
 
 
 def make_target(target, process, t, x_t, x0, precond=Preconditioning()) -> Tensor:
     """The regression target of `target` for clean data x0 noised to x_t at time t."""
     a, b = target_coefficients(target, process, t, precond)
-    return _bcast(a, x_t) * x_t + _bcast(b, x0) * x0
+    return per_sample(a, x_t) * x_t + per_sample(b, x0) * x0
 
 
 def x0_from_prediction(target, process, t, x_t, pred, precond=Preconditioning()) -> Tensor:
     """Invert the target's affine map: the x0 estimate implied by a prediction of `target`."""
     a, b = target_coefficients(target, process, t, precond)
-    return (pred - _bcast(a, x_t) * x_t) / _bcast(b, pred)
+    return (pred - per_sample(a, x_t) * x_t) / per_sample(b, pred)
 
 
 def prediction_from_x0(target, process, t, x_t, x0_hat, precond=Preconditioning()) -> Tensor:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .formulation import Objective, nelbo_log_sigma_weight, x0_from_prediction
+from .formulation import Objective, nelbo_log_sigma_weight, process_input, x0_from_prediction
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x~ of shape (N, ...), sigma of shape (N,)) -> x0_hat
@@ -53,14 +53,10 @@ class NELBO:
 
 def x0_denoiser(predict: Callable[[Tensor, Tensor], Tensor], objective: Objective) -> Denoiser:
     """Wrap a native-target predictor predict(x_t, t) of `objective` as an x0-denoiser D(x~, sigma)."""
-    process = objective.process
-
     def denoise(x_tilde: Tensor, sigma: Tensor) -> Tensor:
-        t = process.t_of_sigma(sigma)
-        alpha = process.alpha(t).to(x_tilde.dtype).reshape(-1, *([1] * (x_tilde.dim() - 1)))
-        x_t = alpha * x_tilde
-        pred = predict(x_t, t)
-        x0_hat = x0_from_prediction(objective.target, process, t, x_t, pred, objective.precond)
+        t, x_t = process_input(objective.process, x_tilde, sigma)
+        x0_hat = x0_from_prediction(objective.target, objective.process, t, x_t, predict(x_t, t),
+                                    objective.precond)
         return x0_hat.to(x_tilde.dtype)
 
     return denoise

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .formulation import Objective, x0_from_prediction
+from .formulation import Objective, per_sample, process_input, x0_from_prediction
 
 Tensor = torch.Tensor
 MODELS = ("mlp", "unet", "relu-mlp")
@@ -212,11 +212,6 @@ def parameter_count(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters() if p.requires_grad)
 
 
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
-    """Per-sample float64 scalars broadcast against a batch, in the batch's dtype."""
-    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
 class Denoiser(nn.Module):
     """An x0-denoiser built from a network and an objective.
 
@@ -242,7 +237,7 @@ class Denoiser(nn.Module):
         # c_in / alpha in float64: alpha -> 0 and sigma -> inf cancel (flow, cosine near t = 1).
         scale = obj.precond.c_in(sigma) / obj.process.alpha(t)
         c_noise = obj.precond.c_noise(sigma).to(device=x_t.device, dtype=x_t.dtype)
-        return self.net(_per_sample(scale, x_t) * x_t, c_noise)
+        return self.net(per_sample(scale, x_t) * x_t, c_noise)
 
     def x0(self, x_t: Tensor, t) -> Tensor:
         """x0 estimate at process time t."""
@@ -252,7 +247,5 @@ class Denoiser(nn.Module):
 
     def forward(self, x_tilde: Tensor, sigma) -> Tensor:
         """x0 estimate from VE coordinates x~ = x0 + sigma * eps."""
-        sigma = self._times(sigma, len(x_tilde))
-        t = self.objective.process.t_of_sigma(sigma)
-        x_t = _per_sample(self.objective.process.alpha(t), x_tilde) * x_tilde
+        t, x_t = process_input(self.objective.process, x_tilde, self._times(sigma, len(x_tilde)))
         return self.x0(x_t, t)

@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .curve import atomic_write_bytes, atomic_write_text
-from .formulation import Objective, get_objective, make_target, target_error_factor
+from .formulation import Objective, get_objective, make_target, per_sample, target_error_factor
 from .models import Denoiser, ModelConfig, build_model, parameter_count
 
 Tensor = torch.Tensor
@@ -214,10 +214,6 @@ class TrainConfig:
             raise ValueError(f"the EMA decay must be in [0, 1), got {self.ema}")
 
 
-def _broadcast(values: Tensor, like: Tensor) -> Tensor:
-    return values.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
-
-
 class Trainer:
     """Trains a network under an objective; see the module docstring."""
 
@@ -250,7 +246,7 @@ class Trainer:
         obj = self.objective
         x0_64, eps_64 = x0.double(), eps.double()
         # Noising and the target in float64: the target's coefficients diverge at the ends of the schedule.
-        alpha, sigma_t = _broadcast(obj.process.alpha(t), x0_64), _broadcast(obj.process.sigma(t), x0_64)
+        alpha, sigma_t = per_sample(obj.process.alpha(t), x0_64), per_sample(obj.process.sigma(t), x0_64)
         x_t = alpha * x0_64 + sigma_t * eps_64
         target = make_target(obj.target, obj.process, t, x_t, x0_64, obj.precond).float()
         pred = Denoiser(self.net, obj).prediction(x_t.float(), t)
