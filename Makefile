@@ -21,7 +21,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[metrics,test]'
+	$(PIP) -e '.[metrics,test,diffusers]'
 	touch $@
 
 # The Debian Fashion-MNIST package for the tests marked `fashion`; they skip (with the reason) when it
