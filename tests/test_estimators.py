@@ -224,3 +224,27 @@ def test_input_errors():
         Estimator(x).level(0.0)
     with pytest.raises(ValueError, match="positive"):
         Estimator(x).curve([1.0, math.inf])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"C": math.nan}, "C must be finite"),
+    ({"C": math.inf}, "C must be finite"),
+    ({"target_stderr": math.nan}, "target stderr"),
+    ({"target_stderr": math.inf}, "target stderr"),
+    ({"queries": 2.5}, "integer"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"queries": 64, "max_queries": 32}, "max_queries"),
+])
+def test_config_rejects_non_finite_and_impossible_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        EstimatorConfig(**kwargs)
+
+
+def test_global_form_never_returns_negative_loss():
+    # Data scaled x1000 at a tiny sigma: A - B cancels to a large negative number per query; the level
+    # is clamped to 0 with a warning (the reproduction gave J* = -336).
+    x = torch.tensor(POINTS[:, None]) * 1000
+    est = Estimator(x, EstimatorConfig("full", queries=64, form="global"))
+    with pytest.warns(UserWarning, match="clamped to 0"):
+        level = est.level(1e-3, seed=0)  # 64 sources over 5 points: unequal counts
+    assert level.loss == 0.0 and level.stderr > 0

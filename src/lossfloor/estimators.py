@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -55,14 +56,24 @@ class EstimatorConfig:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.form not in FORMS:
             raise ValueError(f"unknown form {self.form!r}; choose from {', '.join(FORMS)}")
+        for name in ("queries", "batch_size", "chunk_size", "max_queries") + (("subset",) if self.subset
+                                                                              is not None else ()):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.queries < 2:
             raise ValueError(f"need at least 2 queries per level, got {self.queries}")
+        if self.batch_size < 1 or self.chunk_size < 1:
+            raise ValueError(f"batch_size and chunk_size must be >= 1, got {self.batch_size}, {self.chunk_size}")
+        if self.max_queries < self.queries:
+            raise ValueError(f"max_queries ({self.max_queries}) must be >= queries ({self.queries})")
         if self.subset is not None and self.subset < 2:
             raise ValueError(f"subset size L must be at least 2, got {self.subset}")
-        if self.C is not None and self.C < 1:
-            raise ValueError(f"C must be >= 1, got {self.C}")
-        if self.target_stderr is not None and not self.target_stderr > 0:
-            raise ValueError(f"target stderr must be positive, got {self.target_stderr}")
+        if self.C is not None and not (math.isfinite(self.C) and self.C >= 1):
+            raise ValueError(f"C must be finite and >= 1 (use estimator 'snis' for C = inf), got {self.C}")
+        if self.target_stderr is not None and not (math.isfinite(self.target_stderr)
+                                                   and self.target_stderr > 0):
+            raise ValueError(f"target stderr must be positive and finite, got {self.target_stderr}")
 
     def subset_size(self, n: int) -> int:
         """L, checked against the dataset size."""
@@ -166,7 +177,18 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
         se = pooled.std().item() / math.sqrt(len(pooled))
         if (config.target_stderr is None or se <= config.target_stderr * data.variance
                 or used >= config.max_queries):
-            return LevelEstimate(float(sigma), pooled.mean().item(), se, used)
+            return LevelEstimate(float(sigma), _clamped(pooled.mean().item(), sigma, config.form), se, used)
+
+
+def _clamped(value: float, sigma: float, form: str) -> float:
+    """J* >= 0; the global form A - B can come out negative from Monte-Carlo cancellation: clamp, warn."""
+    if not math.isfinite(value):
+        raise FloatingPointError(f"non-finite J* estimate {value} at sigma = {sigma:.6g}")
+    if value < 0:
+        warnings.warn(f"the {form} form gave J* = {value:.3g} < 0 at sigma = {sigma:.6g} (Monte-Carlo "
+                      "cancellation of A - B); clamped to 0, its standard error kept", stacklevel=3)
+        return 0.0
+    return value
 
 
 def _value(stats, data: DataMatrix, form: str) -> Tensor:
