@@ -64,7 +64,8 @@ class EstimatorConfig:
         if self.queries < 2:
             raise ValueError(f"need at least 2 queries per level, got {self.queries}")
         if self.batch_size < 1 or self.chunk_size < 1:
-            raise ValueError(f"batch_size and chunk_size must be >= 1, got {self.batch_size}, {self.chunk_size}")
+            raise ValueError(f"batch_size and chunk_size must be >= 1, got {self.batch_size}, "
+                             f"{self.chunk_size}")
         if self.max_queries < self.queries:
             raise ValueError(f"max_queries ({self.max_queries}) must be >= queries ({self.queries})")
         if self.subset is not None and self.subset < 2:
