@@ -243,7 +243,8 @@ def estimate(data, data_dir, split, n_points, data_seed, flip, class_conditional
     title = f"{data} ({split}, N = {n}, D = {curve.dim}): {estimator} estimator, objective {obj.name}"
     plot_curve(curve, obj, out / ESTIMATE_FILES[2], title=title)
     atomic_write_text(out / ESTIMATE_FILES[1], curve_csv(curve))
-    curve.save(out / ESTIMATE_FILES[0], estimator=estimator, objective=obj.name, total=total.value,
+    curve.save(out / ESTIMATE_FILES[0], estimator=estimator, objective=obj.name,
+               objective_spec=obj.to_dict(), total=total.value,
                total_stderr=total.stderr, total_extrapolated=total.extrapolated, data=dataset.describe(),
                scaling=dataset.scaling)
     (out / PARTIAL_FILE).unlink(missing_ok=True)
@@ -531,6 +532,7 @@ def diagnose(checkpoint, data, data_dir, n_points, data_seed, flip, curve_path, 
                                progress=bar.update)
     meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "model": ckpt.model.to_dict(),
             "data": train_set.describe(), "test_data": None if test_set is None else test_set.describe(),
+            "objective_spec": obj.to_dict(),
             "queries": queries, "seed": seed, "weights": "raw" if raw_weights else "ema",
             "data_variance": curve.data_variance}
     title = (f"{train_set.name}: {obj.name} ({ckpt.model.kind}, step {ckpt.step}) vs optimal loss")

@@ -17,8 +17,9 @@ factor b^2 between the target's loss and the x0 loss.  Schedule arithmetic is do
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import torch
 
@@ -31,11 +32,106 @@ def _t64(x) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# Components as data: every process, time distribution and preconditioning (and the weights and noise
+# densities of `lossfloor.schedules`) is saved as {"kind": <stable name>, **parameters} of plain
+# Python types, so it goes into JSON and into torch.load(weights_only=True) alike.
+# --------------------------------------------------------------------------------------------
+
+COMPONENTS: dict[str, Callable[..., Any]] = {}
+
+
+def register_component(kind: str):
+    """Decorator registering a class (or factory function) under a stable `kind` for `component_from_dict`.
+
+    A registered class gets `kind` as a class attribute.  Its `to_dict()` (from `Component` for a
+    dataclass) must return {"kind": kind, **params} of plain types; `component_from_dict` rebuilds it with
+    `cls.from_dict(d)` when the class has one, else `factory(**params)`.  Mutable training state (a dynamic
+    schedule's) goes under the key "state", which `static_dict` drops when comparing objectives.
+    """
+    def decorate(factory):
+        if COMPONENTS.get(kind, factory) is not factory:
+            raise ValueError(f"component kind {kind!r} is already registered to {COMPONENTS[kind]!r}")
+        COMPONENTS[kind] = factory
+        factory.kind = kind
+        return factory
+    return decorate
+
+
+def plain(value) -> Any:
+    """`value` as plain Python (floats, ints, str, bool, None, lists, dicts): tensors and arrays to lists."""
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if hasattr(value, "tolist"):  # torch tensors, numpy arrays and numpy scalars
+        return plain(value.tolist())
+    if hasattr(value, "to_dict"):
+        return plain(value.to_dict())
+    raise TypeError(f"cannot store {type(value).__name__} as plain data")
+
+
+class Component:
+    """Mixin: `to_dict` / `from_dict` for a registered dataclass (its fields are its parameters)."""
+
+    kind: ClassVar[str] = ""
+
+    def to_dict(self) -> dict:
+        """{"kind": kind, **fields} of plain types."""
+        if not self.kind or COMPONENTS.get(self.kind) is not type(self):
+            raise TypeError(f"{type(self).__name__} is not registered with @register_component")
+        return {"kind": self.kind, **{f.name: plain(getattr(self, f.name)) for f in fields(self)}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping):
+        """The inverse of `to_dict`."""
+        return cls(**{k: v for k, v in d.items() if k != "kind"})
+
+
+def component_to_dict(component) -> dict | str:
+    """A component as plain data; a string (a named weight such as "simple") stays a string."""
+    if isinstance(component, str):
+        return component
+    if not hasattr(component, "to_dict"):
+        raise TypeError(f"{type(component).__name__} cannot be saved: register it and give it to_dict()")
+    return plain(component.to_dict())
+
+
+def component_from_dict(d: Mapping | str):
+    """The inverse of `component_to_dict`: the registered factory of d["kind"] rebuilds the component."""
+    if isinstance(d, str):
+        return d
+    if not isinstance(d, Mapping) or "kind" not in d:
+        raise ValueError(f"a saved component must be a dict with a 'kind', got {d!r:.80}")
+    kind = d["kind"]
+    if kind not in COMPONENTS:
+        raise ValueError(f"unknown component kind {kind!r}; registered: {', '.join(sorted(COMPONENTS))}")
+    factory = COMPONENTS[kind]
+    from_dict = getattr(factory, "from_dict", None)
+    try:
+        if isinstance(factory, type) and from_dict is not None:
+            return from_dict(d)
+        return factory(**{k: v for k, v in d.items() if k != "kind"})
+    except TypeError as err:
+        raise ValueError(f"bad parameters for component {kind!r}: {err}") from err
+
+
+def static_dict(d):
+    """A saved objective or component without its mutable "state" entries (for comparing runs)."""
+    if isinstance(d, Mapping):
+        return {k: static_dict(v) for k, v in d.items() if k != "state"}
+    if isinstance(d, list):
+        return [static_dict(v) for v in d]
+    return d
+
+
+# --------------------------------------------------------------------------------------------
 # Processes: x_t = alpha(t) x0 + sigma(t) eps.  ve_sigma(t) = sigma/alpha is increasing in t.
 # --------------------------------------------------------------------------------------------
 
 
-class Process:
+class Process(Component):
     """A forward process; subclasses give alpha(t), sigma(t) and the inverse of sigma/alpha."""
 
     name: str = "process"
@@ -72,6 +168,8 @@ def _grad(y: Tensor, t: Tensor) -> Tensor:
     return g.detach()
 
 
+@register_component("ve")
+@dataclass(frozen=True)
 class VE(Process):
     """Variance exploding: alpha = 1, sigma = t (t *is* the noise level)."""
 
@@ -88,6 +186,7 @@ class VE(Process):
         return _t64(ve_sigma) * 1.0
 
 
+@register_component("vp")
 @dataclass(frozen=True)
 class VP(Process):
     """Song et al. continuous VP: alpha_bar = exp(-beta_d t^2 / 2 - beta_min t)."""
@@ -111,6 +210,7 @@ class VP(Process):
         return (torch.sqrt(self.beta_min**2 + 2 * self.beta_d * c) - self.beta_min) / self.beta_d
 
 
+@register_component("cosine")
 @dataclass(frozen=True)
 class Cosine(Process):
     """Plain cosine VP: alpha = cos(pi t / 2), sigma = sin(pi t / 2)."""
@@ -127,6 +227,7 @@ class Cosine(Process):
         return torch.atan(_t64(ve_sigma)) * (2 / math.pi)
 
 
+@register_component("flow")
 @dataclass(frozen=True)
 class Flow(Process):
     """Rectified flow / flow matching: x_t = (1 - t) x0 + t eps."""
@@ -144,15 +245,20 @@ class Flow(Process):
         return s / (1.0 + s)
 
 
+@register_component("discrete")
 class Discrete(Process):
     """A discrete-time VP process given by alpha_bar at t = j/T, j = 1..T.
 
     Between grid points log alpha_bar is interpolated linearly in t (alpha_bar(0) = 1), which makes
     alpha, sigma and their derivatives defined everywhere; the noise distribution only samples the grid.
+    `recipe` is the registered factory call that built it ({"kind": "ddpm", ...}); it is what `to_dict`
+    saves, else alpha_bar itself.
     """
 
-    def __init__(self, alpha_bar: Tensor, name: str):
+    def __init__(self, alpha_bar, name: str = "discrete", recipe: dict | None = None):
         self.name = name
+        self.recipe = recipe
+        self.alpha_bar = _t64(alpha_bar)
         self.steps = len(alpha_bar)
         self._grid_t = torch.arange(0, self.steps + 1, dtype=F64) / self.steps
         self._log_abar = torch.cat([torch.zeros(1, dtype=F64), torch.log(_t64(alpha_bar))])
@@ -177,20 +283,34 @@ class Discrete(Process):
     def t_of_sigma(self, ve_sigma):
         return self._interp(torch.log1p(_t64(ve_sigma) ** 2), self._log1p_s2, self._grid_t)
 
+    def to_dict(self) -> dict:
+        """Its recipe ({"kind": "ddpm", ...}) when it has one, else {"kind": "discrete", alpha_bar, name}."""
+        if self.recipe is not None:
+            return plain(self.recipe)
+        return {"kind": "discrete", "alpha_bar": self.alpha_bar.tolist(), "name": self.name}
 
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Discrete:
+        return cls(d["alpha_bar"], d.get("name", "discrete"))
+
+
+@register_component("ddpm")
 def ddpm_process(beta_start: float = 1e-4, beta_end: float = 0.02, steps: int = 1000) -> Discrete:
     """Ho et al. DDPM: linear beta from 1e-4 to 0.02 over T = 1000 steps."""
     betas = torch.linspace(beta_start, beta_end, steps, dtype=F64)
-    return Discrete(torch.cumprod(1 - betas, 0), "ddpm")
+    recipe = dict(kind="ddpm", beta_start=beta_start, beta_end=beta_end, steps=steps)
+    return Discrete(torch.cumprod(1 - betas, 0), "ddpm", recipe)
 
 
+@register_component("iddpm")
 def iddpm_process(s: float = 0.008, steps: int = 1000, max_beta: float = 0.999) -> Discrete:
     """Nichol & Dhariwal cosine schedule, alpha_bar(t) = f(t)/f(0), betas clipped at 0.999."""
     f = lambda t: torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
     t = torch.arange(steps + 1, dtype=F64) / steps
     abar = f(t) / f(t[:1])
     betas = (1 - abar[1:] / abar[:-1]).clamp(max=max_beta)
-    return Discrete(torch.cumprod(1 - betas, 0), "iddpm")
+    recipe = dict(kind="iddpm", s=s, steps=steps, max_beta=max_beta)
+    return Discrete(torch.cumprod(1 - betas, 0), "iddpm", recipe)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +318,7 @@ def iddpm_process(s: float = 0.008, steps: int = 1000, max_beta: float = 0.999) 
 # --------------------------------------------------------------------------------------------
 
 
-class TimeDistribution:
+class TimeDistribution(Component):
     """A distribution of t: sampling, CDF and density (or atoms, for discrete ones)."""
 
     atoms: Tensor | None = None  # discrete support in t, uniform probability
@@ -213,6 +333,7 @@ class TimeDistribution:
         raise NotImplementedError
 
 
+@register_component("uniform")
 @dataclass(frozen=True)
 class UniformT(TimeDistribution):
     """t ~ U(lo, hi)."""
@@ -232,6 +353,7 @@ class UniformT(TimeDistribution):
         return torch.where(inside, -math.log(self.hi - self.lo), -math.inf)
 
 
+@register_component("discrete_uniform")
 @dataclass(frozen=True)
 class DiscreteUniformT(TimeDistribution):
     """t = j / T with j ~ U{1..T} (DDPM-style integer timesteps)."""
@@ -250,6 +372,7 @@ class DiscreteUniformT(TimeDistribution):
         return (torch.floor(_t64(t) * self.steps + 1e-9) / self.steps).clamp(0, 1)
 
 
+@register_component("lognormal")
 @dataclass(frozen=True)
 class LogNormalT(TimeDistribution):
     """log t ~ N(mean, std^2); with the VE process t is sigma (EDM's P_mean, P_std)."""
@@ -270,6 +393,7 @@ class LogNormalT(TimeDistribution):
         return -0.5 * z**2 - math.log(self.std * math.sqrt(2 * math.pi)) - lt
 
 
+@register_component("loguniform")
 @dataclass(frozen=True)
 class LogUniformT(TimeDistribution):
     """log t ~ U(log lo, log hi) (VE / NCSN++)."""
@@ -290,6 +414,7 @@ class LogUniformT(TimeDistribution):
         return torch.where(inside, -torch.log(t) - math.log(math.log(self.hi / self.lo)), -math.inf)
 
 
+@register_component("logitnormal")
 @dataclass(frozen=True)
 class LogitNormalT(TimeDistribution):
     """t = sigmoid(u), u ~ N(mean, std^2) (SD3)."""
@@ -318,8 +443,9 @@ TARGETS = ("x0", "eps", "v", "score", "velocity", "F")
 WEIGHTS = ("simple", "nelbo")
 
 
+@register_component("edm_precond")
 @dataclass(frozen=True)
-class Preconditioning:
+class Preconditioning(Component):
     """EDM preconditioning in VE coordinates; the network sees c_in * x~ and c_noise."""
 
     sigma_data: float = 0.5
@@ -407,6 +533,9 @@ def nelbo_log_sigma_weight(sigma: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+OBJECTIVE_FORMAT = "lossfloor-objective-1"
+
+
 @dataclass(frozen=True)
 class Objective:
     """A diffusion training objective, reducible to lambda(sigma) and p(log sigma) in VE/x0 terms."""
@@ -421,8 +550,10 @@ class Objective:
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
-        if self.weight not in WEIGHTS:
+        if isinstance(self.weight, str) and self.weight not in WEIGHTS:
             raise ValueError(f"unknown weight {self.weight!r}; choose from {', '.join(WEIGHTS)}")
+        if not isinstance(self.weight, str) and not hasattr(self.weight, "x0_weight"):
+            raise TypeError(f"a weight object needs x0_weight(sigma, objective), got {type(self.weight).__name__}")
 
     # -- noise levels --------------------------------------------------------------------
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -459,6 +590,8 @@ class Objective:
     def x0_weight(self, sigma: Tensor) -> Tensor:
         """lambda(sigma): the weight on ||x0_hat - x0||^2 at VE noise level sigma."""
         s = _t64(sigma)
+        if not isinstance(self.weight, str):  # a schedule's weight object (lossfloor.schedules)
+            return self.weight.x0_weight(s, self)
         t = self.process.t_of_sigma(s)
         if self.weight == "simple":
             return target_error_factor(self.target, self.process, t, self.precond)
@@ -473,6 +606,25 @@ class Objective:
     def with_(self, **changes) -> Objective:
         """A copy with some fields replaced (e.g. another target or weight)."""
         return replace(self, **changes)
+
+    # -- as data ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Everything that defines the objective, as plain data (JSON and torch.load(weights_only=True))."""
+        return {"format": OBJECTIVE_FORMAT, "name": self.name, "process": component_to_dict(self.process),
+                "target": self.target, "weight": component_to_dict(self.weight),
+                "time_dist": component_to_dict(self.time_dist), "precond": component_to_dict(self.precond)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Objective:
+        """The inverse of `to_dict`; ValueError for anything that is not a saved objective."""
+        if not isinstance(d, Mapping) or d.get("format") != OBJECTIVE_FORMAT:
+            raise ValueError(f"not a saved objective (expected format {OBJECTIVE_FORMAT!r})")
+        missing = [k for k in ("name", "process", "target", "weight", "time_dist", "precond") if k not in d]
+        if missing:
+            raise ValueError(f"saved objective {d.get('name')!r} lacks {', '.join(missing)}")
+        return cls(str(d["name"]), component_from_dict(d["process"]), d["target"],
+                   component_from_dict(d["time_dist"]), component_from_dict(d["weight"]),
+                   component_from_dict(d["precond"]))
 
 
 # The named mainstream formulations, each with the defaults of its paper.
@@ -508,3 +660,9 @@ def get_objective(name: str) -> Objective:
         if obj.is_discrete and obj.weight == "nelbo":
             raise ValueError(f"{name}: the NELBO weight needs a continuous-time process")
     return obj
+
+
+def load_objective(saved: Mapping | str) -> Objective:
+    """A saved objective: `Objective.to_dict()` output, or (files written before it existed) a name for
+    `get_objective`, which gives the named preset's defaults, not any later change to them."""
+    return get_objective(saved) if isinstance(saved, str) else Objective.from_dict(saved)

@@ -14,7 +14,9 @@ Programmatic API::
     ckpt = load_checkpoint("run/checkpoint.pt"); denoiser = ckpt.denoiser()
 
 - ``x`` is an (N, *shape) float tensor (images in [-1, 1]); ``objective`` an `Objective` or a name
-  accepted by `get_objective` (custom `Objective` instances train fine but only named ones reload).
+  accepted by `get_objective`.  The checkpoint stores ``objective.to_dict()`` (process, target, weight,
+  time distribution, preconditioning), so a modified objective reloads as trained; checkpoints written
+  before that store only the name and reload as `get_objective(name)` (`formulation.load_objective`).
 - Every step draws indices, times and noise from one seeded generator, so a run resumed from a
   checkpoint (model, EMA, optimizer, generator, step) continues bit-for-bit.
 - The per-sample x0 loss ``||x0_hat - x0||^2 / D`` (the normalisation of J*) is the target error divided
@@ -37,7 +39,15 @@ import torch
 from tqdm.auto import tqdm
 
 from .curve import atomic_write_bytes, atomic_write_text
-from .formulation import Objective, get_objective, make_target, per_sample, target_error_factor
+from .formulation import (
+    Objective,
+    get_objective,
+    load_objective,
+    make_target,
+    per_sample,
+    static_dict,
+    target_error_factor,
+)
 from .models import Denoiser, ModelConfig, build_model, parameter_count
 
 Tensor = torch.Tensor
@@ -142,7 +152,10 @@ def atomic_torch_save(obj, path) -> None:
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the run's description plus its state dicts."""
+    """A loaded checkpoint: the run's description plus its state dicts.
+
+    `objective` is the saved `Objective.to_dict()` rebuilt (an old checkpoint's bare name: the preset).
+    """
 
     path: Path
     step: int
@@ -151,11 +164,7 @@ class Checkpoint:
     data: dict
     train: dict
     state: dict
-
-    @property
-    def objective(self) -> Objective:
-        """The named objective (its process, target and preconditioning define the denoiser)."""
-        return get_objective(self.objective_name)
+    objective: Objective
 
     def denoiser(self, ema: bool = True, device="cpu") -> Denoiser:
         """The trained x0-denoiser (EMA weights by default), in eval mode."""
@@ -181,8 +190,12 @@ def load_checkpoint(path) -> Checkpoint:
         model = ModelConfig(**state["model"])
     except (TypeError, KeyError) as err:
         raise ValueError(f"{path}: checkpoint is missing its model description ({err})") from err
-    return Checkpoint(path, int(state["step"]), state["objective"], model, state.get("data") or {},
-                      state.get("train") or {}, state)
+    try:
+        objective = load_objective(state["objective"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: checkpoint has no usable objective ({err})") from err
+    return Checkpoint(path, int(state["step"]), objective.name, model, state.get("data") or {},
+                      state.get("train") or {}, state, objective)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +239,8 @@ class Trainer:
         self.model_config, self.config, self.device = model, config, torch.device(device)
         self.data_info = dict(data_info or {})
         self.out = Path(out) if out is not None else None
+        if self.out is not None:
+            self.objective.to_dict()  # an unsavable objective fails now, not at the first checkpoint
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             net = build_model(model)
@@ -337,7 +352,7 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return dict(
-            format=CHECKPOINT_FORMAT, step=self.step, objective=self.objective.name,
+            format=CHECKPOINT_FORMAT, step=self.step, objective=self.objective.to_dict(),
             model=self.model_config.to_dict(), data=self.data_info, train=asdict(self.config),
             parameters=parameter_count(self.net), net=self.net.state_dict(), ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(), generator=self.generator.get_state(),
@@ -352,10 +367,22 @@ class Trainer:
         return path
 
     def load_state(self, ckpt: Checkpoint) -> None:
-        """Continue from a checkpoint of the same run (objective, model and data must match)."""
-        if ckpt.objective_name != self.objective.name:
+        """Continue from a checkpoint of the same run (objective, model and data must match).
+
+        The objective must match in full (process, target, weight, time distribution, preconditioning;
+        an old checkpoint's bare name: by name); its saved "state" entries (a dynamic schedule's) are taken
+        from the checkpoint.
+        """
+        saved = ckpt.state["objective"]
+        if isinstance(saved, str):
+            same = saved == self.objective.name
+        else:
+            same = static_dict(saved) == static_dict(self.objective.to_dict())
+        if not same:
             raise ValueError(f"checkpoint objective {ckpt.objective_name!r} differs from "
-                             f"{self.objective.name!r}")
+                             f"{self.objective.name!r} (name or settings)")
+        if not isinstance(saved, str):
+            self.objective = ckpt.objective
         if ckpt.model != self.model_config:
             raise ValueError(f"checkpoint model {ckpt.model} differs from {self.model_config}")
         theirs, ours = ckpt.data.get("fingerprint"), self.data_info.get("fingerprint")
