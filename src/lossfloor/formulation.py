@@ -553,7 +553,8 @@ class Objective:
         if isinstance(self.weight, str) and self.weight not in WEIGHTS:
             raise ValueError(f"unknown weight {self.weight!r}; choose from {', '.join(WEIGHTS)}")
         if not isinstance(self.weight, str) and not hasattr(self.weight, "x0_weight"):
-            raise TypeError(f"a weight object needs x0_weight(sigma, objective), got {type(self.weight).__name__}")
+            raise TypeError(f"a weight object needs x0_weight(sigma, objective), got "
+                            f"{type(self.weight).__name__}")
 
     # -- noise levels --------------------------------------------------------------------
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> Tensor:
