@@ -35,6 +35,7 @@ from .storage import take_rows
 Tensor = torch.Tensor
 ESTIMATORS = ("full", "cdol", "dol", "snis")
 FORMS = ("rb", "global")
+DEFAULT_QUERIES = 4096  # queries per sigma level; the CLI caps it at N (one query per data point)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class EstimatorConfig:
     """How to estimate one sigma level: estimator, queries per level, subset size, C, form."""
 
     estimator: str = "full"
-    queries: int = 1024  # Monte-Carlo queries per sigma level
+    queries: int = DEFAULT_QUERIES  # Monte-Carlo queries per sigma level
     subset: int | None = None  # L for subset estimators (default min(N, 4096))
     C: float | None = None  # self-pair down-weighting; default 4N/L for cdol
     form: str = "rb"
