@@ -111,18 +111,10 @@ class OptimalLossCurve:
     def _quadrature(self, objective: Objective) -> tuple[np.ndarray, np.ndarray]:
         """Nodes in log sigma and weights (p(log sigma) d log sigma, or atom masses) for E_p."""
         grid = np.log(self.sigma)
-        lo, hi = grid[0] - TAIL_DECADES * math.log(10), grid[-1] + TAIL_DECADES * math.log(10)
-        support = (f"sigma in [{math.exp(lo):.3g}, {math.exp(hi):.3g}] "
-                   f"({TAIL_DECADES:g} decades beyond the grid)")
+        lo, hi = sigma_grid_coverage(objective, self.sigma)
         if objective.is_discrete:
             ls = np.log(objective.atoms().numpy())
-            if ls.min() < lo or ls.max() > hi:
-                raise ValueError(f"{objective.name}: noise levels outside {support}; widen the sigma grid")
             return ls, np.full(len(ls), 1.0 / len(ls))
-        mass = objective.cdf(torch.tensor(lo)).item() + 1 - objective.cdf(torch.tensor(hi)).item()
-        if mass > MASS_TOLERANCE:
-            raise ValueError(f"{objective.name}: {mass:.2g} of the noise density lies outside {support}; "
-                             "widen the sigma grid")
         # Trapezoid rule on a fine mesh that contains the grid nodes, where J* has its kinks.
         ls = np.union1d(np.linspace(lo, hi, QUADRATURE_NODES), grid)
         logp = objective.log_density(torch.tensor(ls)).numpy()
@@ -175,6 +167,24 @@ class OptimalLossCurve:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path}: not a valid curve JSON ({err})") from err
+
+
+def sigma_grid_coverage(objective: Objective, sigmas) -> tuple[float, float]:
+    """The log-sigma range a curve on `sigmas` integrates over (the grid plus its tails); ValueError
+    unless the objective's noise levels lie inside it (up to MASS_TOLERANCE of a density)."""
+    grid = np.log(np.asarray(sigmas, dtype=float))
+    lo, hi = grid.min() - TAIL_DECADES * math.log(10), grid.max() + TAIL_DECADES * math.log(10)
+    support = f"sigma in [{math.exp(lo):.3g}, {math.exp(hi):.3g}] ({TAIL_DECADES:g} decades beyond the grid)"
+    if objective.is_discrete:
+        ls = np.log(objective.atoms().numpy())
+        if ls.min() < lo or ls.max() > hi:
+            raise ValueError(f"{objective.name}: noise levels outside {support}; widen the sigma grid")
+        return lo, hi
+    mass = objective.cdf(torch.tensor(lo)).item() + 1 - objective.cdf(torch.tensor(hi)).item()
+    if mass > MASS_TOLERANCE:
+        raise ValueError(f"{objective.name}: {mass:.2g} of the noise density lies outside {support}; "
+                         "widen the sigma grid")
+    return lo, hi
 
 
 def atomic_write_text(path, text: str) -> None:
