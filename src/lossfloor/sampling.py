@@ -9,6 +9,8 @@ every objective's denoiser is sampled the same way.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
@@ -51,11 +53,53 @@ def sample(denoiser, shape, sigmas: Tensor | None = None, *, method: str = "heun
     return x
 
 
+@torch.no_grad()
+def seed_native_sample(denoiser, target: str, shape, steps: int, generator: torch.Generator, *,
+                       clamp: bool = False) -> torch.Tensor:
+    """The seed paper's per-target samplers, reproduced for comparison (its sampling.py, cosine process).
+
+    On the grid t = linspace(1 - 1e-4, 1e-4, steps + 1): x0 and eps use the ancestral (DDPM, eta = 1)
+    step z_s = alpha_s x0_hat + sqrt(sigma_s^2 - eta^2) eps_hat + eta xi; v the deterministic angle step
+    z_s = cos(phi_s - phi_t) z_t + sin(phi_s - phi_t) v_hat; score the annealed-Langevin update
+    z += sigma_t^2 s_hat + sqrt(2) sigma_t xi (no reverse-SDE drift, no final denoising), as in the seed.
+    `clamp` clips the eps sampler's x0_hat to [-1, 1], as the seed does for images (not for its x sampler).
+    Each network's x0 estimate is converted to the target it was trained on with `prediction_from_x0`.
+    """
+    from .formulation import get_objective, prediction_from_x0
+
+    process = get_objective("cosine").process
+    grid = torch.linspace(1 - 1e-4, 1e-4, steps + 1, dtype=torch.float64)
+    z = torch.randn(shape, generator=generator)
+
+    def predict(z, t, kind):
+        t_vec = torch.full((len(z),), float(t), dtype=torch.float64)
+        alpha = float(process.alpha(t_vec[:1]))
+        x0_hat = denoiser(z / alpha, process.ve_sigma(t_vec))
+        return x0_hat, prediction_from_x0(kind, process, t_vec, z, x0_hat).to(z.dtype)
+
+    for t, s in zip(grid[:-1].tolist(), grid[1:].tolist(), strict=True):
+        a_t, s_t = float(process.alpha(torch.tensor(t))), float(process.sigma(torch.tensor(t)))
+        a_s, s_s = float(process.alpha(torch.tensor(s))), float(process.sigma(torch.tensor(s)))
+        if target in ("x0", "eps"):
+            x0_hat, eps_hat = predict(z, t, "eps")
+            if clamp and target == "eps":
+                x0_hat = x0_hat.clamp(-1, 1)
+            eta = s_s / s_t * math.sqrt(max(0.0, 1 - a_t**2 / a_s**2))
+            z = a_s * x0_hat + math.sqrt(max(0.0, s_s**2 - eta**2)) * eps_hat + eta * torch.randn(
+                shape, generator=generator)
+        elif target == "v":
+            _, v_hat = predict(z, t, "v")
+            delta = math.pi / 2 * (s - t)
+            z = math.cos(delta) * z + math.sin(delta) * v_hat
+        else:
+            _, score_hat = predict(z, t, "score")
+            z = z + s_t**2 * score_hat + math.sqrt(2) * s_t * torch.randn(shape, generator=generator)
+    return z
+
+
 def plot_samples(x: Tensor, path, reference: Tensor | None = None, title: str = "") -> None:
     """Images (N, C, H, W) in [-1, 1] as a grid; points as a scatter of the first two coordinates over
     the reference data in grey."""
-    import math
-
     import numpy as np
 
     from .plots import plt, save_figure
