@@ -16,11 +16,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
+import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .validation import InputError, reason
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_HINT = ("install it with `sudo apt-get update && sudo apt-get install dataset-fashion-mnist` "
@@ -87,11 +92,11 @@ def load_dataset(name: str = "digits", *, data_dir=None, split: str = "train", f
     mirror image of every (subsampled) image, doubling the dataset.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+        raise InputError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if n is not None and n < 1:
-        raise ValueError(f"the number of points must be positive, got {n}")
+        raise InputError(f"the number of points must be positive, got {n}")
     if data_dir is not None and name != "fashion-mnist":
-        raise ValueError("--data-dir applies to fashion-mnist only")
+        raise InputError("--data-dir applies to fashion-mnist only")
     if name in TOYS:
         ds = _toy(name, split, n if n is not None else TOY_SIZE, seed)
     else:
@@ -106,17 +111,30 @@ def load_dataset(name: str = "digits", *, data_dir=None, split: str = "train", f
     return _flipped(ds) if flip else ds
 
 
+def check_shape(name, shape) -> None:
+    """Data must be (N, ...) with N >= 1 points of at least one value each."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2:
+        raise InputError(f"{name}: data must have shape (N, ...), got {shape}")
+    if shape[0] == 0 or math.prod(shape[1:]) == 0:
+        raise InputError(f"{name}: no data: shape {shape} has no {'points' if shape[0] == 0 else 'values'}")
+
+
 def _make(name, split, x, labels, scaling, source, classes=()) -> Dataset:
     x = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
-    if x.ndim < 2:
-        raise ValueError(f"{name}: data must have shape (N, ...), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        bad = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum())
-        raise ValueError(f"{name}: {bad} data points contain NaN or Inf")
+    check_shape(name, x.shape)
+    finite = torch.isfinite(x).reshape(len(x), -1).all(1)
+    if not finite.all():
+        bad = int((~finite).sum())
+        raise InputError(f"{name}: {bad} data points contain NaN or Inf (the first is row "
+                         f"{int((~finite).nonzero()[0])})")
+    if len(x) > 1 and bool((x.amax(0) == x.amin(0)).all()):
+        raise InputError(f"{name}: all {len(x)} data points are identical (zero variance): nothing to learn "
+                         "and the optimal loss is 0 at every sigma")
     if labels is not None:
         labels = torch.as_tensor(np.asarray(labels).astype(np.int64))
         if labels.shape != (len(x),):
-            raise ValueError(f"{name}: {tuple(labels.shape)} labels for {len(x)} data points")
+            raise InputError(f"{name}: {tuple(labels.shape)} labels for {len(x)} data points")
     return Dataset(name=name, split=split, x=x, labels=labels, shape=tuple(x.shape[1:]), scaling=scaling,
                    fingerprint=fingerprint(x), source=str(source), classes=list(classes))
 
@@ -125,14 +143,14 @@ def _subsample(x, labels, n, seed):
     if n is None:
         return x, labels
     if n > len(x):
-        raise ValueError(f"asked for {n} points but the dataset has only {len(x)}")
+        raise InputError(f"asked for {n} points but the dataset has only {len(x)}")
     idx = np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))
     return x[idx], None if labels is None else labels[idx]
 
 
 def _flipped(ds: Dataset) -> Dataset:
     if not ds.is_image:
-        raise ValueError(f"{ds.name}: --flip needs images (N, C, H, W), not points of shape {ds.shape}")
+        raise InputError(f"{ds.name}: --flip needs images (N, C, H, W), not points of shape {ds.shape}")
     x = torch.cat([ds.x, ds.x.flip(-1)])
     labels = None if ds.labels is None else torch.cat([ds.labels, ds.labels])
     return Dataset(name=ds.name, split=ds.split, x=x, labels=labels, shape=ds.shape, scaling=ds.scaling,
@@ -163,14 +181,18 @@ def _digits(split):
 
 def read_idx(path: Path) -> np.ndarray:
     """An unsigned-byte IDX array (optionally gzipped): 2 zero bytes, type 0x08, rank, big-endian dims."""
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputError(f"{path}: cannot read this IDX file ({reason(err)})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
+        raise InputError(f"{path}: not an unsigned-byte IDX file")
     rank = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank)]
     offset = 4 + 4 * rank
     if len(raw) - offset != math.prod(dims):
-        raise ValueError(f"{path}: IDX header says {dims} but holds {len(raw) - offset} bytes")
+        raise InputError(f"{path}: IDX header says {dims} but holds {len(raw) - offset} bytes")
     return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
 
 
@@ -186,7 +208,7 @@ def _fashion(folder: Path, split):
     images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.shape != (len(images),):
-        raise ValueError(f"{folder}: Fashion-MNIST images {images.shape} and labels {labels.shape} differ")
+        raise InputError(f"{folder}: Fashion-MNIST images {images.shape} and labels {labels.shape} differ")
     return _from_uint8(images[:, None]), labels, UINT8_SCALING, str(folder), list(FASHION_CLASSES)
 
 
@@ -197,19 +219,85 @@ def _from_path(name, split):
             f"unknown dataset {name!r}: not one of {', '.join(BUILTIN)} and no such file or folder")
     if path.is_dir():
         if split != "train":
-            raise ValueError(f"{path}: an image folder has no test split")
+            raise InputError(f"{path}: an image folder has no test split")
         return _image_folder(path)
     if path.suffix == ".npy":
         if split != "train":
-            raise ValueError(f"{path}: a .npy file has no test split (use an .npz with x_test)")
-        x, scaling = _scaled_array(np.load(path, allow_pickle=False), path)
+            raise InputError(f"{path}: a .npy file has no test split (use an .npz with x_test)")
+        x, scaling = _scaled_array(read_npy(path), path)
         return x, None, scaling, str(path), []
     if path.suffix == ".npz":
         return _npz(path, split)
-    raise ValueError(f"{path}: expected a .npy or .npz file or a folder of images")
+    raise InputError(f"{path}: expected a .npy or .npz file or a folder of images")
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def npy_header(path) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, data offset) of a .npy file, checked against the file's size.
+
+    Raises InputError naming the file for anything that is not a complete .npy of plain numbers.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise InputError(f"{path}: not a .npy file (no NumPy header; empty, text or another format)")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except InputError:
+        raise
+    except OSError as err:
+        raise InputError(f"{path}: cannot read ({err.strerror or reason(err)})") from None
+    except Exception as err:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError...
+        raise InputError(f"{path}: damaged .npy header ({reason(err)})") from None
+    if dtype.hasobject:
+        raise InputError(f"{path}: holds Python objects (dtype object); only arrays of numbers are loaded, "
+                         "never pickled objects (they could run code)")
+    need = offset + math.prod(shape) * dtype.itemsize
+    if size < need:
+        raise InputError(f"{path}: truncated: the header promises {dtype} data of shape {tuple(shape)} "
+                         f"({need} bytes) but the file has {size} bytes")
+    return tuple(shape), fortran, dtype, offset
+
+
+def read_npy(path) -> np.ndarray:
+    """A .npy array of numbers (never unpickled); InputError naming the file if it is damaged."""
+    npy_header(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise InputError(f"{path}: cannot read this .npy file ({reason(err)})") from None
 
 
 def _npz(path: Path, split):
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not an .npz archive (not a zip file; empty, truncated or another format)")
+    try:
+        return _npz_arrays(path, split)
+    except InputError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        raise InputError(f"{path}: damaged .npz archive ({reason(err)})") from None
+
+
+def _npz_member(arrays, key: str, path: Path) -> np.ndarray:
+    try:
+        arr = arrays[key]
+    except ValueError as err:
+        raise InputError(f"{path}: array {key!r} cannot be read ({reason(err)})") from None
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"{path}: member {key!r} is not a .npy array")
+    return arr
+
+
+def _npz_arrays(path: Path, split):
     with np.load(path, allow_pickle=False) as arrays:
         keys = list(arrays.keys())
         if split == "train":
@@ -220,11 +308,11 @@ def _npz(path: Path, split):
             lkey = next((k for k in ("labels_test", "y_test") if k in arrays), None)
         if xkey is None:
             need = "x" if split == "train" else "x_test"
-            raise ValueError(f"{path}: no array named {need!r} (holds {', '.join(keys) or 'nothing'})")
-        x, scaling = _scaled_array(arrays[xkey], path)
-        labels = arrays[lkey] if lkey else None
+            raise InputError(f"{path}: no array named {need!r} (holds {', '.join(keys) or 'nothing'})")
+        x, scaling = _scaled_array(_npz_member(arrays, xkey, path), path)
+        labels = _npz_member(arrays, lkey, path) if lkey else None
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: labels must be integers, got {labels.dtype}")
+        raise InputError(f"{path}: labels must be integers, got {labels.dtype}")
     return x, labels, scaling, str(path), []
 
 
@@ -235,31 +323,44 @@ def _scaled_array(arr: np.ndarray, path) -> tuple[np.ndarray, dict]:
             arr = arr[:, None]
         return _from_uint8(arr), UINT8_SCALING
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
+        raise InputError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
     return arr.astype(np.float32), {"kind": "none", "formula": "x", "input_dtype": str(arr.dtype)}
 
 
 def _image_folder(folder: Path):
-    from PIL import Image
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     # ImageFolder convention: when every image sits in a first-level subfolder, that folder is its class.
     parents = [p.relative_to(folder).parts for p in files]
     classes = sorted({parts[0] for parts in parents}) if all(len(parts) >= 2 for parts in parents) else []
-    images = [Image.open(p) for p in files]
+    images = [_read_image(p) for p in files]
     grey = all(im.mode in ("1", "L", "LA") for im in images)
     arrays = [np.asarray(im.convert("L" if grey else "RGB")) for im in images]
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         listed = ", ".join(map(str, sorted(sizes)))
-        raise ValueError(f"{folder}: images differ in size ({listed}); resize them first")
+        raise InputError(f"{folder}: images differ in size ({listed}); resize them first")
     x = np.stack(arrays)
     x = x[:, None] if grey else x.transpose(0, 3, 1, 2)
     labels = np.array([classes.index(parts[0]) for parts in parents]) if classes else None
     scaling = {**UINT8_SCALING, "mode": "L" if grey else "RGB"}
     return _from_uint8(x), labels, scaling, str(folder), classes
+
+
+def _read_image(path: Path):
+    """One decoded image (file closed); InputError naming the file if it is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable image (empty, damaged or an unknown format)") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... on damaged files
+        raise InputError(f"{path}: not a readable image ({reason(err)})") from None
 
 
 # -- 2-D toys (the comparative-study paper's generators) ------------------------------------------

@@ -270,6 +270,9 @@ class Estimator:
                                   chunk_size=config.chunk_size)
                 self.classes.append((len(idx) / self.data.n, part))
         config.subset_size(min([self.data.n] + [d.n for _, d in self.classes]))  # L <= N, checked early
+        if not self.data_variance > 0:  # J* = 0 at every sigma; every ratio to the variance would be NaN
+            within = " within each class" if self.classes else ""
+            raise ValueError(f"the data has zero variance{within} (identical points): J* is 0 at every sigma")
 
     @property
     def data_variance(self) -> float:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import UINT8_SCALING, Dataset, _from_uint8
+from .data import UINT8_SCALING, Dataset, _from_uint8, check_shape, npy_header
+from .validation import InputError
 
 
 class NpyRows:
@@ -22,19 +23,12 @@ class NpyRows:
 
     def __init__(self, path, row_shape: tuple | None = None):
         self.path = Path(path)
-        with open(self.path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                read_header = {(1, 0): np.lib.format.read_array_header_1_0}.get(
-                    version, np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read_header(f)
-            except ValueError as err:
-                raise ValueError(f"{self.path}: not a .npy file ({err})") from err
-            self.offset = f.tell()
-        if fortran or len(shape) < 2:
-            raise ValueError(f"{self.path}: need a C-ordered array of shape (N, ...), got {shape}")
+        shape, fortran, dtype, self.offset = npy_header(self.path)  # complete and free of Python objects
+        if fortran:
+            raise InputError(f"{self.path}: need a C-ordered array, got a Fortran-ordered one")
+        check_shape(self.path, shape)
         if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
-            raise ValueError(f"{self.path}: expected uint8 images or floats, got dtype {dtype}")
+            raise InputError(f"{self.path}: expected uint8 images or floats, got dtype {dtype}")
         self.file_shape, self.file_dtype = tuple(shape), dtype
         if row_shape is None:  # like lossfloor.data, (N, H, W) uint8 images get a channel axis
             row_shape = (1, *shape[1:]) if dtype == np.uint8 and len(shape) == 3 else shape[1:]
@@ -183,9 +177,14 @@ def open_rows(path):
         shards = sorted(path.glob("*.npy"))
         if not shards:
             raise FileNotFoundError(f"{path}: no .npy shards in this folder")
-        return ShardedRows([NpyRows(p) for p in shards])
+        parts = [NpyRows(p) for p in shards]
+        for part in parts[1:]:
+            if part.shape[1:] != parts[0].shape[1:]:
+                raise InputError(f"{part.path}: rows of shape {part.shape[1:]} differ from the "
+                                 f"{parts[0].shape[1:]} of {parts[0].path}")
+        return ShardedRows(parts)
     if path.suffix != ".npy":
-        raise ValueError(f"{path}: out-of-core data must be a .npy file or a folder of .npy shards")
+        raise InputError(f"{path}: out-of-core data must be a .npy file or a folder of .npy shards")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     return NpyRows(path)
@@ -200,9 +199,39 @@ def fingerprint_rows(rows, chunk_size: int = 8192) -> str:
     return digest.hexdigest()
 
 
+def _row_file(rows, i: int) -> str:
+    """Where row i of a row source lives: 'file' or 'file, row j' of the shard that holds it."""
+    if isinstance(rows, ShardedRows):
+        k = int(np.searchsorted(rows.bounds, i, side="right") - 1)
+        return _row_file(rows.parts[k], i - int(rows.bounds[k]))
+    return f"{getattr(rows, 'path', 'data')}: data point {i}"
+
+
+def scan_rows(rows, chunk_size: int = 8192) -> str:
+    """`fingerprint_rows`, checking each chunk as it streams by: InputError at the first row holding NaN or
+    Inf, or when every row is identical (zero variance).  Nothing is written before this pass."""
+    shape = tuple(rows.shape)
+    digest = hashlib.sha256(repr(shape).encode())
+    lo = hi = None
+    for start in range(0, len(rows), chunk_size):
+        chunk = np.ascontiguousarray(rows[start:start + chunk_size], dtype=np.float32)
+        flat = chunk.reshape(len(chunk), -1)
+        finite = np.isfinite(flat).all(1)
+        if not finite.all():
+            raise InputError(f"{_row_file(rows, start + int(np.argmin(finite)))} contains NaN or Inf")
+        lo = flat.min(0) if lo is None else np.minimum(lo, flat.min(0))
+        hi = flat.max(0) if hi is None else np.maximum(hi, flat.max(0))
+        digest.update(chunk.tobytes())
+    if len(rows) > 1 and np.array_equal(lo, hi):
+        raise InputError(f"{getattr(rows, 'path', 'data')}: all {len(rows)} data points are identical (zero "
+                         "variance): the optimal loss is 0 at every sigma")
+    return digest.hexdigest()
+
+
 def load_rows_dataset(path) -> Dataset:
-    """A .npy file or a folder of .npy shards as a `Dataset` whose rows stay on disk (no labels)."""
+    """A .npy file or a folder of .npy shards as a `Dataset` whose rows stay on disk (no labels); every row
+    is checked (finite, not all identical) in the one streaming pass that computes the fingerprint."""
     rows = open_rows(path)
     scaling = rows.parts[0].scaling if isinstance(rows, ShardedRows) else rows.scaling
     return Dataset(name=str(path), split="train", x=rows, labels=None, shape=tuple(rows.shape[1:]),
-                   scaling=scaling, fingerprint=fingerprint_rows(rows), source=f"{path} (read from disk)")
+                   scaling=scaling, fingerprint=scan_rows(rows), source=f"{path} (read from disk)")
