@@ -1,0 +1,1 @@
+"""Adapters that put models from other libraries on lossfloor's yardstick (optional dependencies)."""
