@@ -20,8 +20,8 @@ Programmatic API::
 - Every step draws indices, times and noise from one seeded generator, so a run resumed from a
   checkpoint (model, EMA, optimizer, generator, step) continues bit-for-bit.
 - The per-sample x0 loss ``||x0_hat - x0||^2 / D`` (the normalisation of J*) is the target error divided
-  by `target_error_factor`; `BinnedLoss` bins it in log sigma, and `out/binned.csv` holds one block of
-  bins per logging interval.  `lossfloor.diagnosis.GapMonitor` reuses `BinnedLoss`.
+  by `target_error_factor` (`models.x0_loss_from_target`); `monitor.BinnedLoss` bins it in log sigma, and
+  `out/binned.csv` holds one block of bins per logging interval.  `monitor.GapMonitor` reuses `BinnedLoss`.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .curve import atomic_write_bytes, atomic_write_text
+from . import schedules
+from .files import atomic_torch_save, atomic_write_text
 from .formulation import (
     Objective,
     get_objective,
@@ -46,9 +46,17 @@ from .formulation import (
     make_target,
     per_sample,
     static_dict,
-    target_error_factor,
 )
-from .models import Denoiser, ModelConfig, build_model, parameter_count
+from .models import (  # noqa: F401 (per_sample_x0_loss: re-exported)
+    Denoiser,
+    ModelConfig,
+    build_model,
+    parameter_count,
+    per_sample_x0_loss,
+    x0_loss_from_target,
+)
+from .monitor import BinnedLoss, default_sigma_edges  # noqa: F401 (default_sigma_edges: re-exported)
+from .validation import InputError, check_checkpoint_dict, check_weights, reason, safe_torch_load
 
 Tensor = torch.Tensor
 CHECKPOINT_FORMAT = "lossfloor-checkpoint-1"
@@ -56,98 +64,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 # --------------------------------------------------------------------------------------------
-# The binned x0-loss logger.
-# --------------------------------------------------------------------------------------------
-
-
-def default_sigma_edges(sigma_min: float = 1e-3, sigma_max: float = 1e3, per_decade: int = 4) -> np.ndarray:
-    """Bin edges evenly spaced in log sigma."""
-    decades = math.log10(sigma_max / sigma_min)
-    return np.geomspace(sigma_min, sigma_max, round(decades * per_decade) + 1)
-
-
-def per_sample_x0_loss(x0_hat: Tensor, x0: Tensor) -> Tensor:
-    """||x0_hat - x0||^2 / D per sample: the normalisation of J*(sigma)."""
-    return (x0_hat - x0).pow(2).flatten(1).mean(1)
-
-
-class BinnedLoss:
-    """Running count, sum and sum of squares of per-sample x0 losses in log-sigma bins.
-
-    Samples outside the outer edges are counted in `outside` and otherwise ignored.
-    """
-
-    def __init__(self, edges=None):
-        self.edges = np.asarray(default_sigma_edges() if edges is None else edges, dtype=float)
-        if len(self.edges) < 2 or np.any(np.diff(self.edges) <= 0) or self.edges[0] <= 0:
-            raise ValueError("sigma bin edges must be positive and strictly increasing")
-        self.reset()
-
-    def reset(self) -> None:
-        """Forget everything accumulated so far."""
-        k = len(self.edges) - 1
-        self.count, self.sum, self.sum_sq = np.zeros(k, dtype=np.int64), np.zeros(k), np.zeros(k)
-        self.outside = 0
-
-    @property
-    def centers(self) -> np.ndarray:
-        """Geometric bin centres."""
-        return np.sqrt(self.edges[:-1] * self.edges[1:])
-
-    def update(self, sigma, x0_loss) -> None:
-        """Add per-sample x0 losses (per dimension) observed at VE noise levels sigma."""
-        sigma = np.asarray(torch.as_tensor(sigma).detach().cpu(), dtype=float).ravel()
-        loss = np.asarray(torch.as_tensor(x0_loss).detach().cpu(), dtype=float).ravel()
-        if sigma.shape != loss.shape:
-            raise ValueError(f"{len(sigma)} noise levels for {len(loss)} losses")
-        idx = np.searchsorted(self.edges, sigma, side="right") - 1
-        inside = (idx >= 0) & (idx < len(self.count))
-        self.outside += int((~inside).sum())
-        k = len(self.count)
-        self.count += np.bincount(idx[inside], minlength=k)
-        self.sum += np.bincount(idx[inside], loss[inside], minlength=k)
-        self.sum_sq += np.bincount(idx[inside], loss[inside] ** 2, minlength=k)
-
-    def mean(self) -> np.ndarray:
-        """Mean x0 loss per bin (nan where empty)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self.sum / self.count
-
-    def stderr(self) -> np.ndarray:
-        """Standard error of each bin's mean (nan with fewer than 2 samples)."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            var = (self.sum_sq - self.sum**2 / self.count) / (self.count - 1)
-            return np.sqrt(np.clip(var, 0, None) / self.count)
-
-    def rows(self) -> list[dict]:
-        """One dict per bin: edges, centre, count, mean and standard error."""
-        mean, se = self.mean(), self.stderr()
-        return [dict(sigma_lo=float(self.edges[i]), sigma_hi=float(self.edges[i + 1]),
-                     sigma=float(self.centers[i]), count=int(self.count[i]),
-                     x0_loss=float(mean[i]), stderr=float(se[i])) for i in range(len(self.count))]
-
-    def state_dict(self) -> dict:
-        return dict(edges=self.edges.tolist(), count=self.count.tolist(), sum=self.sum.tolist(),
-                    sum_sq=self.sum_sq.tolist(), outside=self.outside)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.edges = np.asarray(state["edges"], dtype=float)
-        self.count = np.asarray(state["count"], dtype=np.int64)
-        self.sum = np.asarray(state["sum"], dtype=float)
-        self.sum_sq = np.asarray(state["sum_sq"], dtype=float)
-        self.outside = int(state["outside"])
-
-
-# --------------------------------------------------------------------------------------------
 # Checkpoints.
 # --------------------------------------------------------------------------------------------
-
-
-def atomic_torch_save(obj, path) -> None:
-    """torch.save to memory, then an atomic write (temporary file and rename)."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 @dataclass
@@ -180,16 +98,15 @@ def load_checkpoint(path) -> Checkpoint:
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path}: corrupted or truncated checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a lossfloor checkpoint")
+    state = safe_torch_load(path)  # weights_only=True, always; one line naming the file otherwise
+    check_checkpoint_dict(state, str(path), CHECKPOINT_FORMAT)
     try:
         model = ModelConfig(**state["model"])
-    except (TypeError, KeyError) as err:
-        raise ValueError(f"{path}: checkpoint is missing its model description ({err})") from err
+        reference = build_model(model).state_dict()
+    except (TypeError, KeyError, ValueError, RuntimeError) as err:
+        raise InputError(f"{path}: field 'model': not a usable model description ({reason(err)})") from None
+    for field in ("net", "ema"):
+        check_weights(state[field], reference, str(path), field)
     try:
         objective = load_objective(state["objective"])
     except (KeyError, TypeError, ValueError) as err:
@@ -233,6 +150,8 @@ class Trainer:
     def __init__(self, data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *,
                  out=None, data_info: dict | None = None, device="cpu", sigma_edges=None):
         self.objective = get_objective(objective) if isinstance(objective, str) else objective
+        if schedules.is_dynamic(self.objective):  # training mutates its state: keep the caller's copy intact
+            self.objective = copy.deepcopy(self.objective)
         self.data = torch.as_tensor(data, dtype=torch.float32).to(device)
         if tuple(self.data.shape[1:]) != model.shape:
             raise ValueError(f"data of shape {tuple(self.data.shape[1:])} for a model of shape {model.shape}")
@@ -247,6 +166,8 @@ class Trainer:
         self.net = net.to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        if schedules.trainable_parameters(self.objective):  # e.g. EDM2's learned u(sigma)
+            self.optimizer.add_param_group({"params": schedules.trainable_parameters(self.objective)})
         self.generator = torch.Generator().manual_seed(config.seed)
         self.binned = BinnedLoss(sigma_edges)
         self.last_interval = BinnedLoss(sigma_edges)  # the bins of the last finished logging interval
@@ -267,8 +188,9 @@ class Trainer:
         pred = Denoiser(self.net, obj).prediction(x_t.float(), t)
         err = (pred - target).pow(2).flatten(1).mean(1)
         weight = obj.target_weight(t).to(device=err.device, dtype=err.dtype)
-        factor = target_error_factor(obj.target, obj.process, t, obj.precond).to(err.device)
-        return weight * err, err.detach().double() / factor
+        x0_loss = x0_loss_from_target(obj, t, err.detach())  # the model's x0 loss at sigma (models.x0_loss)
+        loss = schedules.augment_loss(obj, obj.process.ve_sigma(t), weight * err)  # EDM2: e^-u loss + u
+        return loss, x0_loss
 
     def train_step(self) -> float:
         """One optimisation step; returns the batch's objective loss."""
@@ -288,6 +210,7 @@ class Trainer:
         self._update_ema()
         self.step += 1
         self.binned.update(self.objective.process.ve_sigma(t), x0_loss)
+        schedules.update(self.objective, self.objective.process.ve_sigma(t), x0_loss)  # adaptive p(sigma)
         value = loss.item()
         self._loss_sum += value
         self._loss_count += 1
@@ -383,6 +306,8 @@ class Trainer:
                              f"{self.objective.name!r} (name or settings)")
         if not isinstance(saved, str):
             self.objective = ckpt.objective
+            if schedules.trainable_parameters(self.objective):  # the optimizer must step the reloaded ones
+                self.optimizer.param_groups[1]["params"] = schedules.trainable_parameters(self.objective)
         if ckpt.model != self.model_config:
             raise ValueError(f"checkpoint model {ckpt.model} differs from {self.model_config}")
         theirs, ours = ckpt.data.get("fingerprint"), self.data_info.get("fingerprint")
