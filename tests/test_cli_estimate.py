@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lossfloor.cli import SIGMA_GRID, main, parse_sigmas
+from lossfloor.cli import main
 from lossfloor.curve import OptimalLossCurve
 from lossfloor.data import load_dataset
 from lossfloor.estimators import Estimator, EstimatorConfig
 from lossfloor.formulation import get_objective, objective_names
+from lossfloor.workflow import SIGMA_GRID, parse_sigmas
 
 SIGMAS = "0.05,0.3,1,3"
 JSON_KEYS = {"sigma", "loss", "stderr", "data_variance", "n", "dim", "estimator", "objective", "total",
