@@ -150,12 +150,13 @@ class OptimalLossCurve:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> OptimalLossCurve:
+    def from_dict(cls, d: dict, where: str = "curve") -> OptimalLossCurve:
+        """The curve of a `to_dict` dict; InputError naming `where` and the field if it does not fit."""
+        from .validation import check_curve_dict
+
+        check_curve_dict(d, where)
         keys = ("sigma", "loss", "stderr", "data_variance", "n", "dim", "settings", "fingerprint")
-        missing = [k for k in keys[:6] if k not in d]
-        if missing:
-            raise ValueError(f"not an optimal-loss curve: missing {', '.join(missing)}")
-        return cls(**{k: d[k] for k in keys if k in d})
+        return cls(**{k: d[k] for k in keys if d.get(k) is not None})
 
     def save(self, path, **extra) -> None:
         """Write JSON atomically (temporary file, then rename); `extra` keys are added."""
@@ -163,10 +164,10 @@ class OptimalLossCurve:
 
     @classmethod
     def load(cls, path) -> OptimalLossCurve:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a valid curve JSON ({err})") from err
+        """A curve JSON file, checked field by field (one-line InputError naming the file and field)."""
+        from .validation import read_json
+
+        return cls.from_dict(read_json(path, "curve JSON file"), where=str(path))
 
 
 def sigma_grid_coverage(objective: Objective, sigmas) -> tuple[float, float]:
