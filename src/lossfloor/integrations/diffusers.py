@@ -138,12 +138,12 @@ def scheduler_family(scheduler) -> str:
 
 
 def vp_alpha_bar(scheduler) -> Tensor:
-    """The scheduler's own alphas_cumprod in float64, with a zero terminal value replaced by 2**-24."""
+    """The scheduler's own alphas_cumprod in float64, with a zero-SNR terminal value replaced (see top)."""
     name, prediction = type(scheduler).__name__, scheduler.config["prediction_type"]
     abar = torch.as_tensor(scheduler.alphas_cumprod).to(torch.float64).clone()
     if not torch.isfinite(abar).all() or (abar > 1).any() or (abar < 0).any():
         raise UnsupportedScheduler(f"{name}: alphas_cumprod outside [0, 1]")
-    if abar[-1] == 0:
+    if abar[-1] == 0 or scheduler.config.get("rescale_betas_zero_snr"):  # Euler stores 2**-24 there
         if prediction == "epsilon":
             raise UnsupportedScheduler(
                 f"{name}: rescale_betas_zero_snr with prediction_type epsilon: at alpha_bar_T = 0 an epsilon "
