@@ -306,12 +306,17 @@ class Estimator:
                 raise ValueError(f"sigma must be positive and finite, got {s}")
         done = dict(done or {})
         todo = [s for s in sigmas if s not in done]
-        adaptive = self.config.target_stderr is not None  # then the number of queries is not known ahead
-        bar = tqdm(total=None if adaptive else len(todo) * self.config.queries, unit="query",
-                   disable=not progress, desc="optimal loss")
+        # With a target stderr the queries of a level are not known ahead: the bar counts levels instead.
+        adaptive = self.config.target_stderr is not None
+        bar = tqdm(total=len(todo) if adaptive else len(todo) * self.config.queries,
+                   unit="level" if adaptive else "query", disable=not progress, desc="optimal loss")
+        used = 0
         for s in todo:
-            bar.set_postfix(sigma=f"{s:.3g}")
-            done[s] = self.level(s, seed, bar.update)
+            bar.set_postfix(sigma=f"{s:.3g}", **({"queries": used} if adaptive else {}))
+            done[s] = self.level(s, seed, None if adaptive else bar.update)
+            used += done[s].queries
+            if adaptive:
+                bar.update(1)
             if on_level is not None:
                 on_level(done[s])
         bar.close()
