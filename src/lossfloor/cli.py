@@ -16,6 +16,7 @@ from .estimators import DEFAULT_QUERIES, ESTIMATORS, FORMS
 from .formulation import TARGETS, WEIGHTS, objective_names
 from .models import MODELS
 from .sampling import SAMPLERS
+from .studies.scaling import SCALING_PRESETS, run_scaling_study, scaling_terminal_table
 from .studies import (
     DIAGNOSE_BUDGETS,
     DIAGNOSE_DATASETS,
@@ -205,7 +206,9 @@ def sample(progress, **options):
 
 
 @cli.command(short_help="A model's x0 loss against J*(σ), per level and in total.")
-@click.option("--checkpoint", required=True, type=PATH, help="a checkpoint.pt (or its folder)")
+@click.option("--checkpoint", type=PATH, default="", help="a checkpoint.pt (or its folder)")
+@click.option("--diffusers", type=PATH, help="or a diffusers save_pretrained folder (pipeline, or unet/ + "
+              "scheduler/); needs --data")
 @click.option("--data", help="evaluate on this dataset instead of the checkpoint's (same shape)")
 @data_options(DIAG)
 @click.option("--curve", type=PATH, help="optimal_loss.json of the same data [estimated here]")
@@ -303,6 +306,26 @@ def diagnose_study(datasets, variants, budget, seed, data_dir, out, progress):
                                            progress=progress)
     click.echo(studies.diagnose_terminal_table(report))
     click.echo(f"wrote {out}/diagnose_study.json, gaps.csv, totals.csv, gaps.png, samples_*.png")
+
+
+@study.command("scaling", short_help="Power laws of the loss in compute, with and without J* subtracted.")
+@click.option("--preset", type=choice(SCALING_PRESETS), default="cpu",
+              help="cpu: the committed results (5 MLP widths on digits, <= 20 min on 2 CPU cores); "
+                   "full: 6 UNet widths on Fashion-MNIST (a GPU); quick: a smoke test")
+@click.option("--seed", type=SEED, default=0, help="seed of the training runs, the J* queries and the draws")
+@click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
+@device_option
+@click.option("--out", type=PATH, default="out/scaling", help="output folder (finished cells are reused)")
+@progress_option
+def scaling_study(preset, seed, data_dir, device, out, progress):
+    """Train several model sizes with EDM, evaluate at log-spaced steps on fixed draws, and fit
+    J = beta F^alpha, J - J* = beta F^alpha and J = E + beta F^alpha on the compute-optimal frontier,
+    per size and per noise level.  Every finished (size, step) cell is saved on its own, so a rerun resumes.
+    """
+    report = run_scaling_study(preset, out, seed=seed, data_dir=data_dir, device=device, progress=progress)
+    click.echo(scaling_terminal_table(report))
+    click.echo(f"wrote {out}/scaling.json, table.md, points.csv, levels.csv, scaling_total.png, "
+               "scaling_sigma.png, rho_by_sigma.png")
 
 
 def main(argv=None):

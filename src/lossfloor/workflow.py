@@ -350,7 +350,7 @@ class TrainRun:
 
 def prepare_train(s: TrainSettings) -> TrainRun:
     """Check the options, load the data and build (or resume) the trainer; nothing is written."""
-    from .data import load_dataset
+    from .data import TOYS, load_dataset
     from .models import ModelConfig, build_model, parameter_count
     from .training import CHECKPOINT_NAME, TrainConfig, Trainer, data_info, load_checkpoint
 
@@ -372,7 +372,9 @@ def prepare_train(s: TrainSettings) -> TrainRun:
         if changed:
             raise ValueError(f"--resume: {out} was trained with different {', '.join(changed)}; pass the "
                              "same options or use another --out")
-    load = {"name": s.data, "data_dir": s.data_dir, "n": s.n, "seed": s.data_seed, "flip": s.flip}
+    # A toy's size is recorded even when defaulted, so the checkpoint reloads its data if TOY_SIZE changes.
+    n = len(dataset) if s.n is None and s.data in TOYS else s.n
+    load = {"name": s.data, "data_dir": s.data_dir, "n": n, "seed": s.data_seed, "flip": s.flip}
     trainer = Trainer(dataset.x, obj, model_config, config, out=out, data_info=data_info(dataset, load),
                       device=dev)
     if ckpt is not None:
@@ -460,6 +462,7 @@ class DiagnoseSettings:
     """`lossfloor diagnose`: checkpoint, data, optimal-loss curve and output options."""
 
     checkpoint: str = ""
+    diffusers: str | None = None  # a diffusers save_pretrained folder instead (integrations.diffusers)
     data: str | None = None  # default: the checkpoint's data, reloaded
     data_dir: str | None = None
     n: int | None = None
@@ -526,6 +529,12 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
     from .data import load_dataset
     from .training import load_checkpoint, reload_data
 
+    if s.diffusers is not None:
+        from .integrations.diffusers import prepare_diffusers_diagnose
+
+        return prepare_diffusers_diagnose(s)
+    if not s.checkpoint:
+        raise ValueError("give --checkpoint (a lossfloor checkpoint) or --diffusers (a diffusers folder)")
     if s.queries < 2:
         raise ValueError(f"--queries must be at least 2, got {s.queries}")
     if s.curve is None and (s.levels < 2 or not 0 < s.sigma_min < s.sigma_max):
@@ -589,6 +598,8 @@ def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
     """Estimate J* if needed, evaluate the model on train (and test) data and write JSON, CSV and PNG."""
     from .diagnosis import diagnose, plot_diagnosis
 
+    if run.settings.diffusers is not None:  # integrations.diffusers.DiffusersDiagnoseRun
+        return run.execute(progress)
     s, obj, out = run.settings, run.objective, run.out
     out.mkdir(parents=True, exist_ok=True)
     curve = run.curve

@@ -335,7 +335,8 @@ def load_diffusers(path, **objective_options) -> DiffusersModel:
         raise ValueError(f"--diffusers {model_dir}: model class {name!r} is not supported; lossfloor calls "
                          f"unconditional models as model(x_t, timestep): {', '.join(SUPPORTED_MODELS)}")
     try:
-        model = getattr(_diffusers(), name).from_pretrained(model_dir, local_files_only=True)
+        model = getattr(_diffusers(), name).from_pretrained(model_dir, local_files_only=True,
+                                                            low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"--diffusers {model_dir}: could not load the {name} weights ({first})") from None
@@ -382,3 +383,123 @@ def diagnose_diffusers(denoiser: DiffusersDenoiser, optimal, train_x: Tensor, si
         result.totals["test"] = totals(held_out, optimal, objective)
         result.model_curves["test"] = held_out
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# `lossfloor diagnose --diffusers DIR --data D` (called by workflow.prepare_diagnose / run_diagnose).
+# --------------------------------------------------------------------------------------------
+
+TIMESTEP_CONVENTION = {
+    "vp": "model(sqrt(alpha_bar) x~, t T - 1): levels snapped to the scheduler's integer timesteps",
+    "flow": "model((1 - t) x~, t T), t = sigma / (1 + sigma): levels snapped to the scheduler's sigmas",
+    "edm": "model(c_in x~, precondition_noise(sigma)), x0 = precondition_outputs",
+}
+
+
+@dataclass
+class DiffusersDiagnoseRun:
+    """A checked `diagnose --diffusers`: the loaded folder, its denoiser, the data and the sigma grid."""
+
+    settings: object  # workflow.DiagnoseSettings
+    loaded: DiffusersModel
+    objective: Objective
+    denoiser: DiffusersDenoiser
+    train_set: object
+    test_set: object | None
+    curve: object | None  # OptimalLossCurve of --curve; None: estimated at `sigmas`
+    sigmas: np.ndarray
+    device: torch.device
+    out: Path
+
+    def header(self) -> list[str]:
+        """What is evaluated: model, data, objective, grid (one line each)."""
+        from ..workflow import describe_objective
+
+        d, parameters = self.loaded.describe(), sum(p.numel() for p in self.loaded.model.parameters())
+        test = f"; test N = {len(self.test_set)}" if self.test_set is not None else "; no test split"
+        curve = (f"{self.settings.curve}, interpolated to the model's levels" if self.curve is not None
+                 else f"estimated here at {len(self.sigmas)} levels, {self.settings.queries} queries each")
+        return [f"model:     {d['path']} ({d['model_class']}, {parameters:,} parameters; "
+                f"{d['scheduler_class']})",
+                f"data:      {self.train_set.name} (train N = {len(self.train_set)}{test})",
+                f"objective: {describe_objective(self.objective)}",
+                f"levels:    {len(self.sigmas)} from {self.sigmas[0]:.4g} to {self.sigmas[-1]:.4g}; "
+                f"{TIMESTEP_CONVENTION[self.denoiser.family]}",
+                f"curve:     {curve}"]
+
+    def execute(self, progress: bool = True):
+        """Estimate J* if needed, evaluate the model on train (and test) data, write JSON, CSV and PNG."""
+        from ..curve import atomic_write_text
+        from ..diagnosis import plot_diagnosis
+        from ..estimators import Estimator, EstimatorConfig
+        from ..workflow import DIAGNOSE_FILES, DiagnoseResult, SplitBars
+
+        s, obj = self.settings, self.objective
+        self.out.mkdir(parents=True, exist_ok=True)
+        curve = self.curve
+        if curve is None:
+            est = Estimator(self.train_set.rows(), EstimatorConfig(queries=s.queries), device=self.device)
+            curve = est.curve(self.sigmas, seed=s.seed, progress=progress)
+            curve.fingerprint = self.train_set.fingerprint
+        test_x = None if self.test_set is None else self.test_set.x
+        bars = SplitBars(["train"] + ([] if test_x is None else ["test"]), len(self.sigmas), progress)
+        try:
+            result = diagnose_diffusers(self.denoiser, curve, self.train_set.x, self.sigmas, test_x=test_x,
+                                        queries=s.queries, seed=s.seed, progress=bars)
+        finally:
+            bars.close()
+        meta = {"diffusers": self.loaded.describe(), "timesteps": TIMESTEP_CONVENTION[self.denoiser.family],
+                "data": self.train_set.describe(),
+                "test_data": None if self.test_set is None else self.test_set.describe(),
+                "objective_spec": obj.to_dict(), "queries": s.queries, "seed": s.seed,
+                "data_variance": curve.data_variance}
+        files = [self.out / name for name in DIAGNOSE_FILES]
+        model = type(self.loaded.model).__name__
+        title = f"{self.train_set.name}: {obj.name} (diffusers {model}) vs optimal loss"
+        plot_diagnosis(result, files[2], title)
+        atomic_write_text(files[1], result.csv_text())
+        atomic_write_text(files[0], json.dumps({**meta, **result.to_dict()}, indent=1))
+        return DiagnoseResult(result, files)
+
+
+def prepare_diffusers_diagnose(s) -> DiffusersDiagnoseRun:
+    """Check `diagnose --diffusers` options, load the folder, the data and the curve; writes nothing."""
+    from ..data import load_dataset
+    from ..workflow import DIAGNOSE_FILES, _matching_curve, check_coverage, check_out_dir, resolve_device
+
+    if s.checkpoint:
+        raise ValueError("give either --checkpoint or --diffusers, not both")
+    if s.data is None:
+        raise ValueError("--diffusers needs --data: the data the model was trained on (scaled to [-1, 1])")
+    if s.raw_weights:
+        raise ValueError("--raw-weights applies to lossfloor checkpoints; a diffusers folder has one set of "
+                         "weights (save the EMA model with save_pretrained to diagnose it)")
+    if s.queries < 2:
+        raise ValueError(f"--queries must be at least 2, got {s.queries}")
+    if s.curve is None and (s.levels < 2 or not 0 < s.sigma_min < s.sigma_max):
+        raise ValueError(f"need --levels >= 2 and 0 < --sigma-min < --sigma-max, got {s.levels}, "
+                         f"{s.sigma_min}, {s.sigma_max}")
+    try:
+        _diffusers()
+    except ImportError as err:
+        raise ValueError(f"--diffusers: {err}") from None
+    device, out = resolve_device(s.device), Path(s.out)
+    check_out_dir(out, DIAGNOSE_FILES, force=s.force)
+    loaded = load_diffusers(s.diffusers)
+    train_set = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
+    check_data(loaded, train_set.shape, train_set.x)
+    try:
+        test_set = load_dataset(s.data, data_dir=s.data_dir, split="test", seed=s.data_seed)
+    except (ValueError, FileNotFoundError):  # no test split for this dataset
+        test_set = None
+    curve = None if s.curve is None else _matching_curve(s.curve, train_set)
+    denoiser = loaded.denoiser(device)
+    if curve is None:
+        sigmas = sigma_grid(denoiser, s.sigma_min, s.sigma_max, s.levels)
+    elif training_sigmas(denoiser.scheduler, denoiser.objective) is None:
+        sigmas = curve.sigma
+    else:
+        sigmas = sigma_grid(denoiser, float(curve.sigma.min()), float(curve.sigma.max()), len(curve.sigma))
+    check_coverage(denoiser.objective, sigmas if curve is None else curve.sigma)
+    return DiffusersDiagnoseRun(s, loaded, denoiser.objective, denoiser, train_set, test_set, curve,
+                                np.asarray(sigmas, dtype=float), device, out)
