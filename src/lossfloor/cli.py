@@ -16,7 +16,6 @@ from .estimators import DEFAULT_QUERIES, ESTIMATORS, FORMS
 from .formulation import TARGETS, WEIGHTS, objective_names
 from .models import MODELS
 from .sampling import SAMPLERS
-from .studies.scaling import SCALING_PRESETS, run_scaling_study, scaling_terminal_table
 from .studies import (
     DIAGNOSE_BUDGETS,
     DIAGNOSE_DATASETS,
@@ -27,6 +26,7 @@ from .studies import (
     POINT_DATASETS,
     PRESET_NAMES,
 )
+from .studies.scaling import SCALING_PRESETS, run_scaling_study, scaling_terminal_table
 
 EST, TRAIN, SAMPLE, DIAG = (workflow.EstimateSettings(), workflow.TrainSettings(), workflow.SampleSettings(),
                             workflow.DiagnoseSettings())
