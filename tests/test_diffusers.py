@@ -1,6 +1,7 @@
 """The diffusers integration, checked against diffusers itself (skipped when diffusers is not installed)."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -348,3 +349,109 @@ def test_gap_monitor_in_a_diffusers_training_loop(prediction, snr_gamma):
     direct = ((x0_hat - x0) ** 2).mean(dim=(1, 2, 3)).double()
     converted = per_sample / target_error_factor(obj.target, obj.process, (k + 1).double() / 1000)
     torch.testing.assert_close(converted, direct, rtol=1e-4, atol=1e-7)
+
+
+# -- lossfloor diagnose --diffusers: end to end, against diffusers' own step() ---------------------------
+
+
+def run_cli(args, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `lossfloor ARGS`, in process."""
+    from lossfloor.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def pipelines(tmp_path_factory):
+    """Tiny UNet2DModels trained on digits with diffusers' scheduler and loss (eps, v), as pipelines."""
+    from lossfloor.data import load_dataset
+
+    example, data = _example(), load_dataset("digits")
+    root = tmp_path_factory.mktemp("pipelines")
+    folders = {}
+    for prediction in ("epsilon", "v_prediction"):
+        torch.manual_seed(0)
+        model, sched = example.build_unet(data.shape, channels=(8, 16)), example.build_scheduler(prediction)
+        example.train(model, sched, data.x, steps=30, batch_size=32, lr=3e-3, seed=0)
+        diffusers.DDPMPipeline(unet=model, scheduler=sched).save_pretrained(root / prediction)
+        folders[prediction] = root / prediction
+    return folders
+
+
+def _direct_losses(folder, x, sigmas, timesteps, queries, seed):
+    """Per-level x0 loss from diffusers alone: add_noise, the UNet, step().pred_original_sample, with the
+    noise diagnose draws (level_generator(seed + 1, sigma), stratified sources, batches of 512)."""
+    from lossfloor.estimators import level_generator, stratified_sources
+
+    model = diffusers.UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).eval()
+    sched = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+    sched.register_to_config(clip_sample=False)  # the raw x0 estimate, which the training loss measures
+    out = []
+    for sigma, k in zip(sigmas, timesteps, strict=True):
+        gen = level_generator(seed + 1, sigma)
+        losses = []
+        for idx in stratified_sources(len(x), queries, gen).split(512):
+            x0 = x[idx]
+            eps = torch.randn(x0.shape, generator=gen)
+            with torch.no_grad():
+                x_t = sched.add_noise(x0, eps, torch.tensor([k]))
+                x0_hat = sched.step(model(x_t, k).sample, k, x_t).pred_original_sample
+            losses.append(((x0_hat - x0) ** 2).mean(dim=(1, 2, 3)).double())
+        out.append(torch.cat(losses).mean().item())
+    return np.array(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_diagnose_diffusers_equals_diffusers_own_x0_loss(pipelines, prediction, tmp_path, capsys):
+    from lossfloor.data import load_dataset
+
+    out = tmp_path / "diag"
+    code, stdout, err = run_cli(["diagnose", "--diffusers", pipelines[prediction], "--data", "digits",
+                                 "--levels", "6", "--queries", "96", "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    report = json.loads((out / "diagnosis.json").read_text())
+    assert (out / "diagnosis.csv").is_file() and (out / "diagnosis.png").is_file()
+    assert report["diffusers"]["scheduler_class"] == "DDPMScheduler" and not report["floor_violation"]
+    assert f"total DDPMScheduler/linear/{prediction} loss (train)" in stdout
+    sched = diffusers.DDPMScheduler.from_pretrained(pipelines[prediction] / "scheduler")
+    abar = sched.alphas_cumprod.double()
+    sigmas = np.array([g["sigma"] for g in report["train"]])
+    reported = np.array([g["model_loss"] for g in report["train"]])
+    # Every level is one of the scheduler's own: sqrt((1 - alpha_bar_k) / alpha_bar_k) for an integer k.
+    levels = torch.sqrt((1 - abar) / abar).numpy()
+    timesteps = [int(np.argmin(np.abs(levels - s))) for s in sigmas]
+    np.testing.assert_allclose(sigmas, levels[timesteps], rtol=1e-12)
+    assert len(set(timesteps)) == len(timesteps) >= 5
+    direct = _direct_losses(pipelines[prediction], load_dataset("digits").x, sigmas, timesteps, 96, 0)
+    np.testing.assert_allclose(reported, direct, rtol=2e-5)
+    # The objective's totals exist for both splits and the floor is the same curve's.
+    assert set(report["totals"]) == {"train", "test"}
+    assert report["totals"]["train"]["optimal"] == report["totals"]["test"]["optimal"]
+
+
+@pytest.mark.slow
+def test_diagnose_diffusers_refuses_mismatched_data(pipelines, tmp_path, capsys):
+    wrong_range = tmp_path / "zero_one.npy"
+    np.save(wrong_range, np.random.default_rng(0).random((40, 1, 8, 8)).astype(np.float32))
+    wrong_shape = tmp_path / "three_channels.npy"
+    np.save(wrong_shape, np.random.default_rng(0).uniform(-1, 1, (40, 3, 8, 8)).astype(np.float32))
+    cases = [(["--data", wrong_range], "rescale it to [-1, 1]"),
+             (["--data", wrong_shape], "expects images of shape (1, 8, 8)"),
+             ([], "--diffusers needs --data"),
+             (["--data", "digits", "--checkpoint", tmp_path], "not both"),
+             (["--data", "digits", "--raw-weights"], "--raw-weights")]
+    for extra, fragment in cases:
+        out = tmp_path / "never"
+        args = ["diagnose", "--diffusers", pipelines["epsilon"], *extra, "--out", out]
+        code, _, err = run_cli(args, capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and fragment in lines[0], err
+        assert not out.exists()
+    for folder, fragment in [(tmp_path / "missing", "not a folder"), (tmp_path, "no scheduler")]:
+        args = ["diagnose", "--diffusers", folder, "--data", "digits", "--out", tmp_path / "o"]
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
