@@ -469,7 +469,8 @@ def plot_scaling_total(p: dict, j_train: np.ndarray, report: dict, path) -> None
 
     from ..plots import save_figure
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig.subplots_adjust(wspace=0.32)
     fits, floor = report["frontier"]["fits"], report["frontier"]["floor"]
     idx = np.asarray(report["frontier"]["points"], dtype=int)
     ax = axes[0]
