@@ -131,6 +131,10 @@ class OptimalLossWeight(Weight):
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be positive and finite, got {value}")
 
+    def __repr__(self) -> str:
+        return (f"OptimalLossWeight(sigma*={self.sigma_star:.3g}, w*={self.w_max:.3g}, a={self.a:.3g}, "
+                f"mu={self.mu:.3g}, width={self.width:g}, bump={self.bump})")
+
     def params(self) -> dict:
         return dict(a=self.a, w_max=self.w_max, sigma_star=self.sigma_star, mu=self.mu, width=self.width,
                     bump=self.bump, critical_fraction=self.critical_fraction)
@@ -199,6 +203,9 @@ class LearnedUncertaintyWeight(Weight):
     @classmethod
     def from_dict(cls, d: Mapping) -> LearnedUncertaintyWeight:
         return cls(d.get("base", "simple"), d.get("features", 32), d.get("state"))
+
+    def __repr__(self) -> str:
+        return f"LearnedUncertaintyWeight(base={self.base!r})"
 
     def x0_weight(self, sigma, objective):
         return objective.with_(weight=self.base).x0_weight(sigma)

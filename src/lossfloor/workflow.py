@@ -316,6 +316,8 @@ class TrainSettings:
     data_seed: int = 0
     flip: bool = False
     objective: str = "edm"
+    schedule: str = "native"  # a name of lossfloor.schedules.SCHEDULES
+    curve: str | None = None  # optimal_loss.json of the training data (the optimal-loss schedules)
     model: str | None = None  # default: unet for images, mlp otherwise
     width: int | None = None
     depth: int | None = None
@@ -350,11 +352,14 @@ class TrainRun:
 
 def prepare_train(s: TrainSettings) -> TrainRun:
     """Check the options, load the data and build (or resume) the trainer; nothing is written."""
+    from .curve import OptimalLossCurve
     from .data import TOYS, load_dataset
     from .models import ModelConfig, build_model, parameter_count
+    from .schedules import apply_schedule
     from .training import CHECKPOINT_NAME, TrainConfig, Trainer, data_info, load_checkpoint
 
-    obj = get_objective(s.objective)
+    curve = OptimalLossCurve.load(s.curve) if s.curve else None
+    obj = apply_schedule(get_objective(s.objective), s.schedule, curve)
     config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, warmup=s.warmup, ema=s.ema,
                          grad_clip=s.grad_clip or None, seed=s.seed, log_every=s.log_every,
                          checkpoint_every=s.checkpoint_every)

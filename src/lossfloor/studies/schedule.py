@@ -1,0 +1,362 @@
+"""The training-schedule comparison: the paper's optimal-loss schedule, its ablations and the baselines.
+
+Each objective (EDM with F-prediction, rectified flow with velocity) is trained under its native schedule,
+the paper's schedule, three ablations (weight only, adaptive density only, no bump) and the baselines that
+apply to it, with the same network, optimizer, steps, batch and seeds.  Every model is evaluated with the
+same EDM Heun sampler: classifier-feature Fréchet distance, NELBO (bits/dim) on the test split, the
+EDM-weighted total gap to J* and the per-sigma gap on the training data.  A cell is one (objective,
+schedule, seed) (``<out>/cells/<cell>.json``); an interrupted study resumes per cell (and per checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.stats
+import torch
+
+from ..curve import atomic_write_text
+from ..formulation import get_objective
+from ..schedules import apply_schedule
+from .common import (
+    cached_classifier,
+    cached_floor,
+    check_choice,
+    csv_text,
+    fmt_pm,
+    load_floor,
+    markdown_table,
+    mean_se,
+    paired_difference,
+    run_cells,
+    seeded,
+    text_table,
+    train_run,
+    write_json,
+)
+
+# Which schedules each objective is trained under (the first is the reference for paired differences).
+SCHEDULE_STUDY = {
+    "edm": ("native", "optimal-loss", "optimal-loss-weight", "optimal-loss-density", "optimal-loss-nobump",
+            "edm2-learned"),
+    "flow": ("native", "optimal-loss", "optimal-loss-weight", "optimal-loss-density", "optimal-loss-nobump",
+             "logit-normal", "min-snr"),
+}
+DATASETS = ("digits", "fashion-mnist")
+
+
+@dataclass(frozen=True)
+class SchedulePreset:
+    """Data, network, optimisation and evaluation budget of the study (equal for every schedule)."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    width: int | None = 128
+    depth: int | None = 2
+    steps: int = 500
+    batch_size: int = 128
+    lr: float = 2e-3
+    warmup: int = 50
+    ema: float = 0.99
+    seeds: int = 3
+    every: int = 50  # steps between updates of the adaptive density
+    samples: int = 2000
+    sample_steps: int = 18
+    nelbo_points: int | None = None  # test points for the NELBO (None: the whole test split)
+    nelbo_samples: int = 4
+    gap_queries: int = 256
+    floor_queries: int = 1024
+    classifier_steps: int = 600
+    n_train: int | None = None
+
+
+PRESETS = {
+    # The committed run: digits, a small MLP, 500 steps (~25 min for 39 cells on 2 shared CPU cores).
+    "default": SchedulePreset(),
+    # For a GPU: Fashion-MNIST, the UNet, 20k steps, 10k samples.
+    "full": SchedulePreset(dataset="fashion-mnist", model="unet", width=32, depth=None, steps=20_000,
+                           warmup=500, ema=0.999, every=200, samples=10_000, sample_steps=32,
+                           nelbo_points=2000, nelbo_samples=8, gap_queries=1024, floor_queries=4096,
+                           classifier_steps=3000),
+    # For tests: seconds.
+    "quick": SchedulePreset(width=32, depth=1, steps=20, warmup=2, seeds=2, every=5, samples=64,
+                            sample_steps=4, nelbo_points=32, nelbo_samples=1, gap_queries=16,
+                            floor_queries=64, classifier_steps=20, n_train=256),
+}
+
+
+def cell_name(objective: str, schedule: str, seed: int) -> str:
+    return f"{objective}_{schedule}_seed{seed}"
+
+
+def _data(preset: SchedulePreset, data_dir=None):
+    from ..data import load_dataset
+
+    kw = {"data_dir": data_dir} if preset.dataset == "fashion-mnist" else {}
+    train = load_dataset(preset.dataset, n=preset.n_train, **kw)
+    test = load_dataset(preset.dataset, split="test", **kw)
+    return train, test
+
+
+def _floor(train, preset: SchedulePreset, out: Path):
+    from ..estimators import EstimatorConfig
+
+    config = EstimatorConfig("full", queries=min(preset.floor_queries, len(train)))
+    sigmas = np.geomspace(1e-3, 1e2, 26)
+    return cached_floor(out / "floor.json", train, sigmas, config, seed=0)
+
+
+def study_objective(objective: str, schedule: str, curve, preset: SchedulePreset):
+    """The objective of one cell: the named base objective under the named schedule."""
+    options = {"every": preset.every} if schedule in ("optimal-loss", "optimal-loss-density",
+                                                      "optimal-loss-nobump") else {}
+    return apply_schedule(objective, schedule, curve, **options)
+
+
+def _evaluate(trainer, train, test, curve, classifier, preset: SchedulePreset, seed: int) -> dict:
+    """Fréchet distance, NELBO, total EDM-weighted gap and per-sigma gap, samples for the grid."""
+    from ..diagnosis import model_curve, totals
+    from ..likelihood import nelbo
+    from ..metrics import frechet_distance
+    from ..sampling import karras_sigmas, sample
+
+    denoiser = trainer.denoiser()
+    gen = torch.Generator().manual_seed(10_000 + seed)
+    x = sample(denoiser, (preset.samples, *train.shape), karras_sigmas(preset.sample_steps), generator=gen)
+    nonfinite = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum())
+    x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
+    fd = frechet_distance(classifier, test.x, x)
+    test_x = test.x[: preset.nelbo_points]
+    step = float(test.scaling["scale"]) if test.is_image else None
+    bound = nelbo(denoiser, test_x, samples=preset.nelbo_samples, quantization_step=step, seed=seed)
+    model = model_curve(denoiser, train.x, curve.sigma, preset.gap_queries, seed=seed)
+    edm = totals(model, curve, get_objective("edm"))
+    return {"fd": fd, "bits_per_dim": bound.bits_per_dim, "bits_per_dim_se": bound.stderr,
+            "gap_edm": edm["gap"], "gap_edm_se": edm["gap_stderr"], "nonfinite_samples": nonfinite,
+            "sigma": [float(s) for s in curve.sigma], "model_loss": [float(v) for v in model.loss],
+            "model_loss_se": [float(v) for v in model.stderr],
+            "gap": [float(m - o) for m, o in zip(model.loss, curve.loss, strict=True)],
+            "samples": x[:64].reshape(64, -1).tolist()}
+
+
+def _density_history(trainer) -> dict | None:
+    p = trainer.objective.time_dist
+    if not hasattr(p, "history"):
+        return None
+    widths = np.diff(p.edges)
+    return {"edges_log_sigma": p.edges.tolist(), "every": p.every,
+            "density": [(np.asarray(h) / np.sum(h) / widths).tolist() for h in p.history],
+            "bin_jstar": p.bin_jstar.tolist(), "bin_weight": p.bin_weight.tolist()}
+
+
+def run_schedule_study(preset_name: str = "default", out="results/schedule", *, objectives=None,
+                       data_dir=None, progress: bool = True) -> dict:
+    """Train and evaluate every (objective, schedule, seed) cell (finished cells are skipped); report."""
+    check_choice("preset", preset_name, PRESETS)
+    preset = PRESETS[preset_name]
+    objectives = tuple(objectives or SCHEDULE_STUDY)
+    for o in objectives:
+        check_choice("objective", o, SCHEDULE_STUDY)
+    out = Path(out)
+    train, test = _data(preset, data_dir)  # fails before anything is written
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    curve = _floor(train, preset, out)
+    classifier, accuracy = cached_classifier(out / "classifier.pt", train, test, preset.classifier_steps)
+    cells = [(o, s, seed) for o in objectives for s in SCHEDULE_STUDY[o] for seed in range(preset.seeds)]
+    settings = asdict(preset)
+
+    def compute(cell) -> dict:
+        from ..models import ModelConfig
+        from ..training import TrainConfig
+
+        objective, schedule, seed = cell
+        obj = study_objective(objective, schedule, curve, preset)
+        config = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr,
+                             warmup=preset.warmup, ema=preset.ema, seed=seed,
+                             log_every=max(1, preset.steps // 10), checkpoint_every=max(1, preset.steps // 2))
+        model = ModelConfig(preset.model, train.shape, preset.width, preset.depth)
+        start = time.time()
+        with seeded(seed):
+            trainer = train_run(train, obj, model, config, out / "runs" / cell_name(*cell))
+            seconds = time.time() - start
+            result = _evaluate(trainer, train, test, curve, classifier, preset, seed)
+        return {"objective": objective, "schedule": schedule, "seed": seed, "preset": preset_name,
+                "settings": settings, "train_seconds": seconds, "steps": preset.steps,
+                "classifier_accuracy": accuracy, "density_history": _density_history(trainer), **result}
+
+    results = run_cells(cells, lambda c: out / "cells" / f"{cell_name(*c)}.json", compute,
+                        matches=lambda r: r.get("settings") == settings, progress=progress,
+                        desc="schedule study", name_of=lambda c: cell_name(*c))
+    return write_schedule_report(results, out, curve)
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+METRICS = (("fd", "Fréchet distance"), ("bits_per_dim", "NELBO bits/dim"), ("gap_edm", "EDM-weighted gap"))
+
+
+def interval95(se: float, n: int) -> float:
+    """Half-width of a 95% t interval for a mean over n paired seeds."""
+    return float(scipy.stats.t.ppf(0.975, n - 1) * se) if n > 1 else math.nan
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """Per (objective, schedule): mean ± SE of each metric and the paired difference to native (95% t)."""
+    rows = []
+    by = {}
+    order = {key: i for i, key in enumerate((o, s) for o in SCHEDULE_STUDY for s in SCHEDULE_STUDY[o])}
+    for r in sorted(results, key=lambda r: (order.get((r["objective"], r["schedule"]), 99), r["seed"])):
+        by.setdefault((r["objective"], r["schedule"]), {})[r["seed"]] = r
+    for (objective, schedule), seeds in by.items():
+        native = by.get((objective, "native"), {})
+        row = {"objective": objective, "schedule": schedule, "seeds": len(seeds)}
+        for key, _ in METRICS:
+            mean, se = mean_se([r[key] for r in seeds.values()])
+            diff, dse, n = paired_difference({s: r[key] for s, r in seeds.items()},
+                                             {s: r[key] for s, r in native.items()})
+            base = mean_se([r[key] for r in native.values()])[0] if native else math.nan
+            rel = diff / base if base else math.nan
+            row.update({key: mean, f"{key}_se": se, f"{key}_diff": diff,
+                        f"{key}_diff_ci95": interval95(dse, n), f"{key}_rel_diff": rel})
+        rows.append(row)
+    return rows
+
+
+def _fmt_diff(row, key) -> str:
+    if row["schedule"] == "native":
+        return "(reference)"
+    d, h = row[f"{key}_diff"], row[f"{key}_diff_ci95"]
+    digits = 3 if abs(d) < 100 else 1
+    rel = f" ({100 * row[f'{key}_rel_diff']:+.0f}%)" if key == "fd" else ""
+    return f"{d:+.{digits}f} ± {h:.{digits}f}{rel}"
+
+
+def summary_rows(rows: list[dict]) -> list[list[str]]:
+    return [[r["objective"], r["schedule"], str(r["seeds"]), fmt_pm(r["fd"], r["fd_se"]), _fmt_diff(r, "fd"),
+             fmt_pm(r["bits_per_dim"], r["bits_per_dim_se"]), _fmt_diff(r, "bits_per_dim"),
+             f"{r['gap_edm']:.4f} ± {r['gap_edm_se']:.4f}", _fmt_diff(r, "gap_edm")] for r in rows]
+
+
+HEAD = ["objective", "schedule", "seeds", "FD", "ΔFD vs native (95%)", "bits/dim",
+        "Δ bits/dim (95%)", "EDM gap", "Δ gap (95%)"]
+CSV_FIELDS = ("objective", "schedule", "seed", "fd", "bits_per_dim", "bits_per_dim_se", "gap_edm",
+              "gap_edm_se",
+              "nonfinite_samples", "train_seconds", "steps")
+
+
+def write_schedule_report(results: list[dict], out, curve=None) -> dict:
+    """cells.csv (one row per cell), summary.{json,md}, gaps.csv, and the figures."""
+    out = Path(out)
+    if curve is None:
+        curve = load_floor(out / "floor.json")[0]
+    rows = aggregate(results)
+    cell_rows = [{k: r[k] for k in CSV_FIELDS} for r in results]
+    atomic_write_text(out / "cells.csv", csv_text(cell_rows, CSV_FIELDS))
+    gap_rows = [{"objective": r["objective"], "schedule": r["schedule"], "seed": r["seed"], "sigma": s,
+                 "model_loss": m, "optimal_loss": o, "gap": m - o}
+                for r in results for s, m, o in zip(r["sigma"], r["model_loss"], curve.loss, strict=True)]
+    atomic_write_text(out / "gaps.csv", csv_text(gap_rows, ("objective", "schedule", "seed", "sigma",
+                                                            "model_loss", "optimal_loss", "gap")))
+    write_json(out / "summary.json", {"rows": rows, "preset": results[0]["settings"] if results else None})
+    atomic_write_text(out / "summary.md", markdown_table(HEAD, summary_rows(rows)))
+    if results:
+        plot_density_history(results, curve, out / "adaptive_density.png")
+        plot_gaps(results, curve, out / "gaps.png")
+        plot_schedule_samples(results, out / "samples.png")
+    return {"rows": rows, "results": results}
+
+
+def terminal_table(report: dict) -> str:
+    return text_table(HEAD, summary_rows(report["rows"]))
+
+
+# -- figures -----------------------------------------------------------------------------------------
+
+
+def plot_density_history(results: list[dict], curve, path) -> None:
+    """How the adaptive p(log sigma) moves during training (seed 0), against J*(sigma)."""
+    import matplotlib.pyplot as plt
+
+    from ..plots import save_figure
+
+    cells = [r for r in results
+             if r["schedule"] == "optimal-loss" and r["seed"] == 0 and r["density_history"]]
+    if not cells:
+        return
+    fig, axes = plt.subplots(1, len(cells), figsize=(6.5 * len(cells), 4), squeeze=False,
+                             layout="constrained")
+    for ax, r in zip(axes[0], cells, strict=True):
+        h = r["density_history"]
+        edges = np.exp(h["edges_log_sigma"])
+        cmap = plt.get_cmap("viridis")
+        n = len(h["density"])
+        for i, dens in enumerate(h["density"]):
+            ax.stairs(dens, edges, color=cmap(i / max(n - 1, 1)), lw=1.2,
+                      label=f"step {i * h['every']}" if i in (0, n - 1) else None)
+        ax.set(xscale="log", xlabel="σ", ylabel="p(log σ)", title=f"{r['objective']}: adaptive density")
+        twin = ax.twinx()
+        s = np.geomspace(edges[0], edges[-1], 200)
+        twin.plot(s, curve(s) / curve.data_variance, "k--", lw=1, label="J*(σ) / data variance")
+        twin.axvline(curve.critical_sigma(), color="gray", lw=0.8, ls=":")
+        twin.set(ylim=(0, 1.05), ylabel="J*(σ) / data variance")
+        lines = ax.get_legend_handles_labels()
+        tl = twin.get_legend_handles_labels()
+        ax.legend(lines[0] + tl[0], lines[1] + tl[1], fontsize=8, loc="upper left")
+    save_figure(fig, path)
+
+
+def plot_gaps(results: list[dict], curve, path) -> None:
+    """Per-sigma gap J(theta) - J* (mean over seeds) for every schedule, one panel per objective."""
+    import matplotlib.pyplot as plt
+
+    from ..plots import save_figure
+
+    objectives = list(dict.fromkeys(r["objective"] for r in results))
+    fig, axes = plt.subplots(1, len(objectives), figsize=(6 * len(objectives), 4), squeeze=False)
+    for ax, o in zip(axes[0], objectives, strict=True):
+        for schedule in dict.fromkeys(r["schedule"] for r in results if r["objective"] == o):
+            gaps = np.array([r["gap"] for r in results if r["objective"] == o and r["schedule"] == schedule])
+            ax.plot(curve.sigma, gaps.mean(0), label=schedule, lw=2 if schedule in ("native", "optimal-loss")
+                    else 1, ls="-" if schedule in ("native", "optimal-loss") else "--")
+        ax.axvline(curve.critical_sigma(), color="gray", lw=0.8, ls=":")
+        ax.set(xscale="log", yscale="symlog", xlabel="σ", ylabel="x0 loss − J* per dim (train)",
+               title=f"{o}: per-σ gap (mean over seeds)")
+        ax.set_yscale("symlog", linthresh=1e-3)
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def plot_schedule_samples(results: list[dict], path) -> None:
+    """64 samples (seed 0) per (objective, schedule), same sampler and noise."""
+    import matplotlib.pyplot as plt
+
+    from ..plots import _show_samples, save_figure
+
+    cells = [r for r in results if r["seed"] == 0]
+    objectives = list(dict.fromkeys(r["objective"] for r in cells))
+    cols = max(sum(1 for r in cells if r["objective"] == o) for o in objectives)
+    fig, axes = plt.subplots(len(objectives), cols, figsize=(2.2 * cols, 2.5 * len(objectives)),
+                             squeeze=False)
+    for i, o in enumerate(objectives):
+        row = [r for r in cells if r["objective"] == o]
+        for j in range(cols):
+            ax = axes[i][j]
+            if j >= len(row):
+                ax.axis("off")
+                continue
+            _show_samples(ax, np.asarray(row[j]["samples"]))
+            ax.set_title(f"{o}\n{row[j]['schedule']}\nFD {row[j]['fd']:.2f}", fontsize=7)
+    save_figure(fig, path)
+
+
+def write_command(out, command: str) -> None:
+    atomic_write_text(Path(out) / "COMMAND", command.rstrip() + "\n")
+
+
+__all__ = ["DATASETS", "PRESETS", "SCHEDULE_STUDY", "SchedulePreset", "aggregate", "cell_name", "interval95",
+           "run_schedule_study", "study_objective", "terminal_table", "write_schedule_report"]
