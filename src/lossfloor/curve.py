@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .files import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported for older imports)
 from .formulation import Objective
+from .stats import Estimate
 
 # J* is interpolated as z = logit(J*/V) linearly in log sigma (V the data variance): exact for Gaussian
 # data with equal eigenvalues, where z = 2 log sigma - log V, and so far more accurate than linear J* on a
@@ -29,14 +29,12 @@ MASS_TOLERANCE = 1e-6  # noise mass allowed beyond the extended range, where the
 
 
 @dataclass(frozen=True)
-class TotalLoss:
-    """An objective's total optimal loss E_p[lambda J*] (per dimension) with its standard error.
+class TotalLoss(Estimate):
+    """An objective's total optimal loss E_p[lambda J*] (per dimension): an `Estimate` (value, stderr).
 
     extrapolated: the part of the value that comes from beyond the sigma grid.
     """
 
-    value: float
-    stderr: float
     extrapolated: float
 
 
@@ -186,28 +184,3 @@ def sigma_grid_coverage(objective: Objective, sigmas) -> tuple[float, float]:
         raise ValueError(f"{objective.name}: {mass:.2g} of the noise density lies outside {support}; "
                          "widen the sigma grid")
     return lo, hi
-
-
-def atomic_write_text(path, text: str) -> None:
-    """Write text to `path` through a temporary file in the same folder, then rename."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    """Write bytes to `path` through a temporary file in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give outputs the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

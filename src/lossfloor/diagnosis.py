@@ -1,4 +1,4 @@
-"""Diagnose a denoiser against the optimal loss J*(sigma), and `GapMonitor` for users' own loops.
+"""Diagnose a denoiser against the optimal loss J*(sigma) (`GapMonitor`, for users' own loops, is in monitor).
 
 The model's x0 loss at a noise level is E ||D(x0 + sigma eps, sigma) - x0||^2 / D over the data, the same
 normalisation as J*; on the training data it can never be below J* (the posterior mean is optimal), so a
@@ -17,8 +17,9 @@ import torch
 
 from .curve import OptimalLossCurve
 from .estimators import LevelEstimate, level_generator, stratified_sources
-from .formulation import Objective, target_error_factor
-from .training import BinnedLoss, per_sample_x0_loss
+from .formulation import Objective
+from .models import x0_loss
+from .monitor import GapMonitor  # noqa: F401 (its home was here)
 
 Tensor = torch.Tensor
 VIOLATION_SE = 3.0  # standard errors below J* that count as impossible
@@ -75,7 +76,7 @@ def model_level(denoiser, x: Tensor, sigma: float, queries: int, generator: torc
     for idx in sources.split(batch_size):
         x0 = x[idx].to(device)
         eps = torch.randn(x0.shape, generator=generator).to(device)
-        losses.append(per_sample_x0_loss(denoiser(x0 + sigma * eps, sigma), x0).double().cpu())
+        losses.append(x0_loss(denoiser, x0, sigma, eps).cpu())
     values = torch.cat(losses)
     return LevelEstimate(float(sigma), values.mean().item(), values.std().item() / math.sqrt(len(values)),
                          len(values))
@@ -168,121 +169,7 @@ def violation_message(diagnosis: Diagnosis) -> str:
 
 
 def plot_diagnosis(diagnosis: Diagnosis, path, title: str = "") -> None:
-    """Model loss and J* against sigma (top) and the gap with 2-SE bands (bottom), train and test."""
-    from .plots import plt, save_figure
+    """Model loss and J* against sigma with the gaps below (see `plots.plot_diagnosis`)."""
+    from .plots import plot_diagnosis as plot
 
-    fig, (ax, gap_ax) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True,
-                                     gridspec_kw={"height_ratios": [3, 2]})
-    sig = np.array([g.sigma for g in diagnosis.train])
-    j_star = np.array([g.optimal_loss for g in diagnosis.train])
-    ax.plot(sig, j_star, "k-", lw=2, label="optimal loss J*(σ)")
-    for split, gaps, color in (("train", diagnosis.train, "C0"), ("test", diagnosis.test, "C1")):
-        if not gaps:
-            continue
-        m = np.array([g.model_loss for g in gaps])
-        gap = np.array([g.gap for g in gaps])
-        se = np.array([g.gap_stderr for g in gaps])
-        ax.plot(sig, m, "o-", color=color, ms=3, label=f"model x0 loss ({split})")
-        gap_ax.fill_between(sig, gap - 2 * se, gap + 2 * se, color=color, alpha=0.25, lw=0)
-        gap_ax.plot(sig, gap, "o-", color=color, ms=3, label=f"gap ({split}) ± 2 SE")
-    bad = diagnosis.violations
-    if bad:
-        gap_ax.plot([g.sigma for g in bad], [g.gap for g in bad], "rx", ms=10, mew=2,
-                    label="below the floor: impossible")
-    ax.axhline(diagnosis.train[0].data_variance, color="gray", ls="--", lw=1, label="data variance")
-    ax.set_xscale("log")
-    ax.set_ylabel("per-dimension x0 MSE")
-    ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    gap_ax.axhline(0, color="k", lw=0.8)
-    gap_ax.set_xlabel("noise level σ (VE)")
-    gap_ax.set_ylabel("gap J(σ) − J*(σ)")
-    gap_ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-# --------------------------------------------------------------------------------------------
-# GapMonitor: the gap inside a user's own training loop.
-# --------------------------------------------------------------------------------------------
-
-
-class GapMonitor:
-    """Running per-log-sigma-bin x0 loss, optimal loss and gap of a training loop.
-
-    ``update(sigma, x0_loss)`` takes VE noise levels and per-sample x0 losses ||x0_hat - x0||^2 / D;
-    ``update_from_target(t, target_loss)`` converts a per-sample target loss (eps, v, ...) of the
-    objective at process times t first.  Each sample's floor J*(sigma_i) is binned alongside, so a bin's
-    gap compares like with like however wide it is.  With an objective, `summary` adds the weighted
-    totals E[lambda (J - J*)] over the samples seen.
-    """
-
-    def __init__(self, curve: OptimalLossCurve, objective: Objective | None = None, edges=None):
-        self.curve, self.objective = curve, objective
-        self.loss, self.floor, self.gap = BinnedLoss(edges), BinnedLoss(edges), BinnedLoss(edges)
-        self._weighted = np.zeros(3)  # sums of lambda J, lambda J*, count
-
-    def reset(self) -> None:
-        """Start a new interval."""
-        for b in (self.loss, self.floor, self.gap):
-            b.reset()
-        self._weighted[:] = 0
-
-    def update(self, sigma, x0_loss) -> None:
-        """Add per-sample x0 losses (per dimension) at VE noise levels sigma."""
-        sigma = np.asarray(torch.as_tensor(sigma).detach().cpu(), dtype=float).ravel()
-        loss = np.asarray(torch.as_tensor(x0_loss).detach().cpu(), dtype=float).ravel()
-        floor = np.asarray(self.curve(sigma), dtype=float)
-        self.loss.update(sigma, loss)
-        self.floor.update(sigma, floor)
-        self.gap.update(sigma, loss - floor)
-        if self.objective is not None:
-            lam = self.objective.x0_weight(torch.as_tensor(sigma)).numpy()
-            self._weighted += [np.sum(lam * loss), np.sum(lam * floor), len(loss)]
-
-    def update_from_target(self, t, target_loss) -> None:
-        """Add per-sample losses on the objective's own target (per dimension) at process times t."""
-        if self.objective is None:
-            raise ValueError("update_from_target needs the objective that defines the target")
-        obj = self.objective
-        t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
-        factor = target_error_factor(obj.target, obj.process, t, obj.precond)
-        x0_loss = torch.as_tensor(target_loss).detach().cpu().double() / factor
-        self.update(obj.process.ve_sigma(t), x0_loss)
-
-    def summary(self) -> dict:
-        """Per-bin rows (x0 loss, J*, gap with standard errors) and, with an objective, weighted totals."""
-        rows = []
-        for lo, fl, gp in zip(self.loss.rows(), self.floor.rows(), self.gap.rows(), strict=True):
-            if lo["count"]:
-                rows.append({"sigma_lo": lo["sigma_lo"], "sigma_hi": lo["sigma_hi"], "sigma": lo["sigma"],
-                             "count": lo["count"], "x0_loss": lo["x0_loss"], "x0_loss_stderr": lo["stderr"],
-                             "optimal_loss": fl["x0_loss"], "gap": gp["x0_loss"], "gap_stderr": gp["stderr"],
-                             "relative_gap": gp["x0_loss"] / self.curve.data_variance})
-        out = {"bins": rows, "outside": self.loss.outside}
-        if self.objective is not None and self._weighted[2]:
-            model, floor, n = self._weighted
-            out.update(objective=self.objective.name, weighted_loss=model / n, weighted_optimal=floor / n,
-                       weighted_gap=(model - floor) / n)
-        return out
-
-    def to_csv(self, path=None) -> str:
-        """The per-bin rows as CSV text, also written atomically to `path` when given."""
-        rows = self.summary()["bins"]
-        buf = io.StringIO()
-        if rows:
-            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows)
-        if path is not None:
-            from .curve import atomic_write_text
-
-            atomic_write_text(path, buf.getvalue())
-        return buf.getvalue()
-
-    def log_tensorboard(self, writer, step: int) -> None:
-        """Scalars gap/log_sigma_<centre> (and the weighted total) on a SummaryWriter."""
-        summary = self.summary()
-        for row in summary["bins"]:
-            writer.add_scalar(f"gap/log_sigma_{math.log(row['sigma']):+.2f}", row["gap"], step)
-        if "weighted_gap" in summary:
-            writer.add_scalar("gap/weighted_total", summary["weighted_gap"], step)
+    plot(diagnosis, path, title)

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .formulation import Objective, nelbo_log_sigma_weight, process_input, x0_from_prediction
+from .formulation import Objective, nelbo_log_sigma_weight
+from .models import x0_loss
+from .stats import Estimate
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x~ of shape (N, ...), sigma of shape (N,)) -> x0_hat
@@ -51,17 +53,6 @@ class NELBO:
     samples: int  # log-sigma samples per point
 
 
-def x0_denoiser(predict: Callable[[Tensor, Tensor], Tensor], objective: Objective) -> Denoiser:
-    """Wrap a native-target predictor predict(x_t, t) of `objective` as an x0-denoiser D(x~, sigma)."""
-    def denoise(x_tilde: Tensor, sigma: Tensor) -> Tensor:
-        t, x_t = process_input(objective.process, x_tilde, sigma)
-        x0_hat = x0_from_prediction(objective.target, objective.process, t, x_t, predict(x_t, t),
-                                    objective.precond)
-        return x0_hat.to(x_tilde.dtype)
-
-    return denoise
-
-
 def prior_kl(x: Tensor, sigma_max: float, prior_variance: float = 1.0) -> Tensor:
     """KL(N(x, sigma_max^2 I) || N(0, (prior_variance + sigma_max^2) I)) per point, summed over dims."""
     v = prior_variance + sigma_max**2
@@ -82,13 +73,12 @@ def _per_point_diffusion(denoise: Denoiser, x: Tensor, log_lo: float, log_hi: fl
                                                                       dtype=torch.float64)) / samples
     log_sigma = log_lo + (log_hi - log_lo) * strata  # (n, samples)
     total = torch.zeros(n, dtype=torch.float64)
+    dim = x[0].numel()
     for k in range(samples):
         sigma = torch.exp(log_sigma[:, k])
         eps = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(x.dtype)
-        view = sigma.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
         with torch.no_grad():
-            x0_hat = denoise(x + view * eps, sigma)
-        err = (x0_hat - x).reshape(n, -1).double().pow(2).sum(1)
+            err = x0_loss(denoise, x, sigma, eps) * dim
         total += err * nelbo_log_sigma_weight(sigma)
     return total * (log_hi - log_lo) / samples
 
@@ -141,37 +131,29 @@ def x0_error_curve(denoise: Denoiser, x: Tensor, sigmas, *, seed: int = 0,
                    batch_size: int = 4096) -> ErrorCurve:
     """The model's x0 loss per dimension at each noise level (one noise draw per point and level)."""
     gen = torch.Generator().manual_seed(seed)
-    dim = x[0].numel()
-    out_loss, out_se = [], []
+    levels = []
     for s in sigmas:
         errs = []
         for batch in x.split(batch_size):
-            sigma = torch.full((len(batch),), float(s), dtype=torch.float64)
             eps = torch.randn(batch.shape, generator=gen, dtype=torch.float64).to(batch.dtype)
+            sigma = torch.full((len(batch),), float(s), dtype=torch.float64)
             with torch.no_grad():
-                x0_hat = denoise(batch + float(s) * eps, sigma)
-            errs.append((x0_hat - batch).reshape(len(batch), -1).double().pow(2).sum(1) / dim)
-        e = torch.cat(errs)
-        out_loss.append(e.mean().item())
-        out_se.append(e.std().item() / math.sqrt(len(e)))
-    return ErrorCurve([float(s) for s in sigmas], out_loss, out_se)
+                errs.append(x0_loss(denoise, batch, sigma, eps))
+        levels.append(Estimate.of(torch.cat(errs)))
+    return ErrorCurve([float(s) for s in sigmas], [e.value for e in levels], [e.stderr for e in levels])
 
 
 def rescaled_loss(denoise: Denoiser, x: Tensor, objective: Objective, *, samples: int = 4, seed: int = 0,
-                  batch_size: int = 4096) -> tuple[float, float]:
-    """The seed's rescaled loss: E_{t ~ objective} ||x - x0_hat||^2 per dimension (mean, SE)."""
+                  batch_size: int = 4096) -> Estimate:
+    """The seed's rescaled loss: E_{t ~ objective} ||x - x0_hat||^2 per dimension, with its SE."""
     gen = torch.Generator().manual_seed(seed)
-    dim = x[0].numel()
     values = []
     for batch in x.split(batch_size):
         per_point = torch.zeros(len(batch), dtype=torch.float64)
         for _ in range(samples):
             sigma = objective.sample_sigma(len(batch), gen)
             eps = torch.randn(batch.shape, generator=gen, dtype=torch.float64).to(batch.dtype)
-            view = sigma.to(batch.dtype).reshape(-1, *([1] * (batch.dim() - 1)))
             with torch.no_grad():
-                x0_hat = denoise(batch + view * eps, sigma)
-            per_point += (x0_hat - batch).reshape(len(batch), -1).double().pow(2).sum(1) / dim
+                per_point += x0_loss(denoise, batch, sigma, eps)
         values.append(per_point / samples)
-    v = torch.cat(values)
-    return v.mean().item(), v.std().item() / math.sqrt(len(v))
+    return Estimate.of(torch.cat(values))

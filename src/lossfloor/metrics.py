@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .stats import Estimate
+
 Tensor = torch.Tensor
 
 
@@ -29,14 +31,6 @@ def mean_distance(a, b) -> float:
 def covariance_distance(a, b) -> float:
     """||Cov(a) - Cov(b)||_F with unbiased covariances (the seed's "covariance distance")."""
     return float(np.linalg.norm(np.cov(_np(a), rowvar=False) - np.cov(_np(b), rowvar=False)))
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A Monte-Carlo metric with its standard error."""
-
-    value: float
-    stderr: float
 
 
 def sliced_wasserstein(a, b, *, projections: int = 500, seed: int = 0) -> Estimate:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .formulation import Objective, per_sample, process_input, x0_from_prediction
+from .formulation import Objective, per_sample, process_input, target_error_factor, x0_from_prediction
 
 Tensor = torch.Tensor
 MODELS = ("mlp", "unet", "relu-mlp")
@@ -249,3 +249,37 @@ class Denoiser(nn.Module):
         """x0 estimate from VE coordinates x~ = x0 + sigma * eps."""
         t, x_t = process_input(self.objective.process, x_tilde, self._times(sigma, len(x_tilde)))
         return self.x0(x_t, t)
+
+
+# --------------------------------------------------------------------------------------------
+# The model's x0 loss: the quantity compared with J*(sigma) everywhere.
+# --------------------------------------------------------------------------------------------
+
+
+def per_sample_x0_loss(x0_hat: Tensor, x0: Tensor) -> Tensor:
+    """||x0_hat - x0||^2 / D per sample, in float64: the normalisation of J*(sigma)."""
+    return (x0_hat - x0).double().pow(2).flatten(1).mean(1)
+
+
+def x0_loss(denoiser, x0: Tensor, sigma, eps: Tensor) -> Tensor:
+    """The x0-denoiser's per-sample loss ||D(x0 + sigma eps, sigma) - x0||^2 / D (float64, shape (B,)).
+
+    sigma: a float (passed to the denoiser as is, as samplers do) or a tensor of one level per sample;
+    eps: standard normal noise of x0's shape.  Used by the diagnosis (model vs J*), the likelihood (NELBO,
+    error curves) and, through `x0_loss_from_target`, training.  Runs under the caller's grad mode.
+    """
+    if isinstance(sigma, Tensor):
+        return per_sample_x0_loss(denoiser(x0 + per_sample(sigma, x0) * eps, sigma), x0)
+    return per_sample_x0_loss(denoiser(x0 + float(sigma) * eps, float(sigma)), x0)
+
+
+def x0_loss_from_target(objective: Objective, t: Tensor, target_loss: Tensor) -> Tensor:
+    """The same x0 loss from a per-sample squared error on the objective's own target at process times t
+    (||pred - target||^2 / D = b(t)^2 ||x0_hat - x0||^2 / D): what training and `GapMonitor` observe.
+
+    Training keeps its error in target space, where it is accurate (converting a float32 prediction to x0
+    first loses digits where b is large, e.g. epsilon prediction at small sigma), and divides here.
+    """
+    t = torch.as_tensor(t, dtype=torch.float64)
+    factor = target_error_factor(objective.target, objective.process, t.cpu(), objective.precond)
+    return target_loss.double() / factor.to(target_loss.device)

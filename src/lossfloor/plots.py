@@ -220,3 +220,84 @@ def plot_variant_samples(results: list[dict], shape, path, name: str) -> None:
         ax.set_title(f"{r['variant']} ({r['target']})", fontsize=9)
     fig.suptitle(f"{name}: samples (Heun, 18 levels, EMA weights)", fontsize=10)
     save_figure(fig, path)
+
+
+# -- diagnosis ---------------------------------------------------------------------------------------
+
+
+def critical_sigma_of(sigma, optimal_loss, data_variance: float, fraction: float = 0.01) -> float:
+    """The smallest sigma whose J* exceeds `fraction` of the data variance (as `OptimalLossCurve`'s)."""
+    curve = OptimalLossCurve(sigma, optimal_loss, np.zeros(len(sigma)), data_variance, 1, 1)
+    return curve.critical_sigma(fraction)
+
+
+def mark_critical_sigma(ax, critical: float, label: bool = True) -> None:
+    """A dotted vertical line at the critical sigma (J* > 1% of the data variance)."""
+    if math.isfinite(critical):
+        ax.axvline(critical, color="C3", ls=":", lw=1.3,
+                   label=f"critical σ* ≈ {critical:.3g} (J* > 1% of variance)" if label else None)
+
+
+def gap_linthresh(gaps, stderrs) -> float:
+    """The linear range of a symlog gap axis: the smallest standard error of any level, so that every gap
+    resolved from 0 (the small-sigma ones are tiny but precise) lands on the logarithmic part."""
+    se = np.asarray([s for s in stderrs if np.isfinite(s) and s > 0])
+    scale = float(np.max(np.abs(gaps))) if len(gaps) else 1.0
+    return float(max(se.min() if len(se) else 0.0, 1e-9 * max(scale, 1e-12)))
+
+
+def symlog_decade_ticks(ax, linthresh: float, most: int = 5) -> None:
+    """At most `most` labelled decades on each side of a symlog y axis (and 0), so labels never collide."""
+    lo, hi = ax.get_ylim()
+    first = math.floor(math.log10(linthresh)) + 1  # the decade at the threshold would sit on the 0 label
+    ticks = [0.0]
+    for sign, end in ((1, hi), (-1, -lo)):
+        if end > linthresh:
+            decades = list(range(first, math.ceil(math.log10(end)) + 1))
+            step = max(1, math.ceil(len(decades) / most))
+            ticks += [sign * 10.0**k for k in decades[::-1][::step]]
+    ax.set_yticks(sorted(ticks))
+    ax.set_ylim(lo, hi)
+
+
+def plot_diagnosis(diagnosis, path, title: str = "") -> None:
+    """Model loss and J* against sigma (top) and the gap with 2-SE bands (bottom, symlog: linear only within
+    the smallest standard error), train and test, with the critical sigma marked on both."""
+    fig, (ax, gap_ax) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True,
+                                     gridspec_kw={"height_ratios": [3, 2]})
+    sig = np.array([g.sigma for g in diagnosis.train])
+    j_star = np.array([g.optimal_loss for g in diagnosis.train])
+    variance = diagnosis.train[0].data_variance
+    ax.plot(sig, j_star, "k-", lw=2, label="optimal loss J*(σ)")
+    all_gaps, all_se = [], []
+    for split, gaps, color in (("train", diagnosis.train, "C0"), ("test", diagnosis.test, "C1")):
+        if not gaps:
+            continue
+        m = np.array([g.model_loss for g in gaps])
+        gap = np.array([g.gap for g in gaps])
+        se = np.array([g.gap_stderr for g in gaps])
+        all_gaps += list(gap)
+        all_se += list(se)
+        ax.plot(sig, m, "o-", color=color, ms=3, label=f"model x0 loss ({split})")
+        gap_ax.fill_between(sig, gap - 2 * se, gap + 2 * se, color=color, alpha=0.25, lw=0)
+        gap_ax.plot(sig, gap, "o-", color=color, ms=3, label=f"gap ({split}) ± 2 SE")
+    bad = diagnosis.violations
+    if bad:
+        gap_ax.plot([g.sigma for g in bad], [g.gap for g in bad], "rx", ms=10, mew=2,
+                    label="below the floor: impossible")
+    ax.axhline(variance, color="gray", ls="--", lw=1, label="data variance")
+    critical = critical_sigma_of(sig, j_star, variance)
+    mark_critical_sigma(ax, critical)
+    mark_critical_sigma(gap_ax, critical, label=False)
+    ax.set_xscale("log")
+    ax.set_ylabel("per-dimension x0 MSE")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    gap_ax.axhline(0, color="k", lw=0.8)
+    linthresh = gap_linthresh(all_gaps, all_se)
+    gap_ax.set_yscale("symlog", linthresh=linthresh)
+    symlog_decade_ticks(gap_ax, linthresh)
+    gap_ax.set_xlabel("noise level σ (VE)")
+    gap_ax.set_ylabel(f"gap J(σ) − J*(σ)\n(symlog, linear within ±{linthresh:.2g})")
+    gap_ax.legend(fontsize=8)
+    save_figure(fig, path)

@@ -199,13 +199,14 @@ def _evaluate_cell(denoiser, obj, train, test, preset: LossesPreset, seed: int, 
                   samples=preset.nelbo_samples, quantization_step=step, seed=seed)
     on_train = nelbo(denoiser, train.x[: preset.nelbo_points], sigma_min=preset.sigma_min,
                      sigma_max=preset.sigma_max, samples=preset.nelbo_samples, seed=seed)
-    rescaled, rescaled_se = rescaled_loss(denoiser, test_x, get_objective("cosine-x0-simple"), seed=seed)
+    rescaled = rescaled_loss(denoiser, test_x, get_objective("cosine-x0-simple"), seed=seed)
     errors = x0_error_curve(denoiser, test_x, np.geomspace(preset.sigma_min, 100.0, 21), seed=seed)
     gen = torch.Generator().manual_seed(seed)
     sigmas = karras_sigmas(preset.sample_steps, sigma_min=preset.sigma_min, sigma_max=80.0)
     x = sample(denoiser, (preset.samples, *train.shape), sigmas, generator=gen)
     result = {"nelbo": asdict(bound), "train_nelbo_diffusion": on_train.diffusion,
-              "rescaled_loss": rescaled, "rescaled_loss_se": rescaled_se, "x0_error_curve": asdict(errors)}
+              "rescaled_loss": rescaled.value, "rescaled_loss_se": rescaled.stderr,
+              "x0_error_curve": asdict(errors)}
     native = seed_native_sample(denoiser, obj.target, (preset.samples, *train.shape), preset.native_steps,
                                 torch.Generator().manual_seed(seed), clamp=train.is_image)
     for prefix, xs in (("", x), ("native_", native)):

@@ -1,0 +1,26 @@
+"""The one value-with-standard-error type, `Estimate`, shared by totals, metrics and model losses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A Monte-Carlo value with its standard error."""
+
+    value: float
+    stderr: float
+
+    @classmethod
+    def of(cls, samples) -> Estimate:
+        """The mean of i.i.d. samples and its standard error (nan for a single sample)."""
+        v = np.asarray(samples, dtype=np.float64).ravel()
+        return cls(float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan)
+
+    def __sub__(self, other: Estimate) -> Estimate:
+        """The difference of two independent estimates (standard errors added in quadrature)."""
+        return Estimate(self.value - other.value, math.hypot(self.stderr, other.stderr))
