@@ -5,10 +5,11 @@ run.  Several model sizes are trained with one objective (EDM) and one optimizer
 steps each checkpoint is evaluated on fixed draws (common random numbers, so every curve is smooth):
 
 - the objective's total loss E_p(sigma)[lambda(sigma) ||x0_hat - x0||^2 / D] on a fixed evaluation set
-  from the training data (fixed points, sigma draws and noise), and J* *on the same draws*: the loss of
-  the exact posterior mean E[x0 | x~] (lossfloor's kernel) for each of them.  The difference is a paired,
-  low-noise estimate of J - J*; the cached J*(sigma) curve's total agrees with the same-draw floor within
-  its standard error (checked and reported);
+  from the training data (fixed points, sigma draws and noise), and J* *on the same draws* from the exact
+  posterior over the training set (lossfloor's kernel).  Given x~ the expected loss of x0_hat is
+  tr Var(x0 | x~) / D + ||x0_hat - E[x0 | x~]||^2 / D, so J - J* is estimated by the mean of the second
+  term: paired, non-negative and far less noisy than a difference of two losses (`evaluate`).  The
+  cached J*(sigma) curve's total is reported next to the same-draw floor;
 - the per-sigma x0 loss at every level of the J* curve, with the same-draw floor;
 - both again on held-out data, where the training-set J* is *not* a floor.
 
@@ -119,25 +120,23 @@ def eval_draws(x: torch.Tensor, points: int, draws: int, objective, seed: int) -
 
 
 @torch.no_grad()
-def denoiser_losses(denoiser, x0, sigma, eps, batch_size: int = 4096, device="cpu") -> np.ndarray:
-    """Per-sample x0 losses ||D(x0 + sigma eps, sigma) - x0||^2 / D of a denoiser, in batches."""
-    try:
-        from ..models import x0_loss
-    except ImportError:  # before the single x0-loss function landed in models
-        def x0_loss(den, x0, s, eps):
-            return (den(x0 + s.to(x0.dtype).reshape(-1, *([1] * (x0.dim() - 1))) * eps, s) - x0) \
-                .double().pow(2).flatten(1).mean(1)
-
+def denoiser_outputs(denoiser, x0, sigma, eps, batch_size: int = 4096, device="cpu") -> torch.Tensor:
+    """x0_hat = D(x0 + sigma eps, sigma) per draw, flattened to (M, D) in float64, in batches."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64).expand(len(x0))
-    out = [x0_loss(denoiser, x0[i:i + batch_size].to(device), sigma[i:i + batch_size],
-                   eps[i:i + batch_size].to(device)).cpu()
-           for i in range(0, len(x0), batch_size)]
-    return torch.cat(out).numpy()
+    out = []
+    for i in range(0, len(x0), batch_size):
+        s = sigma[i:i + batch_size]
+        x = x0[i:i + batch_size].to(device)
+        scale = s.to(device=device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))
+        noisy = x + scale * eps[i:i + batch_size].to(device)
+        out.append(denoiser(noisy, s).reshape(len(x), -1).double().cpu())
+    return torch.cat(out)
 
 
-def posterior_losses(train_rows: torch.Tensor, x0, sigma, eps, batch_size: int = 512) -> np.ndarray:
-    """Per-sample x0 losses of the exact posterior mean E[x0 | x~] over the training rows (the optimal
-    denoiser), for the same draws; sigma is one level or one per sample (then one kernel call each)."""
+def posterior_moments(train_rows: torch.Tensor, x0, sigma, eps, batch_size: int = 512) -> dict:
+    """The optimal denoiser on the same draws: the posterior mean E[x0 | x~] over the training rows,
+    shape (M, D), and tr Var(x0 | x~) / D, shape (M,) (its expected loss given x~), in float64.
+    sigma is one level or one per draw (then one kernel call per draw)."""
     from ..kernel import posterior_stats
 
     rows = train_rows.double()
@@ -145,42 +144,61 @@ def posterior_losses(train_rows: torch.Tensor, x0, sigma, eps, batch_size: int =
     flat_x0 = x0.reshape(len(x0), -1).double() - center
     scale = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1, 1)
     noisy = flat_x0 + scale * eps.reshape(len(x0), -1).double()
-    out = torch.empty(len(x0), dtype=torch.float64)
-    per_sample = torch.as_tensor(sigma).dim() > 0 and torch.as_tensor(sigma).numel() > 1
-    if per_sample:
-        for i, s in enumerate(torch.as_tensor(sigma, dtype=torch.float64).tolist()):
-            mean = posterior_stats(noisy[i:i + 1], rows, s, shift=center).mean()
-            out[i] = (mean[0] - flat_x0[i]).pow(2).mean()
+    sig = torch.as_tensor(sigma, dtype=torch.float64)
+    if sig.numel() > 1:
+        parts = [posterior_stats(noisy[i:i + 1], rows, s, shift=center)
+                 for i, s in enumerate(sig.tolist())]
     else:
-        for i in range(0, len(x0), batch_size):
-            mean = posterior_stats(noisy[i:i + batch_size], rows, float(sigma), shift=center).mean()
-            out[i:i + batch_size] = (mean - flat_x0[i:i + batch_size]).pow(2).mean(1)
-    return out.numpy()
+        parts = [posterior_stats(noisy[i:i + batch_size], rows, float(sig), shift=center)
+                 for i in range(0, len(x0), batch_size)]
+    mean = torch.cat([p.mean() for p in parts]) + center
+    variance = torch.cat([p.variance() for p in parts]) / rows.shape[1]
+    return {"mean": mean, "variance": variance}
 
 
-def _mean_se(values: np.ndarray) -> tuple[float, float]:
+def _mean_se(values) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
 
 
-def evaluate(denoiser, objective, draws: EvalDraws, sigmas, floor: dict | None, device="cpu") -> dict:
-    """Total objective loss and per-sigma x0 losses on fixed draws; with `floor` (the same-draw optimal
-    per-sample losses) also the paired gaps to it and their standard errors."""
-    lam = objective.x0_weight(draws.sigma).numpy()
-    total = lam * denoiser_losses(denoiser, draws.x0, draws.sigma, draws.eps, device=device)
-    result = {"total": _mean_se(total)}
-    levels = [denoiser_losses(denoiser, draws.level_x0, float(s), draws.level_eps, device=device)
-              for s in sigmas]
-    result["levels"] = [_mean_se(v) for v in levels]
+def _losses(x_hat: torch.Tensor, x0: torch.Tensor, floor: dict | None) -> dict:
+    """Per-draw raw loss ||x0_hat - x0||^2 / D and, given the optimal denoiser's moments on the same draws,
+    the excess ||x0_hat - mu||^2 / D and the Rao-Blackwellised loss tr Var / D + excess."""
+    out = {"raw": (x_hat - x0.reshape(len(x0), -1).double()).pow(2).mean(1).numpy()}
     if floor is not None:
-        result["total_gap"] = _mean_se(total - lam * floor["total"])
-        result["level_gaps"] = [_mean_se(v - f) for v, f in zip(levels, floor["levels"], strict=True)]
+        excess = (x_hat - floor["mean"]).pow(2).mean(1).numpy()
+        out.update(excess=excess, rb=floor["variance"].numpy() + excess)
+    return out
+
+
+def evaluate(denoiser, objective, draws: EvalDraws, sigmas, floor: dict | None, device="cpu") -> dict:
+    """Total objective loss and per-sigma x0 losses of a denoiser on fixed draws, each as (mean, SE).
+
+    With `floor` (`same_draw_floor` of these draws) the losses are Rao-Blackwellised over x0 | x~: given
+    x~ the expected loss of x0_hat is tr Var(x0 | x~) / D + ||x0_hat - E[x0 | x~]||^2 / D, so J is the mean
+    of that and J - J* the mean of the second term, a non-negative paired estimate ("raw" keeps
+    ||x0_hat - x0||^2 / D).  Without it (held-out data) only the raw losses are reported.
+    """
+    lam = objective.x0_weight(draws.sigma).numpy()
+    total = _losses(denoiser_outputs(denoiser, draws.x0, draws.sigma, draws.eps, device=device), draws.x0,
+                    floor["total"] if floor is not None else None)
+    levels = [_losses(denoiser_outputs(denoiser, draws.level_x0, float(s), draws.level_eps, device=device),
+                      draws.level_x0, floor["levels"][k] if floor is not None else None)
+              for k, s in enumerate(sigmas)]
+    result = {"total_raw": _mean_se(lam * total["raw"]), "levels_raw": [_mean_se(v["raw"]) for v in levels]}
+    if floor is not None:
+        result.update(total=_mean_se(lam * total["rb"]), total_gap=_mean_se(lam * total["excess"]),
+                      levels=[_mean_se(v["rb"]) for v in levels],
+                      level_gaps=[_mean_se(v["excess"]) for v in levels])
+    else:
+        result.update(total=result["total_raw"], levels=result["levels_raw"])
     return result
 
 
 def same_draw_floor(train_rows, objective, draws: EvalDraws, sigmas) -> dict:
-    """The optimal denoiser's per-sample losses on the evaluation draws (total and per level)."""
-    return {"total": posterior_losses(train_rows, draws.x0, draws.sigma, draws.eps),
-            "levels": [posterior_losses(train_rows, draws.level_x0, float(s), draws.level_eps)
+    """The optimal denoiser's moments on the evaluation draws (total and per level)."""
+    return {"total": posterior_moments(train_rows, draws.x0, draws.sigma, draws.eps),
+            "levels": [posterior_moments(train_rows, draws.level_x0, float(s), draws.level_eps)
                        for s in sigmas]}
 
 
@@ -219,8 +237,9 @@ def cell_name(width: int, step: int) -> str:
 
 
 def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, device: str = "cpu",
-                      progress: bool = True) -> dict:
-    """Train every model size to every checkpoint (resumable per cell), evaluate, then fit and report."""
+                      progress: bool = True, report: bool = True) -> dict:
+    """Train every model size to every checkpoint (resumable per cell), evaluate, then (unless `report`
+    is False) fit and write the report."""
     from ..data import load_dataset
     from ..estimators import EstimatorConfig
     from ..models import ModelConfig, build_model, parameter_count
@@ -239,8 +258,9 @@ def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, de
     draws = eval_draws(train.x, preset.eval_points, preset.eval_draws, objective, seed + 1)
     test_draws = eval_draws(test.x, preset.test_points, preset.eval_draws, objective, seed + 2)
     floor = same_draw_floor(train.rows(), objective, draws, sigmas)
-    floor_summary = {"total": _mean_se(objective.x0_weight(draws.sigma).numpy() * floor["total"]),
-                     "levels": [_mean_se(v) for v in floor["levels"]]}
+    lam = objective.x0_weight(draws.sigma).numpy()
+    floor_summary = {"total": _mean_se(lam * floor["total"]["variance"].numpy()),
+                     "levels": [_mean_se(v["variance"].numpy()) for v in floor["levels"]]}
     info = data_info(train, {"name": train.name, "n": None, "seed": 0, "flip": False})
     config = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr, warmup=preset.warmup,
                          ema=preset.ema, seed=seed, log_every=max(1, preset.steps // 50),
@@ -276,7 +296,7 @@ def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, de
         "optimal_loss": curve.to_dict(), "curve_total": asdict(curve.total(objective)),
         "same_draw_floor": floor_summary, "eval_draws": len(draws.x0), "test_draws": len(test_draws.x0),
         "checkpoint_steps": preset.checkpoint_steps()})
-    return write_scaling_report(out)
+    return write_scaling_report(out) if report else {}
 
 
 # -- the report ---------------------------------------------------------------------------------------
@@ -291,6 +311,7 @@ def _points(cells: list[dict], setup: dict) -> dict:
         "parameters": np.array([c["parameters"] for c in cells]),
         "compute": np.array([c["compute"] for c in cells], dtype=float),
         "train": np.array([c["train"]["total"][0] for c in cells]),
+        "train_raw": np.array([c["train"]["total_raw"][0] for c in cells]),
         "train_gap": np.array([c["train"]["total_gap"][0] for c in cells]),
         "train_gap_se": np.array([c["train"]["total_gap"][1] for c in cells]),
         "test": np.array([c["test"]["total"][0] for c in cells]),
@@ -334,7 +355,7 @@ def write_scaling_report(out) -> dict:
     curve_se = np.asarray(setup["optimal_loss"]["stderr"])
     seed, n_boot = setup["seed"], preset["n_boot"]
     floor = p["floor_total"]
-    # The same-draw J*: J = floor + gap, where the gap is the paired (low-noise) estimate.
+    # J (Rao-Blackwellised on the evaluation draws) = same-draw J* + the non-negative paired gap.
     j_train = floor + p["train_gap"]
 
     report = {"setup": {k: setup[k] for k in ("preset_name", "preset", "seed", "objective", "sizes",
@@ -358,10 +379,11 @@ def write_scaling_report(out) -> dict:
             row.update(_fit_summary(fits_k))
         per_sigma.append(row)
     report["per_sigma"] = per_sigma
-    # Held out: the training-set J* is not a floor there; fit with it anyway and see.
-    tot = setup["curve_total"]
-    idx_t, fits_t = _frontier_fits(p["compute"], p["test"], tot["value"], p["width"], n_boot, seed,
-                                   floor_stderr=tot["stderr"])
+    # Held out: the training-set J* is not a floor there; fit with it anyway and see.  J*_train is the
+    # same-draw estimate (its SE propagated), not the curve's interpolated total.
+    value, se = setup["same_draw_floor"]["total"]
+    tot = {"value": value, "stderr": se}
+    idx_t, fits_t = _frontier_fits(p["compute"], p["test"], value, p["width"], n_boot, seed, floor_stderr=se)
     report["held_out"] = {"points": idx_t.tolist(), "floor": tot["value"], "fits": _fit_summary(fits_t),
                           "below_floor_points": int(np.sum(p["test"] <= tot["value"]))}
     write_json(out / "scaling.json", report)
@@ -371,9 +393,10 @@ def write_scaling_report(out) -> dict:
         rows.append({"width": int(p["width"][i]), "parameters": int(p["parameters"][i]),
                      "step": int(p["step"][i]),
                      "compute_flops": f"{p['compute'][i]:.6e}", "train_loss": f"{p['train'][i]:.6g}",
+                     "train_loss_raw": f"{p['train_raw'][i]:.6g}",
                      "train_gap": f"{p['train_gap'][i]:.6g}", "train_gap_se": f"{p['train_gap_se'][i]:.3g}",
                      "train_floor_same_draws": f"{floor:.6g}", "test_loss": f"{p['test'][i]:.6g}",
-                     "curve_floor_total": f"{tot['value']:.6g}", "on_frontier": int(i in set(idx.tolist()))})
+                     "on_frontier": int(i in set(idx.tolist()))})
     atomic_write_text(out / "points.csv", csv_text(rows, list(rows[0])))
     level_rows = []
     for i in range(len(p["compute"])):
