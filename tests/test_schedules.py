@@ -324,3 +324,33 @@ def test_readme_schedule_example_runs(tmp_path):
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "adaptive p(sigma)" in run.stdout
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_train_schedule_from_the_command_line_resumes_and_reloads(tmp_path, capsys):
+    from lossfloor.cli import main
+
+    def run(*args):
+        with pytest.raises(SystemExit) as err:
+            main(list(args))
+        return err.value.code
+
+    gaussian_curve().save(tmp_path / "curve.json")
+    base = ["train", "--data", "clusters", "--n", "256", "--model", "mlp", "--width", "16", "--depth", "1",
+            "--schedule", "optimal-loss", "--curve", str(tmp_path / "curve.json"), "--batch-size", "32",
+            "--log-every", "2", "--checkpoint-every", "2", "--no-progress"]
+    assert run(*base, "--steps", "6", "--out", str(tmp_path / "a")) == 0
+    assert run(*base, "--steps", "3", "--out", str(tmp_path / "b")) == 0
+    assert run(*base, "--steps", "6", "--out", str(tmp_path / "b"), "--resume") == 0
+    a, b = load_checkpoint(tmp_path / "a"), load_checkpoint(tmp_path / "b")
+    assert b.step == 6 and b.objective.name == "edm+optimal-loss" and b.objective.time_dist.steps == 6
+    assert a.objective.to_dict() == b.objective.to_dict()
+    for k in a.state["net"]:
+        assert torch.equal(a.state["net"][k], b.state["net"][k])
+    capsys.readouterr()
+    assert run("train", "--schedule", "optimal-loss", "--out", str(tmp_path / "c"), "--no-progress") == 2
+    assert "needs an optimal-loss curve" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -1,0 +1,65 @@
+"""The schedule study: report arithmetic (paired 95% t intervals), a quick end-to-end run with per-cell
+resume, and the command line."""
+
+import json
+import math
+
+import pytest
+import scipy.stats
+
+from lossfloor.cli import main
+from lossfloor.studies import schedule as study
+
+
+def fake(objective, schedule, seed, fd, bpd=1.0, gap=0.1):
+    return {"objective": objective, "schedule": schedule, "seed": seed, "fd": fd, "bits_per_dim": bpd,
+            "gap_edm": gap, "gap_edm_se": 0.0}
+
+
+def test_aggregate_pairs_seeds_and_uses_a_t_interval():
+    native = [10.0, 12.0, 11.0]
+    ours = [9.0, 10.5, 10.9]
+    results = [fake("flow", "native", s, v) for s, v in enumerate(native)]
+    results += [fake("flow", "optimal-loss", s, v) for s, v in enumerate(ours)]
+    rows = {r["schedule"]: r for r in study.aggregate(results)}
+    diffs = [o - n for o, n in zip(ours, native, strict=True)]
+    mean = sum(diffs) / 3
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2 / 3)
+    row = rows["optimal-loss"]
+    assert row["fd_diff"] == pytest.approx(mean)
+    assert row["fd_diff_ci95"] == pytest.approx(scipy.stats.t.ppf(0.975, 2) * se)
+    assert row["fd_rel_diff"] == pytest.approx(mean / 11.0)
+    assert rows["native"]["fd_diff"] == 0.0
+    assert [r["schedule"] for r in study.aggregate(results[::-1])] == ["native", "optimal-loss"]
+
+
+def test_unknown_preset_or_objective_is_refused_before_writing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["study", "schedule", "--objectives", "edm,nope", "--out", str(tmp_path / "x"), "--no-progress"])
+    assert err.value.code == 2 and "nope" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="preset"):
+        study.run_schedule_study("nope", tmp_path / "y")
+
+
+@pytest.mark.slow
+def test_quick_study_runs_reports_and_resumes_per_cell(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "SCHEDULE_STUDY", {"flow": ("native", "optimal-loss")})
+    out = tmp_path / "schedule"
+    report = study.run_schedule_study("quick", out, progress=False)
+    rows = (out / "cells.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * study.PRESETS["quick"].seeds
+    assert {r["schedule"] for r in report["rows"]} == {"native", "optimal-loss"}
+    for r in report["results"]:
+        assert math.isfinite(r["fd"]) and math.isfinite(r["bits_per_dim"]) and math.isfinite(r["gap_edm"])
+        assert len(r["gap"]) == len(r["sigma"])
+    history = next(r for r in report["results"] if r["schedule"] == "optimal-loss")["density_history"]
+    assert len(history["density"]) == 1 + study.PRESETS["quick"].steps // study.PRESETS["quick"].every
+    for name in ("summary.md", "summary.json", "gaps.csv", "adaptive_density.png", "gaps.png", "samples.png"):
+        assert (out / name).stat().st_size > 0
+    # A rerun reuses every finished cell (no training: the files are not rewritten).
+    cell = out / "cells" / "flow_native_seed0.json"
+    before = cell.stat().st_mtime_ns
+    again = study.run_schedule_study("quick", out, progress=False)
+    assert cell.stat().st_mtime_ns == before
+    assert json.loads(cell.read_text())["fd"] == again["results"][0]["fd"]
