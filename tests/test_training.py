@@ -127,10 +127,13 @@ def test_resume_drops_log_rows_written_after_the_checkpoint(tmp_path):
     ckpt = trainer.state_dict()
     ckpt["step"] = 4  # pretend the run died after logging step 6 but before its checkpoint
     torch.save(ckpt, tmp_path / "checkpoint.pt")
+    straight = (tmp_path / "log.csv").read_bytes()
     fresh = Trainer(data, "vp", TINY, config, out=tmp_path)
     fresh.load_state(load_checkpoint(tmp_path))
+    assert (tmp_path / "log.csv").read_bytes() == straight  # loading writes nothing
+    fresh.run(progress=False)  # drops the row of step 6 before training on from "step 4"
     with open(tmp_path / "log.csv") as f:
-        assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 4]
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [2, 4, 6]  # not [2, 4, 6, 6]
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -149,7 +152,7 @@ def test_damaged_checkpoints_are_clear_errors(tmp_path):
     train(points(), "edm", TINY, TrainConfig(steps=2, batch_size=8), out=tmp_path, progress=False)
     good = (tmp_path / "checkpoint.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
-    with pytest.raises(ValueError, match="corrupted or truncated"):
+    with pytest.raises(ValueError, match="truncated"):
         load_checkpoint(tmp_path / "cut.pt")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not a lossfloor checkpoint"):

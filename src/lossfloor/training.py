@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import io
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -226,24 +225,52 @@ class Trainer:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self, progress: bool = True) -> Trainer:
-        """Train until `config.steps`, logging and checkpointing along the way."""
+        """Train until `config.steps`, logging and checkpointing along the way.
+
+        The logs in `out` are first cut back to the current step (the rows of a killed run's unsaved
+        stretch go), so a run resumed from its checkpoint, or restarted when none was written, leaves the
+        same bytes as an uninterrupted one.  A NaN or infinite loss or weight raises `TrainingDiverged`
+        before anything of it is saved: the checkpoint on disk stays the last good state.
+        """
         cfg = self.config
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for name in LOG_FILES:
+                _truncate_csv(self.out / name, self.step)
+        saved = self.step if self.out is not None and (self.out / CHECKPOINT_NAME).exists() else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step",
                    desc=f"train {self.objective.name}")
         running = None
         start = time.perf_counter() - self.elapsed
-        while self.step < cfg.steps:
-            value = self.train_step()
-            running = value if running is None else 0.98 * running + 0.02 * value
-            self.elapsed = time.perf_counter() - start
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4g}")
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self._log()
-            if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
-                self.save()
-        bar.close()
+        try:
+            while self.step < cfg.steps:
+                value = self.train_step()
+                if not math.isfinite(value):
+                    raise self._diverged(f"the loss is {value}", saved)
+                running = value if running is None else 0.98 * running + 0.02 * value
+                self.elapsed = time.perf_counter() - start
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.4g}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self._log()
+                if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                    if not self._finite_weights():
+                        raise self._diverged("the weights hold NaN or Inf", saved)
+                    self.save()
+                    saved = self.step
+        finally:
+            bar.close()
         return self
+
+    def _finite_weights(self) -> bool:
+        tensors = [*self.net.state_dict().values(), *self.ema.state_dict().values()]
+        return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+    def _diverged(self, what: str, saved: int | None) -> TrainingDiverged:
+        kept = (f"{self.out / CHECKPOINT_NAME} keeps step {saved}" if saved is not None
+                else "no checkpoint was written")
+        return TrainingDiverged(f"training diverged at step {self.step}: {what} ({kept}); lower --lr, raise "
+                                "--warmup or clip gradients (--grad-clip) and start over with --force")
 
     def _log(self) -> None:
         """Append the interval's mean loss and binned x0 losses to CSV (and TensorBoard), then reset."""
@@ -321,38 +348,56 @@ class Trainer:
         self.binned.load_state_dict(s["binned"])
         self._loss_sum, self._loss_count = float(s["interval"][0]), int(s["interval"][1])
         self.step = ckpt.step
-        self.elapsed = float(s.get("elapsed", 0.0))
-        if self.out is not None:  # drop log rows written after the checkpoint
-            for name in ("log.csv", "binned.csv"):
-                _truncate_csv(self.out / name, self.step)
+        self.elapsed = float(s.get("elapsed", 0.0))  # run() drops log rows written after the checkpoint
 
     def denoiser(self, ema: bool = True) -> Denoiser:
         """The x0-denoiser with the EMA (default) or raw weights, in eval mode."""
         return Denoiser(copy.deepcopy(self.ema if ema else self.net), self.objective).eval()
 
 
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or infinite; nothing of the diverged state was saved."""
+
+
+LOG_FILES = ("log.csv", "binned.csv")  # CSV logs: a header, then rows whose first column is the step
+
+
 def _append_csv(path: Path, rows: list[dict]) -> None:
-    new = not path.exists()
+    """Append rows (after a header if the file is new or empty), every line ending in LF."""
+    new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         if new:
             writer.writeheader()
         writer.writerows(rows)
 
 
+def _log_step(line: str) -> float:
+    """The step of a log row (its first column); inf for a damaged row, so that it is dropped."""
+    try:
+        return int(line.split(",", 1)[0])
+    except ValueError:
+        return math.inf
+
+
 def _truncate_csv(path: Path, step: int) -> None:
-    """Keep the header and the rows with step <= `step` (atomically)."""
+    """Keep the header and the complete rows with step <= `step`, with LF line ends; a partly written last
+    line (a killed run) goes too.  The file is replaced atomically, and only if this changes it."""
     if not path.exists():
         return
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
+        text = f.read()
+    lines = [line for line in text.splitlines(keepends=True) if line.endswith("\n")]  # whole lines only
+    if not lines:  # not even a whole header: written again by the next _append_csv
+        path.unlink()
         return
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(r for r in rows if int(r["step"]) <= step)
-    atomic_write_text(path, buf.getvalue())
+    if not lines[0].startswith("step,"):
+        raise ValueError(f"{path}: not a lossfloor training log (no 'step,...' header); move it away or "
+                         "start over with --force")
+    kept = lines[:1] + [line for line in lines[1:] if _log_step(line) <= step]
+    new = "".join(line.rstrip("\r\n") + "\n" for line in kept)
+    if new != text:
+        atomic_write_text(path, new)
 
 
 def train(data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *, out=None,
@@ -364,14 +409,10 @@ def train(data: Tensor, objective, model: ModelConfig, config: TrainConfig = Tra
         path = Path(out) / CHECKPOINT_NAME
         if resume and path.exists():
             trainer.load_state(load_checkpoint(path))
-        elif resume:  # nothing to resume from: start over, dropping logs of an unsaved start
-            for name in ("log.csv", "binned.csv"):
-                _truncate_csv(Path(out) / name, 0)
-        elif path.exists() or (Path(out) / "log.csv").exists():
+        elif not resume and any((Path(out) / name).exists() for name in (CHECKPOINT_NAME, *LOG_FILES)):
             raise ValueError(f"{out} already holds a run; pass resume=True (--resume) or choose another "
                              "folder")
-        Path(out).mkdir(parents=True, exist_ok=True)
-    return trainer.run(progress=progress)
+    return trainer.run(progress=progress)  # with resume and no checkpoint: from step 0, old log rows dropped
 
 
 def data_info(dataset, load_args: dict) -> dict:

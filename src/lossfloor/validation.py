@@ -266,6 +266,10 @@ def check_checkpoint_dict(state, where: str, checkpoint_format: str) -> None:
                            "outside": number(lo=0, integer=True)}),
         "interval": list_of(number(finite=False), length=2), "elapsed": optional(number(lo=0)),
     }
+    if isinstance(state, dict) and state.get("format") != checkpoint_format:
+        found = describe(state["format"]) if "format" in state else "missing"
+        raise InputError(f"{where}: not a lossfloor checkpoint: field 'format' is {found}, expected "
+                         f"{checkpoint_format!r}")
     validate(state, mapping(fields, name="a lossfloor checkpoint (a dict)"), where)
 
 
