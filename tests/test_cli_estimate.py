@@ -225,3 +225,44 @@ def test_plotted_weight_density_integrates_to_the_objectives_mean_weight():
     expected = ddpm.x0_weight(ddpm.atoms()).numpy()[inside].sum() / len(atoms)
     binned = np.trapezoid(weight_density(ddpm, sigma), np.log(sigma))
     assert binned == pytest.approx(expected, rel=1e-3)
+
+
+def test_progress_bars_have_a_total(points, tmp_path, capsys):
+    args = ["estimate", "--data", points, "--sigmas", "0.1,1", "--queries", 20]
+    with pytest.raises(SystemExit):
+        main([str(a) for a in [*args, "--out", tmp_path / "a"]])
+    assert "40/40" in capsys.readouterr().err  # 2 levels x 20 queries
+    with pytest.raises(SystemExit):
+        main([str(a) for a in [*args, "--target-stderr", "0.5", "--out", tmp_path / "b"]])
+    err = capsys.readouterr().err
+    assert "2/2" in err and "level" in err  # adaptive: the queries per level are not known ahead
+
+
+def test_every_command_and_option_is_described():
+    import click
+    from click.testing import CliRunner
+
+    from lossfloor.cli import cli
+
+    def commands(group, prefix=()):
+        for name, cmd in group.commands.items():
+            yield (*prefix, name), cmd
+            if isinstance(cmd, click.Group):
+                yield from commands(cmd, (*prefix, name))
+
+    for path, cmd in commands(cli):
+        assert cmd.short_help, path  # click lists a short_help whole; a first line it would cut with "..."
+        for param in cmd.params:
+            if isinstance(param, click.Option) and param.name != "help":
+                assert param.help and param.help.strip(), (path, param.name)
+    for group in (cli, cli.commands["study"]):
+        listing = CliRunner().invoke(group, ["--help"]).output.split("Commands:")[1]
+        assert "..." not in listing and "…" not in listing, listing
+
+
+def test_two_dimensional_toys_default_to_a_size_that_finishes():
+    """The toys' default N keeps `lossfloor estimate --data ring` at about a minute (issue 14): the work
+    is N x min(N, 4096) queries x 32 levels; 10,000 points took 56 s of CPU on the 2-core machine."""
+    from lossfloor.data import TOY_SIZE
+
+    assert len(load_dataset("ring")) == TOY_SIZE <= 10_000

@@ -63,6 +63,13 @@ def test_sample_writes_a_png(trained, tmp_path, capsys):
                           capsys)
     assert code == 0 and out.read_bytes()[:4] == b"\x89PNG"
     assert out.with_suffix(".npy").exists()
+    # An existing PNG is kept unless --force.
+    before = out.read_bytes()
+    again = ["sample", "--checkpoint", trained, "--n", 5, "--steps", 3, "--seed", 1, "--out", out]
+    assert_usage_error(run(again, capsys), "--force")
+    assert out.read_bytes() == before
+    assert run([*again, "--force", "--no-progress"], capsys)[0] == 0
+    assert out.read_bytes() != before
 
 
 def test_diagnose_estimates_the_floor_and_reports_train_and_test(trained, tmp_path, capsys):
@@ -74,7 +81,15 @@ def test_diagnose_estimates_the_floor_and_reports_train_and_test(trained, tmp_pa
     doc = json.loads((out / "diagnosis.json").read_text())
     assert len(doc["train"]) == len(doc["test"]) == 4 and doc["objective"] == "edm"
     assert set(doc["totals"]) == {"train", "test"} and not doc["floor_violation"]
+    assert doc["objective_spec"] == load_checkpoint(trained).objective.to_dict()
     assert "total edm loss (train)" in stdout
+    # A header says what is evaluated; one bar per split, each counting the 4 sigma levels.
+    head = stdout.splitlines()[:4]
+    assert [line.split(":")[0] for line in head] == ["model", "data", "objective", "curve"]
+    assert "mlp" in head[0] and "step 20" in head[0] and "ring" in head[1] and "edm" in head[2]
+    assert "estimated here: 4 levels" in head[3]
+    assert "model loss (train)" in err and "model loss (test)" in err and "4/4" in err and "8/8" not in err
+    assert "optimal loss" in err
 
 
 def test_diagnose_with_a_matching_curve(trained, tmp_path, capsys):
@@ -96,7 +111,7 @@ def test_diagnose_rejects_a_truncated_checkpoint(trained, tmp_path, capsys):
     data = (trained / "checkpoint.pt").read_bytes()
     bad.write_bytes(data[: len(data) // 3])
     out = tmp_path / "d"
-    assert_usage_error(run(["diagnose", "--checkpoint", bad, "--out", out], capsys), "corrupted or truncated")
+    assert_usage_error(run(["diagnose", "--checkpoint", bad, "--out", out], capsys), "truncated")
     assert not out.exists()
 
 
