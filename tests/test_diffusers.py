@@ -205,6 +205,7 @@ REFUSALS = [
     (lambda: diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), {"weighting_scheme": "none"}, "shift 3"),
     (lambda: diffusers.FlowMatchEulerDiscreteScheduler(), {"weighting_scheme": "mode"}, "weighting_scheme"),
     (lambda: {"_class_name": "NoSuchScheduler"}, {}, "unknown diffusers scheduler class"),
+    (lambda: {"_class_name": "UNet2DModel"}, {}, "unknown diffusers scheduler class"),
 ]
 
 

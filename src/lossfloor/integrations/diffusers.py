@@ -115,13 +115,15 @@ def load_scheduler(scheduler_or_config):
             raise UnsupportedScheduler(f"{path}: not a readable scheduler_config.json ({err})") from None
     config = dict(config)
     name = config.get("_class_name")
-    cls = getattr(_diffusers(), str(name), None)
-    if cls is None or not hasattr(cls, "from_config"):
+    diffusers = _diffusers()
+    cls = getattr(diffusers, str(name), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         raise UnsupportedScheduler(f"unknown diffusers scheduler class {name!r}")
     try:
         return cls.from_config(config)
     except (TypeError, ValueError, NotImplementedError) as err:
-        raise UnsupportedScheduler(f"{name}: invalid configuration ({err})") from None
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UnsupportedScheduler(f"{name}: invalid configuration ({first})") from None
 
 
 def scheduler_family(scheduler) -> str:
@@ -183,7 +185,7 @@ def objective_from_scheduler(scheduler_or_config, *, weighting_scheme: str = "lo
         else:
             raise UnsupportedScheduler(
                 f"{name}: weighting_scheme {weighting_scheme!r} at shift {shift:g} is not mapped; use "
-                "logit_normal (any shift) or none (shift 1)")
+                f"{' or '.join(FLOW_WEIGHTING)} (the latter at shift 1 only)")
         label = f"{name}/shift={shift:g}/{weighting_scheme}"
         return Objective(label, Flow(), "velocity", time_dist)
     if prediction not in ("epsilon", "v_prediction"):
