@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.curve import OptimalLossCurve
+from lossfloor.curve import OptimalLossCurve, interpolate_loss
 from lossfloor.formulation import get_objective
 from lossfloor.reference import gaussian_optimal_loss
 
@@ -26,7 +26,9 @@ def test_edm_weight_is_one_over_gaussian_optimal_loss():
     # logit interpolation is exact for equal eigenvalues, so only quadrature and truncation remain.
     total = gaussian_curve().total(get_objective("edm"))
     assert total.value == pytest.approx(1.0, abs=1e-8)
-    assert total.stderr == 0.0
+    assert total.mc_stderr == 0.0
+    assert total.interpolation_error < 1e-5  # the bracket beyond the grid; the half grids agree exactly
+    assert total.stderr == pytest.approx(math.hypot(total.mc_stderr, total.interpolation_error))
 
 
 def _gauss_legendre(f, lo, hi, pieces=400, order=20):
@@ -97,31 +99,35 @@ def test_interpolation_and_tails():
     assert curve(1e8) == pytest.approx(np.mean(EIGEN), rel=1e-12)
 
 
-def test_linear_fallback_outside_zero_and_variance():
-    # Monte-Carlo values of exactly 0 or above V cannot take a logit: those pieces are linear in J.
+def test_levels_at_zero_or_above_the_variance():
+    # Monte-Carlo values of exactly 0 or above V (a model's loss) cannot take a logit: log J is used, a level
+    # of 0 stays 0 below the grid, and PCHIP keeps the curve monotone between levels.
     curve = OptimalLossCurve([0.1, 1.0, 10.0, 100.0], [0.0, 0.5, 1.02, 0.99], [0.0] * 4, 1.0, 10, 1)
-    assert curve(math.sqrt(0.1)) == pytest.approx(0.25)
-    assert curve(math.sqrt(10.0)) == pytest.approx(0.76)
+    np.testing.assert_allclose(curve(curve.sigma), curve.loss, rtol=1e-12)
     assert curve(0.01) == 0.0
-    assert curve(1000.0) == pytest.approx(1 - 0.01 * 0.01 / 0.99 / (1 + 0.01 * 0.01 / 0.99), rel=1e-9)
+    assert 0.0 <= curve(0.3) <= 0.5 and 0.5 <= curve(3.0) <= 1.02
+    assert curve(1000.0) == pytest.approx(1 - 0.01 * 0.01, rel=1e-9)
     assert np.all(np.isfinite(curve(np.geomspace(1e-6, 1e6, 50))))
 
 
-def test_standard_error_is_the_propagated_grid_error():
-    # stderr = sqrt(sum_i (dT/dJ_i)^2 se_i^2), with dT/dJ_i checked by finite differences.
+def test_monte_carlo_error_is_the_propagated_grid_error():
+    # mc_stderr = sqrt(sum_i (dT/dJ_i)^2 se_i^2), with dT/dJ_i checked by finite differences (standard
+    # errors small against J, where the secant over +-1 SE is the derivative).
     grid = np.geomspace(1e-3, 1e3, 13)
-    se = np.linspace(1e-4, 1e-3, 13)
-    curve = OptimalLossCurve(grid, gaussian_optimal_loss(grid, EIGEN), se, float(np.mean(EIGEN)), 100, 4)
+    loss = gaussian_optimal_loss(grid, EIGEN)
+    se = 1e-4 * loss * np.linspace(1, 3, 13)
+    curve = OptimalLossCurve(grid, loss, se, float(np.mean(EIGEN)), 100, 4)
     obj = get_objective("sd3")
-    base = curve.total(obj).value
+    base = curve.total(obj, warn=False).value
     grads = []
     for i in range(len(grid)):
-        loss = curve.loss.copy()
-        h = 1e-6 * loss[i]
-        loss[i] += h
-        moved = OptimalLossCurve(grid, loss, se, curve.data_variance, 100, 4)
-        grads.append((moved.total(obj).value - base) / h)
-    assert curve.total(obj).stderr == pytest.approx(math.sqrt(np.sum((np.array(grads) * se) ** 2)), rel=1e-4)
+        moved = loss.copy()
+        h = 1e-7 * loss[i]
+        moved[i] += h
+        shifted = OptimalLossCurve(grid, moved, se, curve.data_variance, 100, 4)
+        grads.append((shifted.total(obj, warn=False).value - base) / h)
+    want = math.sqrt(np.sum((np.array(grads) * se) ** 2))
+    assert curve.total(obj, warn=False).mc_stderr == pytest.approx(want, rel=1e-3)
 
 
 def test_grid_must_cover_the_noise_distribution():
@@ -157,7 +163,7 @@ def test_json_round_trip(tmp_path):
 def test_load_rejects_bad_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="not a valid curve"):
+    with pytest.raises(ValueError, match="curve JSON"):
         OptimalLossCurve.load(bad)
     bad.write_text(json.dumps({"sigma": [1.0]}))
     with pytest.raises(ValueError, match="missing"):
@@ -168,3 +174,70 @@ def test_unsorted_grid_is_sorted():
     curve = OptimalLossCurve([2.0, 1.0], [0.5, 0.2], [0.01, 0.02], 1.0, 10, 1)
     np.testing.assert_array_equal(curve.sigma, [1.0, 2.0])
     np.testing.assert_array_equal(curve.stderr, [0.02, 0.01])
+
+
+def two_point_loss(sigmas) -> np.ndarray:
+    """Exact J* of the dataset {-1, +1} (V = 1): E[1 - tanh^2(x~ / s^2)], x~ ~ N(1, s^2), by a dense
+    trapezoid rule; a finite dataset, so J* falls like exp(-1 / 2 s^2) at small s."""
+    out = []
+    for s in np.atleast_1d(sigmas):
+        x = np.linspace(1 - 14 * s, 1 + 14 * s, 20001)
+        f = np.exp(-0.5 * ((x - 1) / s) ** 2) / (s * math.sqrt(2 * math.pi)) / np.cosh(x / s**2) ** 2
+        out.append(np.sum((f[1:] + f[:-1]) / 2 * np.diff(x)))
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def two_point_dense():
+    grid = np.geomspace(0.002, 80.0, 257)
+    return grid, two_point_loss(grid)
+
+
+@pytest.mark.parametrize("levels", [9, 17, 33, 65])
+@pytest.mark.parametrize("name", ["edm", "flow", "vp"])
+def test_interpolation_error_covers_the_true_error(two_point_dense, levels, name):
+    """Exact levels on sub-grids of 0.002..80: the total's error against the dense (257-level) total lies
+    within its interpolation error, which is not vacuous (a few times the true error at most)."""
+    dense, loss = two_point_dense
+    obj = get_objective(name)
+    truth = OptimalLossCurve(dense, loss, np.zeros(len(dense)), 1.0, 2, 1).total(obj).value
+    step = (len(dense) - 1) // (levels - 1)
+    total = OptimalLossCurve(dense[::step], loss[::step], np.zeros(levels), 1.0, 2, 1).total(obj, warn=False)
+    error = abs(total.value - truth)
+    assert error <= total.interpolation_error
+    assert total.interpolation_error <= 50 * error + 1e-6 * truth
+
+
+def test_pchip_beats_linear_logit_in_the_finite_data_tail(two_point_dense):
+    # The issue's digits failure in miniature: linear logit(J/V) is ~1% low at 33 levels for EDM.
+    dense, loss = two_point_dense
+    obj = get_objective("edm")
+    truth = OptimalLossCurve(dense, loss, np.zeros(len(dense)), 1.0, 2, 1).total(obj).value
+    grid, j = dense[::8], loss[::8]
+    ls, = np.log(grid)[None]
+    curve = OptimalLossCurve(grid, j, np.zeros(len(grid)), 1.0, 2, 1)
+    fine, coef = curve._quadrature(obj)
+    linear = float(np.sum(coef * interpolate_loss(ls, j, 1.0, fine, linear=True)))
+    assert abs(curve.total(obj).value / truth - 1) < 0.1 * abs(linear / truth - 1)
+
+
+def test_coarse_grid_warns_with_its_estimated_error():
+    grid = np.array([1e-4, 1e4])
+    curve = OptimalLossCurve(grid, two_point_loss(grid), np.zeros(2), 1.0, 2, 1)
+    with pytest.warns(UserWarning, match="too coarse"):
+        total = curve.total(get_objective("edm"))
+    cov = curve.coverage(get_objective("edm"))
+    assert not cov.supported and cov.relative_error > 0.5 and "too coarse" in cov.message
+    assert total.interpolation_error > 0.5 * total.value
+    fine = np.geomspace(0.002, 80, 64)
+    assert OptimalLossCurve(fine, two_point_loss(fine), np.zeros(64), 1.0, 2, 1).coverage(
+        get_objective("edm")).supported
+
+
+def test_refinement_scores_point_at_the_transition(two_point_dense):
+    dense, loss = two_point_dense
+    grid, j = dense[::32], loss[::32]
+    scores = OptimalLossCurve(grid, j, np.zeros(len(grid)), 1.0, 2, 1).refinement_scores(get_objective("edm"))
+    assert len(scores) == len(grid) - 1
+    worst = np.argmax(scores)
+    assert 0.05 < grid[worst] < 1.0  # where J* leaves 0 (critical sigma ~ 0.3 for points 2 apart)

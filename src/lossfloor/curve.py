@@ -4,38 +4,66 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.interpolate import PchipInterpolator
 
 from .files import atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported for older imports)
 from .formulation import Objective
 from .stats import Estimate
 
-# J* is interpolated as z = logit(J*/V) linearly in log sigma (V the data variance): exact for Gaussian
-# data with equal eigenvalues, where z = 2 log sigma - log V, and so far more accurate than linear J* on a
-# coarse grid (0.7% against 1e-5 for the EDM total at 10 levels per decade).  Beyond the grid z continues
-# with slope 2: J ~ J(s_min) (s/s_min)^2 below (the small-noise behaviour of a smooth density; a finite
-# dataset's J* decays faster, like exp(-d_nn^2 / 8 s^2), so this overestimates) and V - J ~ (V -
-# J(s_max)) (s_max/s)^2 above (the large-noise expansion J* = V - tr(Cov^2) / (D s^2) + ...).  Where a
-# value lies outside (0, V) (Monte-Carlo noise) the same shapes are used linearly in J*.  Standard errors
-# are propagated through the Jacobian of this map (exact where it is linear, first order otherwise).
+# Inside the grid J* is interpolated by a monotone cubic (PCHIP) in z = logit(J*/V) against log sigma (V the
+# data variance; log J* instead when a value reaches V, as a model's loss may): exact for Gaussian data with
+# equal eigenvalues (z = 2 log sigma - log V), and right in a finite dataset's small-sigma tail, where J*
+# falls like exp(-d^2 / 8 sigma^2) and z is concave in log sigma (linear z underestimated the digits EDM
+# total by 0.9% at 32 levels; PCHIP's error falls like h^3..h^4).  A level that reads exactly 0 (below
+# float64 resolution) is floored at ZERO_FLOOR x V for the transform.  Beyond the grid z continues with
+# slope 2: J ~ J(s_min) (s/s_min)^2 below and V - J ~ (V - J(s_max)) (s_max/s)^2 above (the large-noise
+# expansion J* = V - tr(Cov^2) / (D s^2) + ...).
+#
+# A total carries two error terms.  Monte-Carlo: the levels' standard errors propagated through the map
+# (secant differences of the total over +-1 standard error of each level).  Interpolation: the total on the
+# grid minus the total on each half grid (every other level, both ends kept), the larger of the two divided
+# by HALF_GRID_SAFETY (the half grid's error is 8-16x the grid's for an h^3..h^4 method; 4 is the smallest
+# ratio seen on exact curves), capped by the monotone bracket (J* is non-decreasing in sigma, so between two
+# levels it lies between their values), plus the bracket bound of the part beyond the grid.
 TAIL_DECADES = 6.0
 QUADRATURE_NODES = 16001
 REDUCTIONS = ("mean", "sum")
 MASS_TOLERANCE = 1e-6  # noise mass allowed beyond the extended range, where the integral stops
+ZERO_FLOOR = 1e-30  # J/V of a level that reads 0, for the logit/log transform
+HALF_GRID_SAFETY = 4.0
+MIN_LEVELS_FOR_HALF_GRID = 5  # fewer levels: the monotone bracket alone bounds the interpolation error
+COVERAGE_RTOL = 0.01  # a grid supports a total if its interpolation error is below this fraction (or MC)
 
 
 @dataclass(frozen=True)
 class TotalLoss(Estimate):
     """An objective's total optimal loss E_p[lambda J*] (per dimension): an `Estimate` (value, stderr).
 
+    stderr: the whole standard uncertainty, Monte-Carlo and interpolation in quadrature.
     extrapolated: the part of the value that comes from beyond the sigma grid.
+    mc_stderr: the levels' Monte-Carlo standard errors propagated to the total.
+    interpolation_error: the estimated error of interpolating between (and beyond) the grid's levels.
     """
 
-    extrapolated: float
+    extrapolated: float = 0.0
+    mc_stderr: float = 0.0
+    interpolation_error: float = 0.0
+
+
+@dataclass(frozen=True)
+class GridCoverage:
+    """Whether a curve's sigma grid supports an objective's total, and with what estimated error."""
+
+    objective: str
+    total: TotalLoss
+    relative_error: float  # interpolation_error / |total|
+    supported: bool  # interpolation error <= max(rtol |total|, Monte-Carlo stderr)
+    message: str
 
 
 @dataclass
@@ -62,37 +90,17 @@ class OptimalLossCurve:
             self.sigma, self.loss, self.stderr = self.sigma[order], self.loss[order], self.stderr[order]
 
     # -- evaluation ------------------------------------------------------------------------
-    def _evaluate(self, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """J*(sigma) and its Jacobian with respect to the grid values, shape (len(sigma), len(grid))."""
-        ls, grid = np.log(np.asarray(sigma, dtype=float)), np.log(self.sigma)
-        v, n = self.data_variance, len(grid)
-        # Each point is a combination of two grid values i, j (equal in the tails) with slopes.
-        i = np.clip(np.searchsorted(grid, ls, side="right") - 1, 0, n - 1)
-        j = np.minimum(i + 1, n - 1)
-        below, above = ls < grid[0], ls >= grid[-1]
-        i[below], j[below] = 0, 0
-        span = np.where(j > i, grid[j] - grid[i], 1.0)
-        w = np.where(j > i, (ls - grid[i]) / span, 0.0)
-        ui, uj = self.loss[i] / v, self.loss[j] / v
-        # Tails: logit shifts by 2 (log sigma - log sigma_edge); linearly, J scales by the same factor.
-        tail = np.where(below, 2 * (ls - grid[0]), np.where(above, 2 * (ls - grid[-1]), 0.0))
-        logit = (ui > 0) & (ui < 1) & (uj > 0) & (uj < 1)
-        jac = np.zeros((len(ls), n))
-        rows = np.arange(len(ls))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = (1 - w) * np.log(ui / (1 - ui)) + w * np.log(uj / (1 - uj)) + tail
-            u = 1 / (1 + np.exp(-z))
-            gi = np.where(logit, u * (1 - u) / (ui * (1 - ui)), 0.0)
-            gj = np.where(logit, u * (1 - u) / (uj * (1 - uj)), 0.0)
-        # Linear fallback: interpolation inside, J(s_min) e^tail below, V - (V - J(s_max)) e^-tail above.
-        scale = np.where(above, np.exp(-tail), np.exp(tail))
-        lin = (1 - w) * self.loss[i] + w * self.loss[j]
-        lin = np.where(below, lin * scale, np.where(above, v - (v - self.loss[i]) * scale, lin))
-        lin_gi = np.where(below | above, scale, 1 - w)
-        values = np.where(logit, v * u, lin)
-        np.add.at(jac, (rows, i), np.where(logit, (1 - w) * gi, lin_gi))
-        np.add.at(jac, (rows, j), np.where(logit, w * gj, np.where(below | above, 0.0, w)))
-        return values, jac
+    def _evaluate(self, ls: np.ndarray, loss: np.ndarray | None = None, logit: bool | None = None,
+                  grid: np.ndarray | None = None) -> np.ndarray:
+        """J* at log sigma `ls` from values `loss` on log-sigma `grid` (default: this curve's)."""
+        grid = np.log(self.sigma) if grid is None else grid
+        loss = self.loss if loss is None else loss
+        logit = self._logit() if logit is None else logit
+        return interpolate_loss(grid, loss, self.data_variance, ls, logit)
+
+    def _logit(self) -> bool:
+        """Interpolate logit(J/V) when every level is below V, else log J."""
+        return bool(np.all(self.loss < self.data_variance))
 
     def _scale(self, reduction: str) -> float:
         if reduction not in REDUCTIONS:
@@ -103,36 +111,107 @@ class OptimalLossCurve:
         """J*(sigma), interpolated in log sigma and extended beyond the grid (see the top); per dimension
         (reduction="mean") or summed over the D dimensions (reduction="sum")."""
         scalar = np.ndim(sigma) == 0
-        out = self._evaluate(np.atleast_1d(sigma))[0] * self._scale(reduction)
+        out = self._evaluate(np.log(np.atleast_1d(np.asarray(sigma, dtype=float)))) * self._scale(reduction)
         return out[0] if scalar else out
 
     def _quadrature(self, objective: Objective) -> tuple[np.ndarray, np.ndarray]:
-        """Nodes in log sigma and weights (p(log sigma) d log sigma, or atom masses) for E_p."""
+        """Nodes in log sigma and weights p(log sigma) lambda(sigma) d log sigma (or atom masses x lambda)."""
         grid = np.log(self.sigma)
         lo, hi = sigma_grid_coverage(objective, self.sigma)
         if objective.is_discrete:
             ls = np.log(objective.atoms().numpy())
-            return ls, np.full(len(ls), 1.0 / len(ls))
-        # Trapezoid rule on a fine mesh that contains the grid nodes, where J* has its kinks.
-        ls = np.union1d(np.linspace(lo, hi, QUADRATURE_NODES), grid)
-        logp = objective.log_density(torch.tensor(ls)).numpy()
-        h = np.diff(ls)
-        weights = np.concatenate([h, [0.0]]) / 2 + np.concatenate([[0.0], h]) / 2
-        return ls, np.where(np.isfinite(logp), np.exp(logp), 0.0) * weights
+            coef = np.full(len(ls), 1.0 / len(ls))
+        else:
+            # Trapezoid rule on a fine mesh that contains the grid nodes, where J* has its kinks.
+            ls = np.union1d(np.linspace(lo, hi, QUADRATURE_NODES), grid)
+            logp = objective.log_density(torch.tensor(ls)).numpy()
+            h = np.diff(ls)
+            weights = np.concatenate([h, [0.0]]) / 2 + np.concatenate([[0.0], h]) / 2
+            coef = np.where(np.isfinite(logp), np.exp(logp), 0.0) * weights
+        lam = objective.x0_weight(torch.tensor(np.exp(ls))).numpy()
+        return ls, coef * np.where(coef > 0, lam, 0.0)  # lambda may be infinite where p vanishes
 
-    def total(self, objective: Objective, reduction: str = "mean") -> TotalLoss:
+    def total(self, objective: Objective, reduction: str = "mean", warn: bool = True) -> TotalLoss:
         """The objective's optimal loss E_{p(sigma)}[lambda(sigma) J*(sigma)], per dimension
-        (reduction="mean") or summed over dimensions (reduction="sum"), with its standard error."""
+        (reduction="mean") or summed over dimensions (reduction="sum"), with its Monte-Carlo standard error
+        and its interpolation error (see the top); warns when the grid is too coarse for it."""
         scale = self._scale(reduction)
         ls, coef = self._quadrature(objective)
-        lam = objective.x0_weight(torch.tensor(np.exp(ls))).numpy()
-        coef = coef * np.where(coef > 0, lam, 0.0)  # lambda may be infinite where p vanishes
-        values, jac = self._evaluate(np.exp(ls))
-        grid = np.log(self.sigma)
+        grid, logit = np.log(self.sigma), self._logit()
+        values = self._evaluate(ls, logit=logit)
+        value = _dot(coef, values)
         outside = (ls < grid[0]) | (ls > grid[-1])
-        stderr = math.sqrt(float(np.sum((coef @ jac) ** 2 * self.stderr**2)))
-        return TotalLoss(float(coef @ values) * scale, stderr * scale,
-                         float(coef[outside] @ values[outside]) * scale)
+        mc = float(np.sqrt(np.sum((self.sensitivity(objective, ls, coef) * self.stderr) ** 2)))
+        interp = self._interpolation_error(ls, coef, values, logit)
+        extrapolated = _dot(coef[outside], values[outside])
+        total = TotalLoss(value * scale, math.hypot(mc, interp) * scale, extrapolated * scale, mc * scale,
+                          interp * scale)
+        if warn and not _supported(total):
+            warnings.warn(_coverage_message(objective.name, total, len(self.sigma)), stacklevel=2)
+        return total
+
+    def sensitivity(self, objective: Objective, ls=None, coef=None) -> np.ndarray:
+        """d total / d J_i for every level (per dimension), by secant differences over +-1 standard error
+        (a small relative step where a level has none)."""
+        if ls is None:
+            ls, coef = self._quadrature(objective)
+        logit, v, grid, n = self._logit(), self.data_variance, np.log(self.sigma), len(self.sigma)
+        out = np.zeros(n)
+        for i, (j, se) in enumerate(zip(self.loss, self.stderr, strict=True)):
+            step = se if se > 0 else 1e-6 * max(abs(j), ZERO_FLOOR * v)
+            up, down = j + step, max(j - step, 0.0)
+            if logit:  # stay below V, where the transform is defined
+                up = min(up, j + 0.5 * (v - j))
+            if up <= down:
+                continue
+            # PCHIP's slopes at i-1, i, i+1 depend on level i: it moves the curve only within two intervals.
+            lo = grid[i - 2] if i >= 2 else (-np.inf if i == 0 else grid[0])
+            hi = grid[i + 2] if i + 2 < n else (np.inf if i == n - 1 else grid[-1])
+            near = (ls >= lo) & (ls <= hi)
+            t = [_dot(coef[near], self._evaluate(ls[near], np.where(np.arange(n) == i, x, self.loss), logit))
+                 for x in (up, down)]
+            out[i] = (t[0] - t[1]) / (up - down)
+        return out
+
+    def _interpolation_error(self, ls, coef, values, logit) -> float:
+        """Half-grid estimate inside the grid (capped by the monotone bracket) plus the bracket beyond it."""
+        grid, v = np.log(self.sigma), self.data_variance
+        lo, hi = _monotone_bracket(grid, self.loss, v, ls)
+        bound = coef * np.maximum(values - lo, hi - values)
+        outside = (ls < grid[0]) | (ls > grid[-1])
+        inside = float(np.sum(bound[~outside]))
+        if len(grid) >= MIN_LEVELS_FOR_HALF_GRID:
+            value = _dot(coef[~outside], values[~outside])
+            diffs = []
+            for offset in (0, 1):
+                keep = np.unique(np.r_[0, np.arange(offset, len(grid), 2), len(grid) - 1])
+                half = self._evaluate(ls[~outside], self.loss[keep], logit, grid[keep])
+                diffs.append(abs(value - _dot(coef[~outside], half)))
+            inside = min(inside, max(diffs) / HALF_GRID_SAFETY)
+        return inside + float(np.sum(bound[outside]))
+
+    def coverage(self, objective: Objective, rtol: float = COVERAGE_RTOL,
+                 reduction: str = "mean") -> GridCoverage:
+        """Whether this grid supports the objective's total: its interpolation error is at most `rtol` of
+        the total or at most its Monte-Carlo standard error."""
+        total = self.total(objective, reduction, warn=False)
+        rel = total.interpolation_error / abs(total.value) if total.value else math.inf
+        ok = _supported(total, rtol)
+        msg = (f"{objective.name}: the grid supports the total (estimated interpolation error {rel:.2%})"
+               if ok else _coverage_message(objective.name, total, len(self.sigma)))
+        return GridCoverage(objective.name, total, rel, ok, msg)
+
+    def refinement_scores(self, objective: Objective) -> np.ndarray:
+        """Per grid interval, the integral of lambda p |PCHIP - linear| (both in the transformed J*): where
+        the objective's integrand changes fastest and a new level helps most."""
+        ls, coef = self._quadrature(objective)
+        grid, logit = np.log(self.sigma), self._logit()
+        inside = (ls >= grid[0]) & (ls <= grid[-1])
+        ls, coef = ls[inside], coef[inside]
+        diff = np.abs(self._evaluate(ls, logit=logit) - interpolate_loss(grid, self.loss, self.data_variance,
+                                                                         ls, logit, linear=True))
+        which = np.clip(np.searchsorted(grid, ls, side="right") - 1, 0, len(grid) - 2)
+        return np.bincount(which, weights=coef * diff, minlength=max(len(grid) - 1, 0))
 
     def critical_sigma(self, fraction: float = 0.01) -> float:
         """The smallest grid sigma where J* exceeds `fraction` of the data variance (nan if none)."""
@@ -184,3 +263,53 @@ def sigma_grid_coverage(objective: Objective, sigmas) -> tuple[float, float]:
         raise ValueError(f"{objective.name}: {mass:.2g} of the noise density lies outside {support}; "
                          "widen the sigma grid")
     return lo, hi
+
+
+def interpolate_loss(grid, loss, variance: float, ls, logit: bool = True, linear: bool = False) -> np.ndarray:
+    """J at log sigma `ls` from levels `loss` at log sigma `grid`: monotone PCHIP (or, with `linear`,
+    piecewise linear) in logit(J/V) (or log J) inside the grid, the slope-2 tails outside (see the top)."""
+    grid, loss, ls = np.asarray(grid, float), np.asarray(loss, float), np.asarray(ls, float)
+    v, floor = variance, ZERO_FLOOR * variance
+    j = np.maximum(loss, floor)
+    z = np.log(j / (v - j)) if logit else np.log(j)
+    out = np.empty(ls.shape)
+    below, above = ls < grid[0], ls > grid[-1]
+    mid = ~(below | above)
+    if len(grid) == 1:
+        zm = np.full(int(mid.sum()), z[0])
+    elif linear or len(grid) == 2:
+        zm = np.interp(ls[mid], grid, z)
+    else:
+        zm = PchipInterpolator(grid, z, extrapolate=False)(ls[mid])
+    jm = v / (1 + np.exp(-zm)) if logit else np.exp(zm)
+    out[mid] = np.where(jm <= floor * (1 + 1e-9), 0.0, jm)  # a level of 0 stays 0
+    out[below] = loss[0] * np.exp(2 * (ls[below] - grid[0]))
+    out[above] = v - (v - loss[-1]) * np.exp(-2 * (ls[above] - grid[-1]))
+    return out
+
+
+def _monotone_bracket(grid, loss, variance: float, ls) -> tuple[np.ndarray, np.ndarray]:
+    """Where J* can lie at `ls` given the levels, J* being non-decreasing in sigma: between the two
+    neighbouring levels inside the grid, in [0, J(s_min)] below it and in [J(s_max), V] above it."""
+    lo_vals = np.r_[0.0, np.minimum(loss[:-1], loss[1:]), min(loss[-1], variance)]
+    hi_vals = np.r_[max(loss[0], 0.0), np.maximum(loss[:-1], loss[1:]), max(loss[-1], variance)]
+    k = np.searchsorted(grid, ls, side="left")  # 0 below, len(grid) above, else the interval's upper node
+    k = np.where(np.isin(ls, grid), np.clip(k, 1, len(grid) - 1), k) if len(grid) > 1 else k
+    return lo_vals[k], hi_vals[k]
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """sum(a * b): numpy's BLAS dot spins its threads and took ~40 ms per call on a loaded machine."""
+    return float(np.sum(a * b))
+
+
+def _supported(total: TotalLoss, rtol: float = COVERAGE_RTOL) -> bool:
+    return total.interpolation_error <= max(rtol * abs(total.value), total.mc_stderr)
+
+
+def _coverage_message(name: str, total: TotalLoss, levels: int) -> str:
+    rel = total.interpolation_error / abs(total.value) if total.value else math.inf
+    return (f"{name}: the sigma grid ({levels} levels) is too coarse for this total: estimated "
+            f"interpolation error {total.interpolation_error:.3g} ({rel:.1%} of {total.value:.4g}, "
+            f"Monte-Carlo stderr {total.mc_stderr:.2g}); add levels where lambda p J* changes fastest "
+            "(OptimalLossCurve.refinement_scores) or use estimate --total-stderr")
