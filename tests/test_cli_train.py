@@ -2,6 +2,7 @@
 nothing written)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -55,6 +56,15 @@ def test_resume_continues_the_run(trained, tmp_path, capsys):
     for a, b in zip(ours.state["net"].values(), straight.state["net"].values(), strict=True):
         assert torch.equal(a, b)
     assert (out / "binned.csv").read_text() == (trained / "binned.csv").read_text()
+
+
+def test_training_bar_shows_the_logged_loss(tmp_path, capsys):
+    """The bar's loss is log.csv's: the mean objective loss since the last log row."""
+    code, _, err = run([*TRAIN, "--steps", 10, "--out", tmp_path / "t", "--progress"], capsys)
+    assert code == 0, err
+    shown = re.findall(r"loss=([-+.e0-9]+)", err)[-1]
+    logged = float((tmp_path / "t" / "log.csv").read_text().splitlines()[-1].split(",")[1])
+    assert shown == f"{logged:.4g}" and "10/10" in err
 
 
 def test_sample_writes_a_png(trained, tmp_path, capsys):

@@ -137,8 +137,12 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"the learning rate must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"the learning rate must be positive and finite, got {self.lr}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0 steps, got {self.warmup}")
+        if self.grad_clip is not None and not 0 < self.grad_clip < math.inf:
+            raise ValueError(f"grad_clip must be positive and finite (None: off), got {self.grad_clip}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"the EMA decay must be in [0, 1), got {self.ema}")
 
@@ -240,17 +244,16 @@ class Trainer:
         saved = self.step if self.out is not None and (self.out / CHECKPOINT_NAME).exists() else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step",
                    desc=f"train {self.objective.name}")
-        running = None
         start = time.perf_counter() - self.elapsed
         try:
             while self.step < cfg.steps:
                 value = self.train_step()
                 if not math.isfinite(value):
                     raise self._diverged(f"the loss is {value}", saved)
-                running = value if running is None else 0.98 * running + 0.02 * value
                 self.elapsed = time.perf_counter() - start
                 bar.update(1)
-                bar.set_postfix(loss=f"{running:.4g}")
+                # The mean objective loss since the last log row: at a log step, log.csv's `loss`.
+                bar.set_postfix(loss=f"{self._loss_sum / max(self._loss_count, 1):.4g}")
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     self._log()
                 if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
