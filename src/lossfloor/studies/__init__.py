@@ -21,6 +21,7 @@ from .common import (
 )
 from .diagnose import (
                      COMMON_OBJECTIVE,
+                     DIAGNOSE_BUDGET_TIMES,
                      DIAGNOSE_BUDGETS,
                      DIAGNOSE_DATASETS,
                      DIAGNOSE_VARIANTS,
@@ -53,7 +54,8 @@ from .losses import (
 )
 
 __all__ = [
-    "COMMON_OBJECTIVE", "DIAGNOSE_BUDGETS", "DIAGNOSE_DATASETS", "DIAGNOSE_VARIANTS", "FASHION_PRESETS",
+    "COMMON_OBJECTIVE", "DIAGNOSE_BUDGET_TIMES", "DIAGNOSE_BUDGETS", "DIAGNOSE_DATASETS", "DIAGNOSE_VARIANTS",
+    "FASHION_PRESETS",
     "IMAGE_DATASETS", "IMAGE_PRESETS", "LOSS_TARGETS", "LOSS_WEIGHTS", "POINTS_PRESETS", "POINT_DATASETS",
     "PRESET_NAMES", "SEED_2D_TABLE", "DiagnoseBudget", "LossesPreset", "aggregate", "cached_classifier",
     "cached_floor", "cell_name", "check_choice", "diagnose_floor", "diagnose_gaps_csv",

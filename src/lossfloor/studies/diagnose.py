@@ -46,6 +46,11 @@ DIAGNOSE_BUDGETS = {
                                             floor_queries=1024, model_queries=1024, samples=36)},
     "quick": {"digits": _QUICK, "fashion-mnist": _QUICK},
 }
+# What a run takes, printed before it starts (measured on the 2-core project machine under a load of ~10).
+DIAGNOSE_BUDGET_TIMES = {
+    "cpu": "the committed results; about 30 minutes on 2 CPU cores",
+    "quick": "a smoke test; about 10 minutes on a busy 2-core machine (digits alone: about 4)",
+}
 
 
 def diagnose_sigmas(budget: DiagnoseBudget) -> np.ndarray:
