@@ -9,7 +9,7 @@ import torch
 
 from lossfloor.curve import OptimalLossCurve, interpolate_loss
 from lossfloor.formulation import get_objective
-from lossfloor.reference import gaussian_optimal_loss
+from lossfloor.reference import gaussian_optimal_loss, two_point_optimal_loss
 
 GRID = np.geomspace(1e-3, 1e3, 61)
 
@@ -176,28 +176,17 @@ def test_unsorted_grid_is_sorted():
     np.testing.assert_array_equal(curve.stderr, [0.02, 0.01])
 
 
-def two_point_loss(sigmas) -> np.ndarray:
-    """Exact J* of the dataset {-1, +1} (V = 1): E[1 - tanh^2(x~ / s^2)], x~ ~ N(1, s^2), by a dense
-    trapezoid rule; a finite dataset, so J* falls like exp(-1 / 2 s^2) at small s."""
-    out = []
-    for s in np.atleast_1d(sigmas):
-        x = np.linspace(1 - 14 * s, 1 + 14 * s, 20001)
-        f = np.exp(-0.5 * ((x - 1) / s) ** 2) / (s * math.sqrt(2 * math.pi)) / np.cosh(x / s**2) ** 2
-        out.append(np.sum((f[1:] + f[:-1]) / 2 * np.diff(x)))
-    return np.array(out)
-
-
 @pytest.fixture(scope="module")
 def two_point_dense():
     grid = np.geomspace(0.002, 80.0, 257)
-    return grid, two_point_loss(grid)
+    return grid, two_point_optimal_loss(grid)
 
 
 @pytest.mark.parametrize("levels", [9, 17, 33, 65])
 @pytest.mark.parametrize("name", ["edm", "flow", "vp"])
 def test_interpolation_error_covers_the_true_error(two_point_dense, levels, name):
     """Exact levels on sub-grids of 0.002..80: the total's error against the dense (257-level) total lies
-    within its interpolation error, which is not vacuous (a few times the true error at most)."""
+    within its interpolation error, which is not vacuous (at most 20 times the true error)."""
     dense, loss = two_point_dense
     obj = get_objective(name)
     truth = OptimalLossCurve(dense, loss, np.zeros(len(dense)), 1.0, 2, 1).total(obj).value
@@ -205,7 +194,7 @@ def test_interpolation_error_covers_the_true_error(two_point_dense, levels, name
     total = OptimalLossCurve(dense[::step], loss[::step], np.zeros(levels), 1.0, 2, 1).total(obj, warn=False)
     error = abs(total.value - truth)
     assert error <= total.interpolation_error
-    assert total.interpolation_error <= 50 * error + 1e-6 * truth
+    assert total.interpolation_error <= 20 * error + 1e-6 * truth  # 3.8 to 13 x the true error here
 
 
 def test_pchip_beats_linear_logit_in_the_finite_data_tail(two_point_dense):
@@ -223,14 +212,14 @@ def test_pchip_beats_linear_logit_in_the_finite_data_tail(two_point_dense):
 
 def test_coarse_grid_warns_with_its_estimated_error():
     grid = np.array([1e-4, 1e4])
-    curve = OptimalLossCurve(grid, two_point_loss(grid), np.zeros(2), 1.0, 2, 1)
+    curve = OptimalLossCurve(grid, two_point_optimal_loss(grid), np.zeros(2), 1.0, 2, 1)
     with pytest.warns(UserWarning, match="too coarse"):
         total = curve.total(get_objective("edm"))
     cov = curve.coverage(get_objective("edm"))
     assert not cov.supported and cov.relative_error > 0.5 and "too coarse" in cov.message
     assert total.interpolation_error > 0.5 * total.value
     fine = np.geomspace(0.002, 80, 64)
-    assert OptimalLossCurve(fine, two_point_loss(fine), np.zeros(64), 1.0, 2, 1).coverage(
+    assert OptimalLossCurve(fine, two_point_optimal_loss(fine), np.zeros(64), 1.0, 2, 1).coverage(
         get_objective("edm")).supported
 
 

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from lossfloor.curve import OptimalLossCurve
 from lossfloor.estimators import Estimator, EstimatorConfig, stratified_sources
-from lossfloor.reference import gaussian_optimal_loss, optimal_loss_1d, optimal_loss_1d_curve
+from lossfloor.formulation import get_objective
+from lossfloor.reference import (
+    gaussian_optimal_loss,
+    optimal_loss_1d,
+    optimal_loss_1d_curve,
+    two_point_optimal_loss,
+)
 
 POINTS = np.array([-1.0, -0.7, 0.2, 1.5, 1.6])
 SIGMAS_1D = [0.05, 0.1, 0.2, 0.4, 1.0, 3.0, 10.0]  # J* from 5e-4 to 0.99 of the variance
@@ -248,3 +255,24 @@ def test_global_form_never_returns_negative_loss():
     with pytest.warns(UserWarning, match="clamped to 0"):
         level = est.level(1e-3, seed=0)  # 64 sources over 5 points: unequal counts
     assert level.loss == 0.0 and level.stderr > 0
+
+
+@pytest.mark.parametrize("name", ["edm", "flow"])
+def test_curve_for_total_reaches_the_target_and_the_truth(name):
+    """The two-point dataset {-1, +1}, whose J* is exact: from a 6-level grid, levels and queries are added
+    until the total's uncertainty is below the target, and the total agrees with the exact one."""
+    obj = get_objective(name)
+    dense = np.geomspace(0.002, 80, 257)
+    truth = OptimalLossCurve(dense, two_point_optimal_loss(dense), np.zeros(257), 1.0, 2, 1).total(obj).value
+    est = Estimator(torch.tensor([[-1.0], [1.0]]), EstimatorConfig("full", queries=64), dtype=torch.float64)
+    target = 0.003 * truth
+    saved = []
+    curve = est.curve_for_total(obj, target, np.geomspace(0.002, 80, 6), seed=0, on_level=saved.append)
+    total = curve.total(obj)
+    assert total.stderr <= target
+    assert len(curve.sigma) > 6 and max(curve.settings["queries_used"]) > 64  # levels and queries added
+    assert abs(total.value - truth) <= 3 * total.stderr
+    assert {e.sigma for e in saved} == set(curve.sigma)
+    again = est.curve_for_total(obj, target, np.geomspace(0.002, 80, 6), seed=0,
+                                done={e.sigma: e for e in saved})  # resume: same numbers
+    np.testing.assert_array_equal(again.loss, curve.loss)

@@ -96,7 +96,11 @@ class OptimalLossCurve:
         grid = np.log(self.sigma) if grid is None else grid
         loss = self.loss if loss is None else loss
         logit = self._logit() if logit is None else logit
-        return interpolate_loss(grid, loss, self.data_variance, ls, logit)
+        return interpolate_loss(grid, loss, self.data_variance, ls, logit, tail=self._tail())
+
+    def _tail(self) -> float:
+        """The small-sigma tail scale of this curve's levels (`tail_scale`)."""
+        return tail_scale(np.log(self.sigma), self.loss, self.data_variance)
 
     def _logit(self) -> bool:
         """Interpolate logit(J/V) when every level is below V, else log J."""
@@ -208,8 +212,9 @@ class OptimalLossCurve:
         grid, logit = np.log(self.sigma), self._logit()
         inside = (ls >= grid[0]) & (ls <= grid[-1])
         ls, coef = ls[inside], coef[inside]
-        diff = np.abs(self._evaluate(ls, logit=logit) - interpolate_loss(grid, self.loss, self.data_variance,
-                                                                         ls, logit, linear=True))
+        linear = interpolate_loss(grid, self.loss, self.data_variance, ls, logit, linear=True,
+                                  tail=self._tail())
+        diff = np.abs(self._evaluate(ls, logit=logit) - linear)
         which = np.clip(np.searchsorted(grid, ls, side="right") - 1, 0, len(grid) - 2)
         return np.bincount(which, weights=coef * diff, minlength=max(len(grid) - 1, 0))
 
@@ -265,25 +270,42 @@ def sigma_grid_coverage(objective: Objective, sigmas) -> tuple[float, float]:
     return lo, hi
 
 
-def interpolate_loss(grid, loss, variance: float, ls, logit: bool = True, linear: bool = False) -> np.ndarray:
+def tail_scale(grid, loss, variance: float) -> float:
+    """a in J* ~ exp(-a / sigma^2), a finite dataset's small-sigma tail (a = d^2 / 8 for two points d
+    apart): the median over neighbouring levels below V/10 of sigma^2 (dz/dlog sigma - 2) / 2, which is 0
+    for a smooth density (z ~ 2 log sigma); 0 when no level is in the tail."""
+    grid, u = np.asarray(grid, float), np.asarray(loss, float) / variance
+    if len(grid) < 2:
+        return 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.log(u / (1 - u))
+        a = np.exp(grid[:-1] + grid[1:]) * (np.diff(z) / np.diff(grid) - 2) / 2
+    ok = (u[:-1] > 1e3 * ZERO_FLOOR) & (u[1:] < 0.1) & (u[1:] > u[:-1]) & np.isfinite(a) & (a > 0)
+    return float(np.median(a[ok])) if ok.any() else 0.0
+
+
+def interpolate_loss(grid, loss, variance: float, ls, logit: bool = True, linear: bool = False,
+                     tail: float = 0.0) -> np.ndarray:
     """J at log sigma `ls` from levels `loss` at log sigma `grid`: monotone PCHIP (or, with `linear`,
-    piecewise linear) in logit(J/V) (or log J) inside the grid, the slope-2 tails outside (see the top)."""
+    piecewise linear) in logit(J/V) (or log J) against t = log sigma - tail / (2 sigma^2) inside the grid
+    (`tail` from `tail_scale`), the slope-2 tails outside (see the top)."""
     grid, loss, ls = np.asarray(grid, float), np.asarray(loss, float), np.asarray(ls, float)
     v, floor = variance, ZERO_FLOOR * variance
     j = np.maximum(loss, floor)
     z = np.log(j / (v - j)) if logit else np.log(j)
+    t_grid, t = grid - 0.5 * tail * np.exp(-2 * grid), ls - 0.5 * tail * np.exp(-2 * ls)
     out = np.empty(ls.shape)
     below, above = ls < grid[0], ls > grid[-1]
     mid = ~(below | above)
     if len(grid) == 1:
         zm = np.full(int(mid.sum()), z[0])
     elif linear or len(grid) == 2:
-        zm = np.interp(ls[mid], grid, z)
+        zm = np.interp(t[mid], t_grid, z)
     else:
-        zm = PchipInterpolator(grid, z, extrapolate=False)(ls[mid])
+        zm = PchipInterpolator(t_grid, z, extrapolate=False)(t[mid])
     jm = v / (1 + np.exp(-zm)) if logit else np.exp(zm)
     out[mid] = np.where(jm <= floor * (1 + 1e-9), 0.0, jm)  # a level of 0 stays 0
-    out[below] = loss[0] * np.exp(2 * (ls[below] - grid[0]))
+    out[below] = loss[0] * np.exp(2 * (t[below] - t_grid[0]))
     out[above] = v - (v - loss[-1]) * np.exp(-2 * (ls[above] - grid[-1]))
     return out
 

@@ -281,16 +281,19 @@ class Estimator:
             return self.data.variance
         return sum(frac * part.variance for frac, part in self.classes)
 
-    def level(self, sigma: float, seed: int = 0, progress=None) -> LevelEstimate:
-        """J*(sigma) per dimension with its standard error."""
+    def level(self, sigma: float, seed: int = 0, progress=None,
+              config: EstimatorConfig | None = None) -> LevelEstimate:
+        """J*(sigma) per dimension with its standard error (`config` overrides the estimator's)."""
+        config = self.config if config is None else config
         gen = level_generator(seed, sigma)
         if not self.classes:
-            return estimate_level(self.data, sigma, self.config, gen, progress)
+            return estimate_level(self.data, sigma, config, gen, progress)
         value = var = 0.0
         used = 0
         for frac, part in self.classes:
-            m = max(2, round(self.config.queries * frac))
-            est = estimate_level(part, sigma, replace(self.config, queries=m), gen, progress)
+            m = max(2, round(config.queries * frac))
+            part_config = replace(config, queries=m, max_queries=max(m, config.max_queries))
+            est = estimate_level(part, sigma, part_config, gen, progress)
             value += frac * est.loss
             var += (frac * est.stderr) ** 2
             used += est.queries
@@ -331,3 +334,70 @@ class Estimator:
                       "C_used": None if self.config.estimator == "full"
                       else self.config.self_weight(self.data.n),
                       "queries_used": [e.queries for e in levels]})
+
+    def curve_for_total(self, objective, total_stderr: float, sigmas, seed: int = 0, *,
+                        done: dict | None = None, on_level=None, progress: bool = False,
+                        interp_fraction: float = 0.5, max_levels: int = 512,
+                        max_rounds: int = 40) -> OptimalLossCurve:
+        """A curve whose `objective` total has a standard uncertainty (Monte-Carlo and interpolation, per
+        dimension) of at most `total_stderr`, starting from the grid `sigmas`.
+
+        Each round either bisects (in log sigma) the intervals where lambda p J* changes fastest
+        (`OptimalLossCurve.refinement_scores`), while the interpolation error exceeds `interp_fraction` of
+        the Monte-Carlo error (or of the target), or re-estimates levels with more queries, allocated in
+        proportion to |d total / d J_i| x the level's per-query standard deviation (Neyman allocation),
+        until the total's uncertainty is below the target.  `done` / `on_level` resume and save as in
+        `curve` (a level re-estimated with more queries is reported again).
+        """
+        if not (math.isfinite(total_stderr) and total_stderr > 0):
+            raise ValueError(f"total stderr must be positive and finite, got {total_stderr}")
+        done = dict(done or {})
+        sigmas = [float(s) for s in sigmas]
+        grid = sorted(set(sigmas) | {s for s in done if min(sigmas) <= s <= max(sigmas)})
+        base = replace(self.config, target_stderr=None)
+        curve = self.curve(grid, seed, done, on_level, progress)
+        done.update({s: LevelEstimate(s, v, e, q) for s, v, e, q in
+                     zip(curve.sigma, curve.loss, curve.stderr, curve.settings["queries_used"], strict=True)})
+        for _ in range(max_rounds):
+            total = curve.total(objective, warn=False)
+            if total.stderr <= total_stderr:
+                break
+            if (total.interpolation_error > interp_fraction * max(total.mc_stderr, total_stderr)
+                    and len(grid) < max_levels):
+                scores = curve.refinement_scores(objective)
+                worst = np.argsort(scores)[::-1][:max(1, len(scores) // 8)]
+                grid = sorted(set(grid) | {math.sqrt(grid[i] * grid[i + 1]) for i in worst})
+                curve = self.curve(grid, seed, done, on_level, progress)
+            else:
+                room = total_stderr**2 - total.interpolation_error**2
+                target = math.sqrt(max(room, (0.5 * total_stderr) ** 2))
+                queries = _neyman_queries(curve, objective, 0.95 * target, base)
+                grown = [i for i, q in enumerate(queries) if q > curve.settings["queries_used"][i]]
+                if not grown:
+                    warnings.warn(f"total stderr {total.stderr:.3g} > {total_stderr:.3g}: the query cap "
+                                  f"max_queries = {base.max_queries} is reached", stacklevel=2)
+                    break
+                for i in grown:
+                    s = float(curve.sigma[i])
+                    done[s] = self.level(s, seed, config=replace(base, queries=int(queries[i]),
+                                                                  max_queries=int(queries[i])))
+                    if on_level is not None:
+                        on_level(done[s])
+                curve = self.curve(grid, seed, done, None, False)
+            done.update({s: LevelEstimate(s, v, e, q) for s, v, e, q in
+                         zip(curve.sigma, curve.loss, curve.stderr, curve.settings["queries_used"],
+                             strict=True)})
+        curve.settings["total_stderr_target"] = total_stderr
+        curve.settings["total_objective"] = getattr(objective, "name", str(objective))
+        return curve
+
+
+def _neyman_queries(curve: OptimalLossCurve, objective, target: float, config: EstimatorConfig) -> np.ndarray:
+    """Queries per level for a Monte-Carlo stderr `target` of the total at the least total number of queries:
+    m_i proportional to |dT/dJ_i| sd_i (sd_i the per-query standard deviation); never fewer than now."""
+    used = np.asarray(curve.settings["queries_used"], dtype=float)
+    weight = np.abs(curve.sensitivity(objective)) * curve.stderr * np.sqrt(used)
+    if not weight.sum() > 0:
+        return used.astype(int)
+    want = np.ceil(weight * weight.sum() / target**2)
+    return np.minimum(np.maximum(want, used), max(config.max_queries, used.max())).astype(int)
