@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from . import studies, workflow
+from . import studies, validation, workflow
 from .data import BUILTIN, SPLITS
 from .estimators import DEFAULT_QUERIES, ESTIMATORS, FORMS
 from .formulation import TARGETS, WEIGHTS, objective_names
@@ -31,6 +31,7 @@ from .studies.scaling import SCALING_PRESETS, run_scaling_study, scaling_termina
 from .studies.schedule import PRESETS as SCHEDULE_PRESETS
 from .studies.schedule import SCHEDULE_STUDY, run_schedule_study
 from .studies.schedule import terminal_table as schedule_terminal_table
+from .validation import Integer, Real
 
 EST, TRAIN, SAMPLE, DIAG = (workflow.EstimateSettings(), workflow.TrainSettings(), workflow.SampleSettings(),
                             workflow.DiagnoseSettings())
@@ -45,9 +46,13 @@ class UsageProblem(click.ClickException):
 
 # -- option types and shared options (range checks belong here, in one place) --------------------
 
-COUNT = click.INT  # a number of points, steps, levels, queries... (the library checks its range)
-SEED = click.INT
-REAL = click.FLOAT
+# Every numeric option is range-checked here, where it is parsed (NaN and infinities are refused): one line
+# naming the option and its range, exit code 2.
+COUNT = Integer(1)  # a number of points, steps, queries... (the library checks it against the data too)
+SEED = validation.SEED  # 0 <= seed < 2^63 (torch generators take a signed 64-bit integer)
+SIGMA = validation.SIGMA  # a noise level in validation.SIGMA_RANGE
+LEVELS = Integer(2, 100_000)  # sigma levels of a grid or a sampler
+QUERIES = Integer(2, 1 << 20)  # Monte-Carlo queries per level
 PATH = click.Path()
 DATA_HELP = f"{' | '.join(BUILTIN)} | an .npy/.npz file | a folder of images"
 OBJECTIVE_HELP = (f"a preset ({' '.join(objective_names())}) or <preset>-<target>-<weight> with target in "
@@ -103,18 +108,22 @@ def study():
 @data_options(EST)
 @click.option("--class-conditional", is_flag=True, help="posterior within the query's class (needs labels)")
 @click.option("--objective", default=EST.objective, help=OBJECTIVE_HELP)
-@click.option("--sigmas", help="comma-separated noise levels, e.g. 0.1,0.5,2")
-@click.option("--sigma-min", type=REAL, help=f"smallest level of the geometric grid [{GRID[0]}]")
-@click.option("--sigma-max", type=REAL, help=f"largest level of the geometric grid [{GRID[1]}]")
-@click.option("--num-sigmas", type=COUNT, help=f"levels of the geometric grid [{GRID[2]}]")
+@click.option("--sigmas", type=validation.SIGMAS, help="comma-separated noise levels, e.g. 0.1,0.5,2")
+@click.option("--sigma-min", type=SIGMA, help=f"smallest level of the geometric grid [{GRID[0]}]")
+@click.option("--sigma-max", type=SIGMA, help=f"largest level of the geometric grid [{GRID[1]}]")
+@click.option("--num-sigmas", type=LEVELS, help=f"levels of the geometric grid [{GRID[2]}]")
 @click.option("--estimator", type=choice(ESTIMATORS), default=EST.estimator,
               help="full: exact posterior over all N points; cdol/dol/snis: over a random subset of L points")
-@click.option("--queries", type=COUNT, help=f"Monte-Carlo queries per level [min(N, {DEFAULT_QUERIES})]")
-@click.option("--queries-per-point", type=REAL, help="queries per level as a multiple of N")
-@click.option("--target-stderr", type=REAL,
+@click.option("--queries", type=QUERIES, help=f"Monte-Carlo queries per level [min(N, {DEFAULT_QUERIES})]")
+@click.option("--queries-per-point", type=Real(0, 1 << 20, lo_open=True),
+              help="queries per level as a multiple of N")
+@click.option("--target-stderr", type=Real(0, 1, lo_open=True, hi_open=True),
               help="add rounds of --queries per level until stderr <= this fraction of the data variance")
-@click.option("--subset", type=COUNT, help="subset size L of cdol/dol/snis [min(N, 4096)]")
-@click.option("--C", "C", type=REAL, help="cdol's down-weighting of the query's own point [4N/L]")
+@click.option("--total-stderr", type=Real(0, lo_open=True),
+              help="add levels where lambda p J* changes fastest, then queries, until the objective's total "
+                   "is known to this standard uncertainty (per dimension; Monte-Carlo and interpolation)")
+@click.option("--subset", type=Integer(2), help="subset size L of cdol/dol/snis [min(N, 4096)]")
+@click.option("--C", "C", type=Real(1), help="cdol's down-weighting of the query's own point [4N/L]")
 @click.option("--form", type=choice(FORMS), default=EST.form,
               help="rb: posterior variance per query (Rao-Blackwellised); global: the paper's A - B")
 @click.option("--seed", type=SEED, default=EST.seed, help="seed of the noisy queries")
@@ -145,7 +154,11 @@ def print_curve(result: workflow.EstimateResult) -> None:
     for s, v, e in zip(curve.sigma, curve.loss, curve.stderr, strict=True):
         click.echo(f"{s:10.4g} {v:12.6g} {e:10.2g} {v / curve.data_variance:8.4f}")
     click.echo(f"total optimal loss of {name}: {total.value:.6g} ± {total.stderr:.2g} per dimension "
-               f"({total.extrapolated:.3g} of it from beyond the sigma grid)")
+               f"(Monte-Carlo {total.mc_stderr:.2g}, interpolation {total.interpolation_error:.2g}; "
+               f"{total.extrapolated:.3g} of it from beyond the sigma grid)")
+    coverage = curve.coverage(result.objective)
+    if not coverage.supported:
+        click.echo(f"warning: {coverage.message}", err=True)
     click.echo(f"critical sigma (J* > 1% of the data variance): {curve.critical_sigma():.4g}")
     if curve.loss[-1] < 0.9 * curve.data_variance:
         click.echo(f"note: J*(sigma_max) is {curve.loss[-1] / curve.data_variance:.2f} of the data variance; "
@@ -164,14 +177,14 @@ def print_curve(result: workflow.EstimateResult) -> None:
               help="loss weight and noise density (docs/theory.md#training-schedules)")
 @click.option("--curve", type=PATH, help="optimal_loss.json of the training data (optimal-loss schedules)")
 @click.option("--model", type=choice(MODELS), help="network [unet for images, mlp otherwise]")
-@click.option("--width", type=COUNT, help="hidden width (mlp) or base channels (unet) [256 / 32]")
-@click.option("--depth", type=COUNT, help="residual blocks of the mlp [3]")
+@click.option("--width", type=Integer(1, 8192), help="hidden width (mlp) or base channels (unet) [256 / 32]")
+@click.option("--depth", type=Integer(1, 256), help="residual blocks of the mlp [3]")
 @click.option("--steps", type=COUNT, default=TRAIN.steps, help="optimisation steps in all")
 @click.option("--batch-size", type=COUNT, default=TRAIN.batch_size, help="data points per step")
-@click.option("--lr", type=REAL, default=TRAIN.lr, help="Adam learning rate")
-@click.option("--warmup", type=COUNT, default=TRAIN.warmup, help="learning-rate warm-up steps")
-@click.option("--ema", type=REAL, default=TRAIN.ema, help="EMA decay of the weights")
-@click.option("--grad-clip", type=REAL, default=TRAIN.grad_clip, help="max gradient norm (0: off)")
+@click.option("--lr", type=Real(0, 1, lo_open=True), default=TRAIN.lr, help="Adam learning rate")
+@click.option("--warmup", type=Integer(0), default=TRAIN.warmup, help="learning-rate warm-up steps")
+@click.option("--ema", type=Real(0, 1, hi_open=True), default=TRAIN.ema, help="EMA decay of the weights")
+@click.option("--grad-clip", type=Real(0), default=TRAIN.grad_clip, help="max gradient norm (0: off)")
 @click.option("--seed", type=SEED, default=TRAIN.seed, help="seed of the weights, batches, times and noise")
 @click.option("--log-every", type=COUNT, default=TRAIN.log_every, help="steps per log interval")
 @click.option("--checkpoint-every", type=COUNT, default=TRAIN.checkpoint_every, help="steps per checkpoint")
@@ -181,7 +194,10 @@ def print_curve(result: workflow.EstimateResult) -> None:
 @click.option("--force", is_flag=True, help="start over, replacing the run in --out")
 @progress_option
 def train(progress, **options):
-    """Train a diffusion model under any objective; per-sigma x0 losses go to --out/binned.csv."""
+    """Train a diffusion model under any objective; per-sigma x0 losses go to --out/binned.csv.
+
+    The bar's loss is log.csv's: the mean objective loss since the last log row (--log-every).
+    """
     run = workflow.prepare_train(workflow.TrainSettings(**options))
     obj, s = run.trainer.objective, run.settings
     click.echo(f"{s.data}: N = {len(run.dataset)}, shape {tuple(run.dataset.shape)}; objective {obj.name} "
@@ -193,11 +209,11 @@ def train(progress, **options):
 
 @cli.command(short_help="Draw samples from a checkpoint (PNG).")
 @click.option("--checkpoint", required=True, type=PATH, help="a checkpoint.pt (or its folder)")
-@click.option("--n", type=COUNT, default=SAMPLE.n, help="number of samples")
-@click.option("--steps", type=COUNT, default=SAMPLE.steps, help="sigma levels of the sampler")
+@click.option("--n", type=Integer(1, 1 << 16), default=SAMPLE.n, help="number of samples")
+@click.option("--steps", type=LEVELS, default=SAMPLE.steps, help="sigma levels of the sampler")
 @click.option("--sampler", type=choice(SAMPLERS), default=SAMPLE.sampler, help="ODE (heun) or SDE sampler")
-@click.option("--sigma-min", type=REAL, default=SAMPLE.sigma_min, help="smallest noise level")
-@click.option("--sigma-max", type=REAL, default=SAMPLE.sigma_max, help="largest noise level")
+@click.option("--sigma-min", type=SIGMA, default=SAMPLE.sigma_min, help="smallest noise level")
+@click.option("--sigma-max", type=SIGMA, default=SAMPLE.sigma_max, help="largest noise level")
 @click.option("--seed", type=SEED, default=SAMPLE.seed, help="seed of the initial noise")
 @click.option("--raw-weights", is_flag=True, help="use the raw instead of the EMA weights")
 @device_option
@@ -219,10 +235,10 @@ def sample(progress, **options):
 @click.option("--data", help="evaluate on this dataset instead of the checkpoint's (same shape)")
 @data_options(DIAG)
 @click.option("--curve", type=PATH, help="optimal_loss.json of the same data [estimated here]")
-@click.option("--levels", type=COUNT, default=DIAG.levels, help="sigma levels (without --curve)")
-@click.option("--sigma-min", type=REAL, default=DIAG.sigma_min, help="smallest level (without --curve)")
-@click.option("--sigma-max", type=REAL, default=DIAG.sigma_max, help="largest level (without --curve)")
-@click.option("--queries", type=COUNT, default=DIAG.queries, help="noisy queries per level")
+@click.option("--levels", type=LEVELS, default=DIAG.levels, help="sigma levels (without --curve)")
+@click.option("--sigma-min", type=SIGMA, default=DIAG.sigma_min, help="smallest level (without --curve)")
+@click.option("--sigma-max", type=SIGMA, default=DIAG.sigma_max, help="largest level (without --curve)")
+@click.option("--queries", type=QUERIES, default=DIAG.queries, help="noisy queries per level")
 @click.option("--seed", type=SEED, default=DIAG.seed, help="seed of the noisy queries")
 @click.option("--raw-weights", is_flag=True, help="use the raw instead of the EMA weights")
 @device_option
@@ -301,7 +317,7 @@ def losses(datasets, targets, weights, seeds, preset, data_dir, out, progress):
 @click.option("--variants", default=",".join(DIAGNOSE_VARIANTS),
               help="objectives to train (presets or <preset>-<target>-<weight>)")
 @click.option("--budget", type=choice(DIAGNOSE_BUDGETS), default="cpu",
-              help="cpu: the committed results (~30 min on 2 CPU cores); quick: a smoke test")
+              help="; ".join(f"{k}: {v}" for k, v in studies.DIAGNOSE_BUDGET_TIMES.items()))
 @click.option("--seed", type=SEED, default=0, help="seed of the training runs and queries")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
 @click.option("--out", type=PATH, default="out/diagnose_study", help="output folder")
@@ -309,6 +325,7 @@ def losses(datasets, targets, weights, seeds, preset, data_dir, out, progress):
 def diagnose_study(datasets, variants, budget, seed, data_dir, out, progress):
     """Train VP, VE, EDM and flow matching on the same data and plot their per-sigma gaps to J*."""
     names, objectives = csv_list("--datasets", datasets), csv_list("--variants", variants)
+    click.echo(f"budget {budget}: {studies.DIAGNOSE_BUDGET_TIMES[budget]}")
     report = studies.run_diagnose_study(names, objectives, budget, out, seed=seed, data_dir=data_dir,
                                            progress=progress)
     click.echo(studies.diagnose_terminal_table(report))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,13 +29,14 @@ from tqdm.auto import tqdm
 from .curve import OptimalLossCurve, atomic_write_bytes, atomic_write_text
 from .estimators import DEFAULT_QUERIES, Estimator, EstimatorConfig, LevelEstimate
 from .formulation import Objective, get_objective
+from .validation import check_out_path
 
 SIGMA_GRID = (0.002, 80.0, 32)  # EDM's range; curve.total covers 6 more decades each side for every preset
 DTYPES = ("float32", "float64")
 ESTIMATE_FILES = ("optimal_loss.json", "optimal_loss.csv", "optimal_loss.png")
 PARTIAL_FILE = "optimal_loss.partial.json"
-RESUME_KEYS = ("estimator", "queries", "target_stderr", "subset", "C", "form", "seed", "dtype",
-               "class_conditional")
+RESUME_KEYS = ("estimator", "queries", "target_stderr", "total_stderr", "subset", "C", "form", "seed",
+               "dtype", "class_conditional")
 TRAIN_FILES = ("checkpoint.pt", "log.csv", "binned.csv")
 DIAGNOSE_FILES = ("diagnosis.json", "diagnosis.csv", "diagnosis.png")
 DIAGNOSE_QUERIES = 1024  # noisy queries per level for the model's loss (and J* when it is estimated)
@@ -75,16 +75,9 @@ def check_out_dir(out, names, *, resume: bool = False, force: bool = False) -> N
     out = Path(out)
     if resume and force:
         raise ValueError("give either --resume or --force, not both")
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"--out {out}: {probe} is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as err:
-        raise ValueError(f"--out {out}: cannot write in {probe} ({err.strerror or err})") from None
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    check_out_path(out)  # writable, no dangling symbolic link on the way
     existing = [n for n in names if (out / n).exists()]
     if existing and not (resume or force):
         raise ValueError(f"--out {out} already holds {', '.join(existing)}; pass --resume to continue "
@@ -132,6 +125,7 @@ class EstimateSettings:
     queries: int | None = None  # default min(N, DEFAULT_QUERIES)
     queries_per_point: float | None = None
     target_stderr: float | None = None
+    total_stderr: float | None = None  # adaptive levels and queries until the total is this precise
     subset: int | None = None
     C: float | None = None
     form: str = "rb"
@@ -206,6 +200,8 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
     obj = get_objective(s.objective)
     check_coverage(obj, grid)
     _check_estimate_options(s)
+    if s.total_stderr is not None and not (math.isfinite(s.total_stderr) and s.total_stderr > 0):
+        raise ValueError(f"--total-stderr must be a positive finite number, got {s.total_stderr}")
     resolve_device(s.device)
     out = Path(s.out)
     if s.resume and s.force:
@@ -230,10 +226,12 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
     est = Estimator(dataset.rows(), config, labels=dataset.labels if s.class_conditional else None,
                     device=dev, dtype=getattr(torch, s.dtype))
     identity = {"estimator": s.estimator, "queries": queries, "target_stderr": s.target_stderr,
+                "total_stderr": s.total_stderr,
                 "subset": s.subset, "C": s.C, "form": s.form, "seed": s.seed, "dtype": s.dtype,
                 "class_conditional": s.class_conditional, "fingerprint": dataset.fingerprint}
     done = main_only(finished_levels, out, identity) if s.resume else {}
-    done = {sigma: done[sigma] for sigma in grid if sigma in done}
+    if s.total_stderr is None:  # --total-stderr adds levels of its own: keep them all
+        done = {sigma: done[sigma] for sigma in grid if sigma in done}
     return EstimateRun(s, grid, obj, dataset, est, queries, identity, done, out, is_main_process())
 
 
@@ -283,8 +281,13 @@ def run_estimate(run: EstimateRun, progress: bool = True) -> EstimateResult | No
 
     if run.main:
         out.mkdir(parents=True, exist_ok=True)
-    curve = est.curve(run.grid, seed=s.seed, done=run.done, on_level=save_partial if run.main else None,
-                      progress=progress and run.main)
+    if s.total_stderr is not None:
+        curve = est.curve_for_total(run.objective, s.total_stderr, run.grid, seed=s.seed, done=run.done,
+                                    on_level=save_partial if run.main else None,
+                                    progress=progress and run.main)
+    else:
+        curve = est.curve(run.grid, seed=s.seed, done=run.done, on_level=save_partial if run.main else None,
+                          progress=progress and run.main)
     if not run.main:
         return None
     curve.fingerprint = run.dataset.fingerprint
@@ -298,6 +301,7 @@ def run_estimate(run: EstimateRun, progress: bool = True) -> EstimateResult | No
     atomic_write_text(files[1], curve_csv(curve))
     curve.save(files[0], estimator=s.estimator, objective=obj.name, objective_spec=obj.to_dict(),
                total=total.value, total_stderr=total.stderr, total_extrapolated=total.extrapolated,
+               total_mc_stderr=total.mc_stderr, total_interpolation_error=total.interpolation_error,
                data=run.dataset.describe(), scaling=run.dataset.scaling)
     (out / PARTIAL_FILE).unlink(missing_ok=True)
     return EstimateResult(curve, total, obj, files)
@@ -442,13 +446,20 @@ def run_sample(s: SampleSettings, progress: bool = True) -> SampleResult:
     existing = [str(p) for p in files if p.exists()]
     if existing and not s.force:
         raise ValueError(f"--out: {', '.join(existing)} already exists; pass --force to overwrite")
+    for path in files:
+        if path.is_dir():
+            raise ValueError(f"--out {out}: {path} is a folder")
+        check_out_path(path)  # writable folder above it, no dangling symbolic link: checked before sampling
     dev = resolve_device(s.device)
     ckpt = load_checkpoint(s.checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    reference = None if len(ckpt.model.shape) == 3 else reload_data(ckpt).x[:5000]
     denoiser = ckpt.denoiser(ema=not s.raw_weights, device=dev)
     x = draw(denoiser, (s.n, *ckpt.model.shape), sigmas, method=s.sampler,
              generator=torch.Generator().manual_seed(s.seed), device=dev, progress=progress)
-    reference = None if len(ckpt.model.shape) == 3 else reload_data(ckpt).x[:5000]
+    nonfinite = int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum())
+    if nonfinite:  # never written with exit code 0
+        raise ValueError(f"{s.checkpoint}: {nonfinite} of {s.n} samples hold NaN or Inf; nothing was written")
+    out.parent.mkdir(parents=True, exist_ok=True)
     title = (f"{ckpt.data.get('name', '?')}: {ckpt.objective_name}, step {ckpt.step}, {s.sampler} "
              f"{s.steps} levels, {'raw' if s.raw_weights else 'EMA'} weights")
     plot_samples(x, out, reference, title)
@@ -456,7 +467,7 @@ def run_sample(s: SampleSettings, progress: bool = True) -> SampleResult:
         buf = io.BytesIO()
         np.save(buf, x.cpu().numpy())
         atomic_write_bytes(files[1], buf.getvalue())
-    return SampleResult(files, int((~torch.isfinite(x)).reshape(len(x), -1).any(1).sum()))
+    return SampleResult(files, nonfinite)
 
 
 # -- diagnose -----------------------------------------------------------------------------------
@@ -540,6 +551,9 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
         return prepare_diffusers_diagnose(s)
     if not s.checkpoint:
         raise ValueError("give --checkpoint (a lossfloor checkpoint) or --diffusers (a diffusers folder)")
+    if s.data is None and (s.data_dir, s.n, s.flip, s.data_seed) != (None, None, False, 0):
+        raise ValueError("--data-dir, --n, --data-seed and --flip apply with --data (without it the "
+                         "checkpoint's own data is reloaded as it was trained)")
     if s.queries < 2:
         raise ValueError(f"--queries must be at least 2, got {s.queries}")
     if s.curve is None and (s.levels < 2 or not 0 < s.sigma_min < s.sigma_max):
