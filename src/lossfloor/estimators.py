@@ -387,7 +387,7 @@ class Estimator:
             done.update({s: LevelEstimate(s, v, e, q) for s, v, e, q in
                          zip(curve.sigma, curve.loss, curve.stderr, curve.settings["queries_used"],
                              strict=True)})
-        curve.settings["total_stderr_target"] = total_stderr
+        curve.settings["total_stderr"] = total_stderr
         curve.settings["total_objective"] = getattr(objective, "name", str(objective))
         return curve
 
