@@ -452,3 +452,136 @@ def test_cli_diagnose_refuses_a_bad_curve(tmp_path, capsys, checkpoint):
                             "--data", "ring", "--n", "64", "--out", tmp_path / "diag"], capsys)
     assert_one_line_error(code, err, tmp_path / "c.json")
     assert not (tmp_path / "diag").exists()
+
+
+# -- class 3: non-finite or absurd options (each refused where it is parsed, with its range) ----------
+
+TRAIN_BASE = ["train", "--data", "ring", "--n", "64", "--model", "mlp", "--width", "8", "--depth", "1",
+              "--steps", "2", "--batch-size", "8", "--no-progress"]
+ESTIMATE_BASE = ["estimate", "--data", "ring", "--n", "64", "--queries", "8", "--no-progress"]
+
+
+@pytest.mark.parametrize("args, option, allowed", [
+    (ESTIMATE_BASE + ["--sigma-min", "1e-300"], "--sigma-min", "1e-08<=x<=100000000.0"),
+    (ESTIMATE_BASE + ["--sigma-max", "1e300"], "--sigma-max", "1e-08<=x<=100000000.0"),
+    (ESTIMATE_BASE + ["--sigmas", "0.1,1e300"], "--sigmas", "1e-08<=x<=100000000.0"),
+    (ESTIMATE_BASE + ["--sigmas", "0.1,nan"], "--sigmas", "finite"),
+    (ESTIMATE_BASE + ["--queries-per-point", "inf"], "--queries-per-point", "0<x<=1048576"),
+    (ESTIMATE_BASE + ["--estimator", "cdol", "--C", "nan"], "--C", "x>=1"),
+    (ESTIMATE_BASE + ["--target-stderr", "-0.1"], "--target-stderr", "0<x<1"),
+    (ESTIMATE_BASE + ["--seed", str(2**64)], "--seed", "0<=x<=9223372036854775807"),
+    (TRAIN_BASE + ["--lr", "inf"], "--lr", "0<x<=1"),
+    (TRAIN_BASE + ["--lr", "nan"], "--lr", "0<x<=1"),
+    (TRAIN_BASE + ["--grad-clip", "-1"], "--grad-clip", "x>=0"),
+    (TRAIN_BASE + ["--width", "-1"], "--width", "1<=x<=8192"),
+    (TRAIN_BASE + ["--depth", "-2"], "--depth", "1<=x<=256"),
+    (TRAIN_BASE + ["--warmup", "-5"], "--warmup", "0<=x"),
+    (TRAIN_BASE + ["--ema", "1"], "--ema", "0<=x<1"),
+    (TRAIN_BASE + ["--seed", "99999999999999999999999"], "--seed", "0<=x<=9223372036854775807"),
+    (["sample", "--checkpoint", "x.pt", "--sigma-max", "1e300"], "--sigma-max", "1e-08<=x<=100000000.0"),
+    (["sample", "--checkpoint", "x.pt", "--sigma-min", "0"], "--sigma-min", "1e-08<=x<=100000000.0"),
+    (["diagnose", "--checkpoint", "x.pt", "--queries", "1"], "--queries", "2<=x<=1048576"),
+])
+def test_absurd_options_name_the_option_and_range(tmp_path, capsys, args, option, allowed):
+    code, _, err = run_cli([*args, "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, option, allowed)
+    assert not (tmp_path / "out").exists()
+
+
+def test_library_configs_refuse_absurd_values():
+    from lossfloor.models import ModelConfig
+    from lossfloor.training import TrainConfig
+
+    for bad in [dict(lr=float("inf")), dict(lr=float("nan")), dict(warmup=-5), dict(grad_clip=-1.0),
+                dict(grad_clip=float("nan")), dict(ema=1.0)]:
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+    for bad in [dict(width=-1), dict(depth=0)]:
+        with pytest.raises(ValueError, match="must be >= 1"):
+            ModelConfig("mlp", (2,), **bad)
+
+
+@pytest.mark.parametrize("sigma_max, sigma_min", [(1e8, 1e-8), (80.0, 1e-8)])
+def test_extreme_but_allowed_sigmas_give_finite_samples(tmp_path, capsys, sigma_max, sigma_min):
+    """The ends of the allowed range stay finite (the old 1e300 wrote non-finite samples with exit 0)."""
+    run = tmp_path / "run"
+    assert run_cli([*TRAIN_BASE, "--out", run], capsys)[0] == 0
+    out = tmp_path / "s.png"
+    code, _, err = run_cli(["sample", "--checkpoint", run, "--n", "8", "--steps", "6", "--npy", "--sigma-max",
+                            sigma_max, "--sigma-min", sigma_min, "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    assert np.isfinite(np.load(tmp_path / "s.npy")).all()
+
+
+def test_non_finite_samples_are_never_written(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from lossfloor import sampling
+
+    run = tmp_path / "run"
+    assert run_cli([*TRAIN_BASE, "--out", run], capsys)[0] == 0
+    monkeypatch.setattr(sampling, "sample", lambda denoiser, shape, *a, **k: torch.full(shape, float("nan")))
+    code, _, err = run_cli(["sample", "--checkpoint", run, "--n", "4", "--npy", "--out", tmp_path / "s.png",
+                            "--no-progress"], capsys)
+    assert_one_line_error(code, err)
+    assert "NaN or Inf" in err and not (tmp_path / "s.png").exists() and not (tmp_path / "s.npy").exists()
+
+
+# -- class 4: output paths --------------------------------------------------------------------------
+
+
+def command_args(command, tmp_path):
+    return {"estimate": ESTIMATE_BASE, "train": TRAIN_BASE,
+            "sample": ["sample", "--checkpoint", tmp_path / "missing.pt", "--no-progress"],
+            "diagnose": ["diagnose", "--checkpoint", tmp_path / "missing.pt", "--no-progress"]}[command]
+
+
+@pytest.mark.parametrize("command", ["estimate", "train", "sample", "diagnose"])
+@pytest.mark.parametrize("where", ["out", "parent"])
+def test_out_at_a_dangling_symlink(tmp_path, capsys, command, where):
+    """Used to pass every check and then fail with FileExistsError."""
+    link = tmp_path / ("link.png" if command == "sample" else "link")
+    link.symlink_to(tmp_path / "nowhere")
+    out = link if where == "out" else link / ("s.png" if command == "sample" else "sub")
+    code, _, err = run_cli([*command_args(command, tmp_path), "--out", out], capsys)
+    assert_one_line_error(code, err, "--out")
+    assert "symbolic link" in err and not (tmp_path / "nowhere").exists()
+
+
+def test_sample_out_whose_parent_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli([*command_args("sample", tmp_path), "--out", tmp_path / "file" / "s.png"], capsys)
+    assert_one_line_error(code, err, "--out", tmp_path / "file")
+    assert "is a file" in err
+
+
+@pytest.mark.parametrize("command", ["estimate", "train", "diagnose"])
+def test_out_that_is_a_file(tmp_path, capsys, command):
+    (tmp_path / "file").write_text("x")
+    code, _, err = run_cli([*command_args(command, tmp_path), "--out", tmp_path / "file"], capsys)
+    assert_one_line_error(code, err, "--out")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_sample_into_a_read_only_folder_is_refused_before_sampling(tmp_path, capsys, monkeypatch):
+    import os
+    import tempfile
+
+    from lossfloor import sampling
+
+    run = tmp_path / "run"
+    assert run_cli([*TRAIN_BASE, "--out", run], capsys)[0] == 0
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: make the writability probe meet what a user would
+        def denied(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+        monkeypatch.setattr(tempfile, "TemporaryFile", denied)
+    else:
+        folder.chmod(0o555)
+    monkeypatch.setattr(sampling, "sample", lambda *a, **k: pytest.fail("sampled before checking --out"))
+    code, _, err = run_cli(["sample", "--checkpoint", run, "--out", folder / "s.png", "--no-progress"],
+                           capsys)
+    folder.chmod(0o755)
+    assert_one_line_error(code, err, "--out", folder)
+    assert "cannot write" in err and not list(folder.iterdir())

@@ -193,6 +193,9 @@ class ModelConfig:
         if self.kind not in MODELS:
             raise ValueError(f"unknown model {self.kind!r}; choose from {', '.join(MODELS)}")
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        for name in ("width", "depth"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"model {name} must be >= 1, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "shape": list(self.shape)}

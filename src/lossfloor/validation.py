@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+
+import click
 
 
 class InputError(ValueError):
@@ -285,3 +288,89 @@ def check_weights(weights: dict, reference: dict, where: str, field: str) -> Non
         if tuple(weights[k].shape) != tuple(ref.shape):
             raise InputError(f"{where}: field {field!r}: weight {k} has shape {tuple(weights[k].shape)}, the "
                              f"model needs {tuple(ref.shape)}")
+
+
+# -- output paths ----------------------------------------------------------------------------------
+
+
+def check_out_path(out, option: str = "--out") -> None:
+    """`out` (a file or folder to be written) can be created: no dangling symbolic link on the way, and
+    the nearest existing folder above it is a writable folder.  Checked before any work starts."""
+    import tempfile
+    from pathlib import Path
+
+    out = Path(out)
+    probe = out
+    while not probe.exists():
+        if probe.is_symlink():
+            raise InputError(f"{option} {out}: {probe} is a symbolic link to {os.readlink(probe)}, which "
+                             "does not exist")
+        if probe == probe.parent:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{option} {out}: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise InputError(f"{option} {out}: cannot write in {probe} ({err.strerror or reason(err)})") from None
+
+
+# -- command-line option types ---------------------------------------------------------------------
+# Each numeric option is checked once, where it is parsed: a click ParamType that refuses NaN, infinities
+# and values outside the option's range, with the range in its one-line message.
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+COUNT_MAX = 2**31 - 1
+
+
+class Integer(click.IntRange):
+    """An integer in [lo, hi]; click's message names the option and the range."""
+
+    name = "integer"
+
+    def __init__(self, lo: int, hi: int = COUNT_MAX):
+        super().__init__(min=lo, max=hi)
+
+
+class Real(click.FloatRange):
+    """A finite float in a range (open or closed at either end); NaN and infinities are refused."""
+
+    name = "number"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                 hi_open: bool = False):
+        super().__init__(min=lo, max=hi, min_open=lo_open, max_open=hi_open)
+
+    def convert(self, value, param, ctx):
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number ({self._describe_range()})", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class RealList(click.ParamType):
+    """A comma-separated list of numbers, each a `Real` of the given range; passed on as given."""
+
+    name = "list"
+
+    def __init__(self, item: Real):
+        self.item = item
+
+    def convert(self, value, param, ctx):
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not items:
+            self.fail("expected comma-separated numbers, got none", param, ctx)
+        for v in items:
+            try:
+                self.item.convert(v, None, None)
+            except click.BadParameter as err:
+                self.fail(f"{v!r}: {err.message}", param, ctx)
+        return value
+
+
+SIGMA_RANGE = (1e-8, 1e8)  # noise levels: float32 kernels and samplers stay finite well beyond EDM's range
+SIGMA = Real(*SIGMA_RANGE)
+SIGMAS = RealList(SIGMA)
+SEED = Integer(0, SEED_MAX)
