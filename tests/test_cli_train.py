@@ -184,3 +184,16 @@ def test_study_diagnose_quick_budget(tmp_path, capsys):
     assert len((out / "totals.csv").read_text().splitlines()) == 1 + 2 * 2
     assert_usage_error(run(["study", "diagnose", "--budget", "quick", "--datasets", "mnist", "--out", out],
                            capsys), "unknown dataset")
+
+
+def test_study_diagnose_says_up_front_how_long_it_takes(tmp_path, capsys, monkeypatch):
+    from lossfloor import cli, studies
+
+    calls = []
+    fake = lambda *args, **kwargs: calls.append(args) or {"datasets": {}}  # noqa: E731
+    monkeypatch.setattr(cli.studies, "run_diagnose_study", fake)
+    code, stdout, err = run(["study", "diagnose", "--out", tmp_path], capsys)
+    assert code == 0, err
+    assert calls[0][2] == "cpu"
+    assert stdout.splitlines()[0] == f"budget cpu: {studies.DIAGNOSE_BUDGET_TIMES['cpu']}"
+    assert "30 minutes" in stdout.splitlines()[0]
