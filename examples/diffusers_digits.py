@@ -18,9 +18,11 @@ import json
 import math
 from pathlib import Path
 
+import diffusers
 import torch
+from diffusers.training_utils import compute_snr
 
-from lossfloor.integrations.diffusers import _diffusers, objective_from_scheduler
+from lossfloor.integrations.diffusers import objective_from_scheduler
 
 try:  # helper B is moving GapMonitor into lossfloor.monitor
     from lossfloor.monitor import GapMonitor
@@ -30,7 +32,6 @@ except ImportError:
 
 def build_unet(shape, channels=(16, 32)) -> torch.nn.Module:
     """A tiny two-level UNet2DModel for images of `shape` (C, H, W)."""
-    diffusers = _diffusers()
     return diffusers.UNet2DModel(
         sample_size=tuple(shape[1:]), in_channels=shape[0], out_channels=shape[0],
         block_out_channels=tuple(channels), layers_per_block=1, norm_num_groups=8,
@@ -39,14 +40,12 @@ def build_unet(shape, channels=(16, 32)) -> torch.nn.Module:
 
 def build_scheduler(prediction_type: str = "epsilon", **config):
     """diffusers' DDPMScheduler as train_unconditional.py builds it (1000 linear-beta steps)."""
-    return _diffusers().DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
-                                      prediction_type=prediction_type, **config)
+    return diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear",
+                                   prediction_type=prediction_type, **config)
 
 
 def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
     """Min-SNR-gamma weights on the target's MSE as diffusers' scripts compute them."""
-    from diffusers.training_utils import compute_snr
-
     snr = compute_snr(scheduler, timesteps)
     clipped = torch.minimum(snr, torch.full_like(snr, gamma))
     return clipped / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else clipped / snr
@@ -123,7 +122,7 @@ def main(argv=None) -> None:
         losses = train(model, scheduler, data.x, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        seed=args.seed, snr_gamma=args.snr_gamma, monitor=monitor, on_step=on_step)
     args.out.mkdir(parents=True, exist_ok=True)
-    _diffusers().DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(args.out)
+    diffusers.DDPMPipeline(unet=model, scheduler=scheduler).save_pretrained(args.out)
     (args.out / "gap_monitor.json").write_text(json.dumps(intervals, indent=1))
     last = intervals[-1] if intervals else monitor.summary()
     nan = float("nan")
