@@ -162,3 +162,37 @@ def test_gap_monitor_tensorboard_scalars():
     tag = f"gap/log_sigma_{math.log(math.sqrt(10.0)):+.2f}"
     assert writer.scalars[tag] == (pytest.approx(0.5 - np.mean(linear_curve()(np.array([2.0, 3.0])))), 7)
     assert writer.scalars["gap/weighted_total"][1] == 7
+
+
+# -- the figure (issue 14: log-scale gaps and the critical sigma) ---------------------------------
+
+
+def test_diagnosis_figure_has_a_symlog_gap_axis_and_the_critical_sigma(digits, monkeypatch, tmp_path):
+    from lossfloor import plots
+
+    ds, curve = digits
+    result = diagnose(lambda x, s: 0.9 * posterior_mean(ds.rows())(x, s), get_objective("edm"), curve, ds.x,
+                      queries=64)
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    plot_diagnosis(result, tmp_path / "d.png")
+    (fig,) = figures
+    top, gap_ax = fig.axes[:2]
+    assert gap_ax.get_yscale() == "symlog"
+    linthresh = gap_ax.yaxis.get_transform().linthresh
+    assert linthresh == pytest.approx(min(g.gap_stderr for g in result.train if g.gap_stderr > 0))
+    critical = [line for line in top.get_lines() if (line.get_label() or "").startswith("critical σ*")]
+    assert len(critical) == 1 and critical[0].get_xdata()[0] == pytest.approx(curve.critical_sigma())
+
+
+def test_a_curve_that_reaches_zero_shows_where_it_leaves_zero(monkeypatch):
+    from lossfloor import plots
+
+    fig, ax = plots.plt.subplots()
+    ax.set_yscale("log")
+    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 1e-9, 1e-3, 1e-1])
+    plots.plot_above(ax, x, y, 1e-6, "-", "J* (train)", color="k")
+    line, marks = ax.get_lines()
+    assert np.isnan(line.get_ydata()[:2]).all() and np.allclose(line.get_ydata()[2:], y[2:])
+    assert list(marks.get_xdata()) == [1.0, 2.0] and marks.get_marker() == "v"
+    plots.plt.close(fig)

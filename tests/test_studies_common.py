@@ -83,3 +83,17 @@ def test_tables():
     assert common.fmt_pm(1.23456, 0.01) == "1.235 ± 0.010" and common.fmt_pm(150.0) == "150.0"
     with pytest.raises(ValueError, match="choose from a, b"):
         common.check_choice("thing", "c", ("a", "b"))
+
+
+def test_diagnose_terminal_table_lists_every_variant():
+    """What `lossfloor study diagnose` prints, from the committed report."""
+    from pathlib import Path
+
+    from lossfloor.studies import diagnose_terminal_table
+
+    report = json.loads((Path(__file__).parents[1] / "results/diagnose/diagnose_study.json").read_text())
+    lines = diagnose_terminal_table(report).splitlines()
+    rows = [(name, r["variant"]) for name, d in report["datasets"].items() for r in d["variants"]]
+    assert len(lines) == 2 + len(rows) and lines[0].startswith("data")
+    for line, (name, variant) in zip(lines[2:], rows, strict=True):
+        assert line.split()[:2] == [name, variant] and line.count("±") == 3

@@ -52,6 +52,9 @@ def test_tiny_points_study_writes_tables_and_resumes(tiny, tmp_path):
         assert (tmp_path / name).is_file()
     table = (tmp_path / "table.md").read_text()
     assert "| ring | x0 |" in table and "±" in table
+    lines = studies.terminal_table(summary).splitlines()  # what `lossfloor study losses` prints
+    assert lines[0].split()[:4] == ["data", "target", "loss", "seeds"] and len(lines) == 2 + 4
+    assert all(line.split()[0] == "ring" and "±" in line for line in lines[2:])
     # resume: a deleted cell is recomputed identically from its final checkpoint, the others are kept
     cells = sorted((tmp_path / "ring" / "cells").glob("*.json"))
     kept = {p: p.stat().st_mtime_ns for p in cells[1:]}

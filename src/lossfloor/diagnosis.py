@@ -146,13 +146,16 @@ def totals(model: OptimalLossCurve, optimal: OptimalLossCurve, objective: Object
 
 
 def diagnose(denoiser, objective: Objective, optimal: OptimalLossCurve, train_x: Tensor, *,
-             test_x: Tensor | None = None, queries: int = 1024, seed: int = 0, progress=None) -> Diagnosis:
-    """Evaluate the denoiser at J*'s sigma levels on the training (and test) data and compare."""
-    model = model_curve(denoiser, train_x, optimal.sigma, queries, seed, progress)
+             test_x: Tensor | None = None, queries: int = 1024, seed: int = 0, progress=None,
+             sigmas=None) -> Diagnosis:
+    """Evaluate the denoiser on the training (and test) data at `sigmas` (default: J*'s levels; J* is
+    interpolated elsewhere) and compare."""
+    sigmas = optimal.sigma if sigmas is None else sigmas
+    model = model_curve(denoiser, train_x, sigmas, queries, seed, progress)
     result = Diagnosis(objective.name, compare(model, optimal), {"train": totals(model, optimal, objective)},
                        model_curves={"train": model})
     if test_x is not None:
-        held_out = model_curve(denoiser, test_x, optimal.sigma, queries, seed, progress)
+        held_out = model_curve(denoiser, test_x, sigmas, queries, seed, progress)
         result.test = compare(held_out, optimal)
         result.totals["test"] = totals(held_out, optimal, objective)
         result.model_curves["test"] = held_out
@@ -168,8 +171,11 @@ def violation_message(diagnosis: Diagnosis) -> str:
               "wrong (different normalisation, data subset, flip or dataset than J* was computed on?).")
 
 
-def plot_diagnosis(diagnosis: Diagnosis, path, title: str = "") -> None:
-    """Model loss and J* against sigma with the gaps below (see `plots.plot_diagnosis`)."""
-    from .plots import plot_diagnosis as plot
 
-    plot(diagnosis, path, title)
+def __getattr__(name: str):
+    """`plot_diagnosis` lives in `plots` now (imported lazily: matplotlib only when drawing)."""
+    if name == "plot_diagnosis":
+        from .plots import plot_diagnosis
+
+        return plot_diagnosis
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -106,6 +106,50 @@ def _show_samples(ax, x: np.ndarray, pad: int = 0) -> None:
               interpolation="nearest" if pad else None)
 
 
+def plot_samples(x: torch.Tensor, path, reference: torch.Tensor | None = None, title: str = "") -> None:
+    """Images (N, C, H, W) in [-1, 1] as a grid; points as a scatter of the first two coordinates over
+    the reference data in grey."""
+    x = x.detach().cpu().float()
+    if x.dim() == 4:
+        n, c, h, w = x.shape
+        cols = math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
+        pixels = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        for i in range(n):
+            r, k = divmod(i, cols)
+            grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = pixels[i]
+        fig, ax = plt.subplots(figsize=(min(12, 0.35 * cols * max(w, 8) / 8 + 1),) * 2)
+        ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.axis("off")
+    else:
+        pts = x.reshape(len(x), -1)
+        if pts.shape[1] < 2:
+            raise ValueError(f"cannot draw points of shape {tuple(x.shape[1:])}: need 2 or more coordinates")
+        fig, ax = plt.subplots(figsize=(5.5, 5.5))
+        if reference is not None:
+            ref = reference.reshape(len(reference), -1)[:, :2].cpu().numpy()
+            ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.7", label="data")
+        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=3, color="C0", label="samples")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def plot_above(ax, x, y, bottom: float, style: str, label: str, **kw) -> None:
+    """A curve on a log y axis that starts at `bottom`: drawn where y > bottom, and at the levels where it is
+    below (J* of a finite training set is 0 at small sigma) a downward triangle on the axis floor, so the
+    plot shows where the curve leaves zero instead of a vertical cliff."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    shown = y > bottom
+    ax.plot(x, np.where(shown, y, np.nan), style, label=label, **kw)
+    if not shown.all():
+        color = kw.get("color", ax.get_lines()[-1].get_color())
+        ax.plot(x[~shown], np.full((~shown).sum(), bottom * 1.6), "v", color=color, ms=5, ls="none",
+                label=f"{label.split(' ')[0]} below {bottom:.0e} (≈ 0) here")
+
+
 # -- the losses study -------------------------------------------------------------------------------
 
 
@@ -130,13 +174,13 @@ def plot_losses(out, cells: list[dict], floor_curves: dict, targets, weights) ->
                 sig = np.array(runs[0]["x0_error_curve"]["sigma"])
                 loss = np.mean([r["x0_error_curve"]["loss"] for r in runs], 0)
                 ax.plot(cosine.t_of_sigma(torch.tensor(sig)).numpy(), loss, marker=".", label=t)
-            if d in floor_curves:
-                fc = OptimalLossCurve.from_dict(floor_curves[d])
-                ax.plot(cosine.t_of_sigma(torch.tensor(fc.sigma)).numpy(), fc.loss, "k--",
-                        label="J* (train set)")
             # J* of a small training set collapses far below any model: keep the models readable
             ax.set(yscale="log", ylim=(lowest / 10, None), xlabel="t  (cosine: sigma = tan(pi t / 2))",
                    title=f"{d}: {w}-trained")
+            if d in floor_curves:
+                fc = OptimalLossCurve.from_dict(floor_curves[d])
+                plot_above(ax, cosine.t_of_sigma(torch.tensor(fc.sigma)).numpy(), fc.loss, lowest / 10, "--",
+                           "J* (train set)", color="k")
             ax.legend(fontsize=8)
         axes[0].set_ylabel("test x0 MSE per dim")
         save_figure(fig, out / d / "loss_vs_t.png")
@@ -178,7 +222,7 @@ def plot_diagnose_study(report: dict, path) -> None:
         d = report["datasets"][name]
         top, bottom = axes[0, j], axes[1, j]
         opt = d["optimal_loss"]
-        top.plot(opt["sigma"], opt["loss"], "k-", lw=2.2, label="optimal loss J*(σ)")
+        plot_above(top, opt["sigma"], opt["loss"], 1e-5, "-", "J*(σ), the optimal loss", color="k", lw=2.2)
         for i, r in enumerate(d["variants"]):
             color = f"C{i}"
             label = f"{r['variant']} ({r['target']}-prediction)"
@@ -196,17 +240,23 @@ def plot_diagnose_study(report: dict, path) -> None:
         top.set_xscale("log")
         top.set_yscale("log")
         top.set_ylim(bottom=1e-5)
+        mark_critical_sigma(top, opt.get("critical_sigma", math.nan))
+        mark_critical_sigma(bottom, opt.get("critical_sigma", math.nan), label=False)
         top.set_ylabel("per-dimension x0 MSE (log)")
         top.set_title(f"{name} (N = {d['data']['n']}): {d['budget']['model']} width {d['budget']['width']}, "
                       f"{d['budget']['steps']} steps × batch {d['budget']['batch_size']}", fontsize=10)
-        top.legend(fontsize=7)
+        top.legend(fontsize=7, loc="upper left")
         bottom.axhline(0, color="k", lw=0.8)
-        bottom.set_yscale("symlog", linthresh=1e-3)
-        lowest = min([g["gap"] for r in d["variants"] for g in r["train"]] + [0.0])
-        bottom.set_ylim(bottom=min(-1e-3, 2 * lowest))
+        train = [g for r in d["variants"] for g in r["train"]]
+        linthresh = gap_linthresh([g["gap"] for g in train], [g["gap_stderr"] for g in train])
+        bottom.set_yscale("symlog", linthresh=linthresh)
+        every = train + [g for r in d["variants"] for g in r["test"] or []]
+        lowest = min([g["gap"] - 2 * g["gap_stderr"] for g in train] + [g["gap"] for g in every] + [0.0])
+        bottom.set_ylim(bottom=min(-10 * linthresh, 1.5 * lowest))
+        symlog_decade_ticks(bottom, linthresh)
         bottom.set_xlabel("noise level σ (VE)")
-        bottom.set_ylabel("gap J(σ) − J*(σ)  (symlog)")
-        bottom.legend(fontsize=7, ncol=2)
+        bottom.set_ylabel(f"gap J(σ) − J*(σ)  (symlog, linear within ±{linthresh:.1g})")
+        bottom.legend(fontsize=7, ncol=2, loc="lower left")
     fig.suptitle("Per-σ x0-loss gap to the optimal loss (solid: train, dashed: test; bands ± 2 SE)",
                  fontsize=11)
     save_figure(fig, path)

@@ -97,36 +97,10 @@ def seed_native_sample(denoiser, target: str, shape, steps: int, generator: torc
     return z
 
 
-def plot_samples(x: Tensor, path, reference: Tensor | None = None, title: str = "") -> None:
-    """Images (N, C, H, W) in [-1, 1] as a grid; points as a scatter of the first two coordinates over
-    the reference data in grey."""
-    import numpy as np
+def __getattr__(name: str):
+    """`plot_samples` lives in `plots` now (imported lazily: matplotlib only when drawing)."""
+    if name == "plot_samples":
+        from .plots import plot_samples
 
-    from .plots import plt, save_figure
-
-    x = x.detach().cpu().float()
-    if x.dim() == 4:
-        n, c, h, w = x.shape
-        cols = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / cols)
-        grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c))
-        pixels = ((x.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-        for i in range(n):
-            r, k = divmod(i, cols)
-            grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = pixels[i]
-        fig, ax = plt.subplots(figsize=(min(12, 0.35 * cols * max(w, 8) / 8 + 1),) * 2)
-        ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.axis("off")
-    else:
-        pts = x.reshape(len(x), -1)
-        if pts.shape[1] < 2:
-            raise ValueError(f"cannot draw points of shape {tuple(x.shape[1:])}: need 2 or more coordinates")
-        fig, ax = plt.subplots(figsize=(5.5, 5.5))
-        if reference is not None:
-            ref = reference.reshape(len(reference), -1)[:, :2].cpu().numpy()
-            ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.7", label="data")
-        ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=3, color="C0", label="samples")
-        ax.set_aspect("equal")
-        ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
-    save_figure(fig, path)
+        return plot_samples
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
