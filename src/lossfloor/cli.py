@@ -354,7 +354,7 @@ def scaling_study(preset, seed, data_dir, device, out, progress):
 
 @study.command("schedule", short_help="The paper's optimal-loss schedule vs native schedules and baselines.")
 @click.option("--preset", type=choice(SCHEDULE_PRESETS), default="default",
-              help="default: the committed results (digits, MLP, 500 steps, 3 seeds, ~25 min on 2 CPU "
+              help="default: the committed results (digits, MLP, 500 steps, 3 seeds, ~7 min on 2 CPU "
                    "cores); full: Fashion-MNIST, UNet, 20k steps, 10k samples (a GPU); quick: a smoke test")
 @click.option("--objectives", default=",".join(SCHEDULE_STUDY), help="comma-separated: edm, flow")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")

@@ -75,7 +75,7 @@ class SchedulePreset:
 
 
 PRESETS = {
-    # The committed run: digits, a small MLP, 500 steps (~25 min for 39 cells on 2 shared CPU cores).
+    # The committed run: digits, a small MLP, 500 steps (39 cells in 7 min on 2 busy CPU cores).
     "default": SchedulePreset(),
     # For a GPU: Fashion-MNIST, the UNet, 20k steps, 10k samples.
     "full": SchedulePreset(dataset="fashion-mnist", model="unet", width=32, depth=None, steps=20_000,
