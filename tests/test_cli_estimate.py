@@ -122,9 +122,9 @@ def test_existing_results_need_resume_or_force(tmp_path, capsys, points):
 BAD_INPUTS = {
     "nan": (["--data", "{nan}"], "NaN or Inf"),
     "one point": (["--data", "{one}"], "at least 2 data points"),
-    "sigma <= 0": (["--sigmas", "0.1,0"], "positive and finite"),
-    "sigma not a number": (["--sigmas", "0.1,x"], "comma-separated numbers"),
-    "sigma-min <= 0": (["--sigma-min", "-1"], "0 < --sigma-min"),
+    "sigma <= 0": (["--sigmas", "0.1,0"], "1e-08<=x<=100000000.0"),
+    "sigma not a number": (["--sigmas", "0.1,x"], "not a valid float"),
+    "sigma-min <= 0": (["--sigma-min", "-1"], "'--sigma-min': -1.0 is not in the range"),
     "both grids": (["--sigmas", "1", "--num-sigmas", "3"], "not both"),
     "L > N": (["--estimator", "cdol", "--subset", "61"], "exceeds the dataset size N=60"),
     "unknown data": (["--data", "no-such-data"], "unknown dataset"),
@@ -132,7 +132,7 @@ BAD_INPUTS = {
     "unknown estimator": (["--estimator", "magic"], "magic"),
     "grid misses the objective": (["--sigma-min", "1", "--sigma-max", "2", "--objective", "flow"], "widen"),
     "missing fashion": (["--data", "fashion-mnist", "--data-dir", "{empty}"], "apt-get install dataset-"),
-    "out is under a file": (["--out", "{file}/out"], "is not a folder"),
+    "out is under a file": (["--out", "{file}/out"], "not a folder"),
     "out not writable": (["--out", "/proc/lossfloor-out"], "cannot write"),
     "no labels": (["--class-conditional"], "has no labels"),
     "flip of points": (["--flip"], "--flip needs images"),
@@ -197,7 +197,8 @@ def test_console_script_reports_errors_on_one_line(tmp_path):
     proc = subprocess.run([script, "estimate", "--sigmas", "-1", "--out", tmp_path / "o"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == "error: noise levels must be positive and finite, got -1.0\n"
+    assert proc.stderr == ("error: Invalid value for '--sigmas': '-1': -1.0 is not in the range "
+                           "1e-08<=x<=100000000.0.\n")
     assert not (tmp_path / "o").exists()
 
 

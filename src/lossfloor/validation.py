@@ -293,14 +293,19 @@ def check_weights(weights: dict, reference: dict, where: str, field: str) -> Non
 # -- output paths ----------------------------------------------------------------------------------
 
 
-def check_out_path(out, option: str = "--out") -> None:
-    """`out` (a file or folder to be written) can be created: no dangling symbolic link on the way, and
-    the nearest existing folder above it is a writable folder.  Checked before any work starts."""
+def check_out_path(out, option: str = "--out", *, file: bool = False) -> None:
+    """`out` (a folder, or with `file` a file, to be written) can be created or replaced: no dangling
+    symbolic link on the way, and the nearest existing folder at or above it (above it for a file) is a
+    writable folder.  Checked before any work starts."""
     import tempfile
     from pathlib import Path
 
     out = Path(out)
+    if file and out.is_dir():
+        raise InputError(f"{option} {out}: is a folder, not a file")
     probe = out
+    if file and out.exists():
+        probe = out.parent
     while not probe.exists():
         if probe.is_symlink():
             raise InputError(f"{option} {out}: {probe} is a symbolic link to {os.readlink(probe)}, which "
