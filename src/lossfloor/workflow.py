@@ -446,10 +446,8 @@ def run_sample(s: SampleSettings, progress: bool = True) -> SampleResult:
     existing = [str(p) for p in files if p.exists()]
     if existing and not s.force:
         raise ValueError(f"--out: {', '.join(existing)} already exists; pass --force to overwrite")
-    for path in files:
-        if path.is_dir():
-            raise ValueError(f"--out {out}: {path} is a folder")
-        check_out_path(path)  # writable folder above it, no dangling symbolic link: checked before sampling
+    for path in files:  # writable folder above it, no dangling symbolic link: checked before sampling
+        check_out_path(path, file=True)
     dev = resolve_device(s.device)
     ckpt = load_checkpoint(s.checkpoint)
     reference = None if len(ckpt.model.shape) == 3 else reload_data(ckpt).x[:5000]
