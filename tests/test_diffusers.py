@@ -24,6 +24,8 @@ VP_CASES = (
     + [("DDIMScheduler", dict(beta_schedule=b, prediction_type=p)) for b in SCHEDULES for p in PREDICTIONS]
     + [("DDPMScheduler", dict(beta_schedule=b, prediction_type=p, rescale_betas_zero_snr=True))
        for b in SCHEDULES for p in ("v_prediction", "sample")]
+    + [("DDPMScheduler", dict(trained_betas=np.linspace(1e-3, 0.05, 200).tolist(), num_train_timesteps=200,
+                              prediction_type="v_prediction"))]
     + [("EulerDiscreteScheduler", dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)),
        ("EulerDiscreteScheduler", dict(prediction_type="v_prediction", rescale_betas_zero_snr=True))]
 )
@@ -95,7 +97,8 @@ def test_vp_target_is_the_schedulers_own(name, config):
     obj = lfd.objective_from_scheduler(sched)
     gen = torch.Generator().manual_seed(1)
     steps = sched.config.num_train_timesteps
-    k = torch.tensor([0, 1, 17, 250, 500, 750, steps - 2] + ([] if _zero_snr(config) else [steps - 1]))
+    k = torch.tensor([0, 1, 17, steps // 4, steps // 2, 3 * steps // 4, steps - 2]
+                     + ([] if _zero_snr(config) else [steps - 1]))
     x0 = torch.rand(len(k), 1, 4, 4, generator=gen, dtype=F64) * 2 - 1
     noise = torch.randn(x0.shape, generator=gen, dtype=F64)
     x_t = sched.add_noise(x0, noise, k)
