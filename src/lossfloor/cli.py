@@ -17,20 +17,8 @@ from .formulation import TARGETS, WEIGHTS, objective_names
 from .models import MODELS
 from .sampling import SAMPLERS
 from .schedules import schedule_names
-from .studies import (
-    DIAGNOSE_BUDGETS,
-    DIAGNOSE_DATASETS,
-    DIAGNOSE_VARIANTS,
-    IMAGE_DATASETS,
-    LOSS_TARGETS,
-    LOSS_WEIGHTS,
-    POINT_DATASETS,
-    PRESET_NAMES,
-)
-from .studies.scaling import SCALING_PRESETS, run_scaling_study, scaling_terminal_table
-from .studies.schedule import PRESETS as SCHEDULE_PRESETS
-from .studies.schedule import SCHEDULE_STUDY, run_schedule_study
-from .studies.schedule import terminal_table as schedule_terminal_table
+from .studies import scaling as scaling_lib
+from .studies import schedule as schedule_lib
 from .validation import Integer, Real
 
 EST, TRAIN, SAMPLE, DIAG = (workflow.EstimateSettings(), workflow.TrainSettings(), workflow.SampleSettings(),
@@ -78,6 +66,11 @@ def data_options(defaults):
             f = option(f)
         return f
     return decorate
+
+
+def echo(lines, err: bool = False) -> None:
+    for line in lines:
+        click.echo(line, err=err)
 
 
 def progress_option(f):
@@ -139,31 +132,12 @@ def estimate(progress, **options):
     """The optimal loss J*(sigma) of a dataset and the total optimal loss of an objective."""
     run = workflow.prepare_estimate(workflow.EstimateSettings(**options))
     if run.main:
-        data, s = run.estimator.data, run.settings
-        click.echo(f"{s.data} ({s.split}): N = {data.n}, D = {data.dim}, data variance {data.variance:.6g}; "
-                   f"{s.estimator} estimator, {run.queries} queries per level, {len(run.grid)} levels "
-                   f"({len(run.done)} already done)")
+        click.echo(run.header())
     result = workflow.run_estimate(run, progress)
     if result is not None:
-        print_curve(result)
-
-
-def print_curve(result: workflow.EstimateResult) -> None:
-    curve, total, name = result.curve, result.total, result.objective.name
-    click.echo(f"{'sigma':>10} {'J*':>12} {'stderr':>10} {'J*/var':>8}")
-    for s, v, e in zip(curve.sigma, curve.loss, curve.stderr, strict=True):
-        click.echo(f"{s:10.4g} {v:12.6g} {e:10.2g} {v / curve.data_variance:8.4f}")
-    click.echo(f"total optimal loss of {name}: {total.value:.6g} ± {total.stderr:.2g} per dimension "
-               f"(Monte-Carlo {total.mc_stderr:.2g}, interpolation {total.interpolation_error:.2g}; "
-               f"{total.extrapolated:.3g} of it from beyond the sigma grid)")
-    coverage = curve.coverage(result.objective)
-    if not coverage.supported:
-        click.echo(f"warning: {coverage.message}", err=True)
-    click.echo(f"critical sigma (J* > 1% of the data variance): {curve.critical_sigma():.4g}")
-    if curve.loss[-1] < 0.9 * curve.data_variance:
-        click.echo(f"note: J*(sigma_max) is {curve.loss[-1] / curve.data_variance:.2f} of the data variance; "
-                   "raise --sigma-max to reach the plateau")
-    click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
+        lines, warnings = result.report()
+        echo(lines)
+        echo(warnings, err=True)
 
 
 # -- train / sample / diagnose -------------------------------------------------------------------
@@ -199,10 +173,7 @@ def train(progress, **options):
     The bar's loss is log.csv's: the mean objective loss since the last log row (--log-every).
     """
     run = workflow.prepare_train(workflow.TrainSettings(**options))
-    obj, s = run.trainer.objective, run.settings
-    click.echo(f"{s.data}: N = {len(run.dataset)}, shape {tuple(run.dataset.shape)}; objective {obj.name} "
-               f"(target {obj.target}, weight {obj.weight}); {run.model_kind} with {run.parameters:,} "
-               "parameters" + (f"; resuming at step {run.trainer.step}" if run.resumed else ""))
+    click.echo(run.header())
     trainer = workflow.run_train(run, progress)
     click.echo(f"wrote {run.files[0]} (step {trainer.step}), {run.files[1]}, {run.files[2]}")
 
@@ -250,28 +221,12 @@ def diagnose(progress, **options):
     from .diagnosis import violation_message
 
     run = workflow.prepare_diagnose(workflow.DiagnoseSettings(**options))
-    for line in run.header():
-        click.echo(line)
+    echo(run.header())
     result = workflow.run_diagnose(run, progress)
-    print_diagnosis(result.diagnosis, run.objective.name)
+    echo(result.report())
     if result.diagnosis.violations:
         click.echo("!" * 100 + "\n" + violation_message(result.diagnosis) + "\n" + "!" * 100, err=True)
     click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
-
-
-def print_diagnosis(result, name: str) -> None:
-    click.echo(f"{'sigma':>9} {'model':>10} {'J*':>10} {'gap':>10} {'± SE':>8} {'gap/var':>8}"
-               + (f" {'test':>10} {'test gap':>10}" if result.test else ""))
-    for i, g in enumerate(result.train):
-        line = (f"{g.sigma:9.4g} {g.model_loss:10.4g} {g.optimal_loss:10.4g} {g.gap:10.4g} "
-                f"{g.gap_stderr:8.2g} {g.relative_gap:8.4f}")
-        if result.test:
-            line += f" {result.test[i].model_loss:10.4g} {result.test[i].gap:10.4g}"
-        click.echo(line)
-    for split, t in result.totals.items():
-        click.echo(f"total {name} loss ({split}): model {t['model']:.5g} ± {t['model_stderr']:.2g}, "
-                   f"optimal {t['optimal']:.5g} ± {t['optimal_stderr']:.2g}, "
-                   f"gap {t['gap']:.5g} ± {t['gap_stderr']:.2g}")
 
 
 # -- studies ------------------------------------------------------------------------------------
@@ -289,13 +244,14 @@ def csv_list(option: str, value: str, convert=str) -> list:
 
 
 @study.command("losses", short_help="NELBO vs simple losses for x0/eps/v/score targets.")
-@click.option("--datasets", default=",".join(POINT_DATASETS),
-              help=f"2-D toys ({', '.join(POINT_DATASETS)}) and/or images ({', '.join(IMAGE_DATASETS)})")
-@click.option("--targets", default=",".join(LOSS_TARGETS), help="prediction targets")
-@click.option("--losses", "weights", default=",".join(LOSS_WEIGHTS),
+@click.option("--datasets", default=",".join(studies.POINT_DATASETS),
+              help=f"2-D toys ({','.join(studies.POINT_DATASETS)}) and/or images "
+                   f"({','.join(studies.IMAGE_DATASETS)})")
+@click.option("--targets", default=",".join(studies.LOSS_TARGETS), help="prediction targets")
+@click.option("--losses", "weights", default=",".join(studies.LOSS_WEIGHTS),
               help="nelbo (exact VDM weight) and/or simple (unit weight on the target)")
 @click.option("--seeds", default="0,1,2", help="training seeds (mean ± SE over them)")
-@click.option("--preset", type=choice(PRESET_NAMES), default="quick",
+@click.option("--preset", type=choice(studies.PRESET_NAMES), default="quick",
               help="quick: minutes; reduced: the committed results; full: the paper's budget")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
 @click.option("--out", type=PATH, default="out/losses", help="output folder (finished cells are reused)")
@@ -313,10 +269,10 @@ def losses(datasets, targets, weights, seeds, preset, data_dir, out, progress):
 
 
 @study.command("diagnose", short_help="Per-σ gaps to J* of VP, VE, EDM and flow models.")
-@click.option("--datasets", default=",".join(DIAGNOSE_DATASETS), help=", ".join(DIAGNOSE_DATASETS))
-@click.option("--variants", default=",".join(DIAGNOSE_VARIANTS),
+@click.option("--datasets", default=",".join(studies.DIAGNOSE_DATASETS), help="comma-separated datasets")
+@click.option("--variants", default=",".join(studies.DIAGNOSE_VARIANTS),
               help="objectives to train (presets or <preset>-<target>-<weight>)")
-@click.option("--budget", type=choice(DIAGNOSE_BUDGETS), default="cpu",
+@click.option("--budget", type=choice(studies.DIAGNOSE_BUDGETS), default="cpu",
               help="; ".join(f"{k}: {v}" for k, v in studies.DIAGNOSE_BUDGET_TIMES.items()))
 @click.option("--seed", type=SEED, default=0, help="seed of the training runs and queries")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
@@ -333,7 +289,7 @@ def diagnose_study(datasets, variants, budget, seed, data_dir, out, progress):
 
 
 @study.command("scaling", short_help="Power laws of the loss in compute, with and without J* subtracted.")
-@click.option("--preset", type=choice(SCALING_PRESETS), default="cpu",
+@click.option("--preset", type=choice(scaling_lib.SCALING_PRESETS), default="cpu",
               help="cpu: the committed results (5 MLP widths on digits, <= 20 min on 2 CPU cores); "
                    "full: 6 UNet widths on Fashion-MNIST (a GPU); quick: a smoke test")
 @click.option("--seed", type=SEED, default=0, help="seed of the training runs, the J* queries and the draws")
@@ -346,17 +302,18 @@ def scaling_study(preset, seed, data_dir, device, out, progress):
     J = beta F^alpha, J - J* = beta F^alpha and J = E + beta F^alpha on the compute-optimal frontier,
     per size and per noise level.  Every finished (size, step) cell is saved on its own, so a rerun resumes.
     """
-    report = run_scaling_study(preset, out, seed=seed, data_dir=data_dir, device=device, progress=progress)
-    click.echo(scaling_terminal_table(report))
+    report = scaling_lib.run_scaling_study(preset, out, seed=seed, data_dir=data_dir, device=device,
+                                           progress=progress)
+    click.echo(scaling_lib.scaling_terminal_table(report))
     click.echo(f"wrote {out}/scaling.json, table.md, points.csv, levels.csv, scaling_total.png, "
                "scaling_sigma.png, rho_by_sigma.png")
 
 
 @study.command("schedule", short_help="The paper's optimal-loss schedule vs native schedules and baselines.")
-@click.option("--preset", type=choice(SCHEDULE_PRESETS), default="default",
+@click.option("--preset", type=choice(schedule_lib.PRESETS), default="default",
               help="default: the committed results (digits, MLP, 500 steps, 3 seeds, ~7 min on 2 CPU "
                    "cores); full: Fashion-MNIST, UNet, 20k steps, 10k samples (a GPU); quick: a smoke test")
-@click.option("--objectives", default=",".join(SCHEDULE_STUDY), help="comma-separated: edm, flow")
+@click.option("--objectives", default=",".join(schedule_lib.SCHEDULE_STUDY), help="objectives")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
 @click.option("--out", type=PATH, default="out/schedule", help="output folder (finished cells are reused)")
 @progress_option
@@ -365,9 +322,9 @@ def schedule_study(preset, objectives, data_dir, out, progress):
     ablations and baselines (same network, steps, batch, seeds); compare Fréchet distance, NELBO and gaps
     to J* with paired 95% intervals.  Every finished (objective, schedule, seed) cell is reused on rerun.
     """
-    report = run_schedule_study(preset, out, objectives=csv_list("--objectives", objectives),
+    report = schedule_lib.run_schedule_study(preset, out, objectives=csv_list("--objectives", objectives),
                                 data_dir=data_dir, progress=progress)
-    click.echo(schedule_terminal_table(report))
+    click.echo(schedule_lib.terminal_table(report))
     click.echo(f"wrote {out}/cells.csv, summary.md, summary.json, gaps.csv, adaptive_density.png, gaps.png, "
                "samples.png")
 

@@ -153,6 +153,13 @@ class EstimateRun:
     out: Path
     main: bool  # rank 0 (or a single process): the one that writes --out
 
+    def header(self) -> str:
+        """One line: the data, the estimator, the queries and levels (and how many are done)."""
+        data, s = self.estimator.data, self.settings
+        return (f"{s.data} ({s.split}): N = {data.n}, D = {data.dim}, data variance {data.variance:.6g}; "
+                f"{s.estimator} estimator, {self.queries} queries per level, {len(self.grid)} levels "
+                f"({len(self.done)} already done)")
+
 
 @dataclass
 class EstimateResult:
@@ -160,6 +167,24 @@ class EstimateResult:
     total: object  # curve.TotalLoss
     objective: Objective
     files: list[Path]
+
+    def report(self) -> tuple[list[str], list[str]]:
+        """(lines for stdout, warnings for stderr): the curve's table, the total and the critical sigma."""
+        curve, total, name = self.curve, self.total, self.objective.name
+        lines = [f"{'sigma':>10} {'J*':>12} {'stderr':>10} {'J*/var':>8}"]
+        lines += [f"{s:10.4g} {v:12.6g} {e:10.2g} {v / curve.data_variance:8.4f}"
+                  for s, v, e in zip(curve.sigma, curve.loss, curve.stderr, strict=True)]
+        lines.append(f"total optimal loss of {name}: {total.value:.6g} ± {total.stderr:.2g} per dimension "
+                     f"(Monte-Carlo {total.mc_stderr:.2g}, interpolation {total.interpolation_error:.2g}; "
+                     f"{total.extrapolated:.3g} of it from beyond the sigma grid)")
+        coverage = curve.coverage(self.objective)
+        warnings = [] if coverage.supported else [f"warning: {coverage.message}"]
+        lines.append(f"critical sigma (J* > 1% of the data variance): {curve.critical_sigma():.4g}")
+        if curve.loss[-1] < 0.9 * curve.data_variance:
+            lines.append(f"note: J*(sigma_max) is {curve.loss[-1] / curve.data_variance:.2f} of the data "
+                         "variance; raise --sigma-max to reach the plateau")
+        lines.append(f"wrote {', '.join(str(f) for f in self.files)}")
+        return lines, warnings
 
 
 def default_queries(n: int, queries: int | None = None, per_point: float | None = None) -> int:
@@ -353,6 +378,13 @@ class TrainRun:
     out: Path
     files: list[Path] = field(default_factory=list)
 
+    def header(self) -> str:
+        """One line: the data, the objective and the network (and the step a resumed run continues at)."""
+        obj, s, data = self.trainer.objective, self.settings, self.dataset
+        return (f"{s.data}: N = {len(data)}, shape {tuple(data.shape)}; objective {obj.name} "
+                f"(target {obj.target}, weight {obj.weight}); {self.model_kind} with {self.parameters:,} "
+                "parameters" + (f"; resuming at step {self.trainer.step}" if self.resumed else ""))
+
 
 def prepare_train(s: TrainSettings) -> TrainRun:
     """Check the options, load the data and build (or resume) the trainer; nothing is written."""
@@ -529,6 +561,21 @@ class DiagnoseRun:
 class DiagnoseResult:
     diagnosis: object  # diagnosis.Diagnosis
     files: list[Path]
+
+    def report(self) -> list[str]:
+        """Per level: model loss, J*, gap ± SE, gap/variance (and test); then the objective's totals."""
+        d = self.diagnosis
+        lines = [f"{'sigma':>9} {'model':>10} {'J*':>10} {'gap':>10} {'± SE':>8} {'gap/var':>8}"
+                 + (f" {'test':>10} {'test gap':>10}" if d.test else "")]
+        for i, g in enumerate(d.train):
+            lines.append(f"{g.sigma:9.4g} {g.model_loss:10.4g} {g.optimal_loss:10.4g} {g.gap:10.4g} "
+                         f"{g.gap_stderr:8.2g} {g.relative_gap:8.4f}"
+                         + (f" {d.test[i].model_loss:10.4g} {d.test[i].gap:10.4g}" if d.test else ""))
+        for split, t in d.totals.items():
+            lines.append(f"total {d.objective} loss ({split}): model {t['model']:.5g} "
+                         f"± {t['model_stderr']:.2g}, optimal {t['optimal']:.5g} "
+                         f"± {t['optimal_stderr']:.2g}, gap {t['gap']:.5g} ± {t['gap_stderr']:.2g}")
+        return lines
 
 
 def describe_objective(obj: Objective) -> str:
