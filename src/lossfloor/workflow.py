@@ -446,8 +446,8 @@ class SampleSettings:
     n: int = 64
     steps: int = 18
     sampler: str = "heun"
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_min: float = SIGMA_GRID[0]
+    sigma_max: float = SIGMA_GRID[1]
     seed: int = 0
     raw_weights: bool = False
     device: str = "cpu"
@@ -516,8 +516,8 @@ class DiagnoseSettings:
     flip: bool = False
     curve: str | None = None  # default: estimated here
     levels: int = 16
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
+    sigma_min: float = SIGMA_GRID[0]
+    sigma_max: float = SIGMA_GRID[1]
     queries: int = DIAGNOSE_QUERIES
     seed: int = 0
     raw_weights: bool = False
