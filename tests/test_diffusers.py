@@ -459,3 +459,25 @@ def test_diagnose_diffusers_refuses_mismatched_data(pipelines, tmp_path, capsys)
         args = ["diagnose", "--diffusers", folder, "--data", "digits", "--out", tmp_path / "o"]
         code, _, err = run_cli(args, capsys)
         assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_diagnose_diffusers_with_a_curve_evaluates_at_training_levels(pipelines, tmp_path, capsys):
+    from lossfloor.curve import OptimalLossCurve
+
+    floor = tmp_path / "floor" / "optimal_loss.json"
+    code, _, err = run_cli(["estimate", "--data", "digits", "--sigmas", "0.05,0.3,1,3,10,40", "--queries",
+                            "64", "--out", floor.parent, "--no-progress"], capsys)
+    assert code == 0, err
+    curve = OptimalLossCurve.load(floor)
+    args = ["diagnose", "--diffusers", pipelines["v_prediction"], "--data", "digits", "--curve", floor,
+            "--queries", "32", "--out", tmp_path / "d", "--no-progress"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "d" / "diagnosis.json").read_text())
+    sigmas = np.array([g["sigma"] for g in report["train"]])
+    sched = diffusers.DDPMScheduler(prediction_type="v_prediction")
+    atoms = lfd.objective_from_scheduler(sched).atoms().numpy()
+    assert np.isin(sigmas, atoms).all() and len(sigmas) == 6
+    np.testing.assert_allclose(np.log(sigmas), np.log(curve.sigma), atol=0.05)  # the nearest timestep
+    np.testing.assert_allclose([g["optimal_loss"] for g in report["train"]], curve(sigmas), rtol=1e-12)

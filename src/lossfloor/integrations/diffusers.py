@@ -262,20 +262,29 @@ class DiffusersDenoiser(nn.Module):
         return x0 if self.clip is None else x0.clamp(-self.clip, self.clip)
 
 
-def sigma_grid(denoiser: DiffusersDenoiser, sigma_min: float, sigma_max: float, levels: int) -> np.ndarray:
-    """`levels` levels geometric in [sigma_min, sigma_max], snapped to the scheduler's training levels."""
-    grid = np.geomspace(sigma_min, sigma_max, levels)
+def snap_to_training_levels(denoiser: DiffusersDenoiser, sigmas) -> np.ndarray:
+    """Each level moved to the nearest (in log sigma) of the scheduler's training levels, duplicates
+    dropped; unchanged for a continuous scheduler."""
+    sigmas = np.asarray(sigmas, dtype=float)
     trained = training_sigmas(denoiser.scheduler, denoiser.objective)
     if trained is None:
-        return grid
+        return sigmas
     trained = trained.numpy()
-    inside = trained[(trained >= sigma_min) & (trained <= sigma_max)]
-    if len(inside) == 0:
-        raise ValueError(f"no training noise level of {denoiser.objective.name} in [{sigma_min:g}, "
-                         f"{sigma_max:g}]; its levels span [{trained.min():.3g}, {trained.max():.3g}]")
-    grid = np.geomspace(inside.min(), inside.max(), levels)
-    nearest = np.abs(np.log(inside)[None, :] - np.log(grid)[:, None]).argmin(1)
-    return np.unique(inside[nearest])
+    nearest = np.abs(np.log(trained)[None, :] - np.log(sigmas)[:, None]).argmin(1)
+    return np.unique(trained[nearest])
+
+
+def sigma_grid(denoiser: DiffusersDenoiser, sigma_min: float, sigma_max: float, levels: int) -> np.ndarray:
+    """`levels` levels geometric in [sigma_min, sigma_max] (clipped to the scheduler's training range),
+    snapped to its training levels."""
+    trained = training_sigmas(denoiser.scheduler, denoiser.objective)
+    if trained is not None:
+        inside = trained[(trained >= sigma_min) & (trained <= sigma_max)]
+        if len(inside) == 0:
+            raise ValueError(f"no training noise level of {denoiser.objective.name} in [{sigma_min:g}, "
+                             f"{sigma_max:g}]; its levels span [{trained.min():.3g}, {trained.max():.3g}]")
+        sigma_min, sigma_max = float(inside.min()), float(inside.max())
+    return snap_to_training_levels(denoiser, np.geomspace(sigma_min, sigma_max, levels))
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,10 +507,8 @@ def prepare_diffusers_diagnose(s) -> DiffusersDiagnoseRun:
     denoiser = loaded.denoiser(device)
     if curve is None:
         sigmas = sigma_grid(denoiser, s.sigma_min, s.sigma_max, s.levels)
-    elif training_sigmas(denoiser.scheduler, denoiser.objective) is None:
-        sigmas = curve.sigma
     else:
-        sigmas = sigma_grid(denoiser, float(curve.sigma.min()), float(curve.sigma.max()), len(curve.sigma))
+        sigmas = snap_to_training_levels(denoiser, curve.sigma)
     check_coverage(denoiser.objective, sigmas if curve is None else curve.sigma)
     return DiffusersDiagnoseRun(s, loaded, denoiser.objective, denoiser, train_set, test_set, curve,
                                 np.asarray(sigmas, dtype=float), device, out)
