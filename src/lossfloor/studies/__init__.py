@@ -42,16 +42,13 @@ from .losses import (
                      POINT_DATASETS,
                      POINTS_PRESETS,
                      PRESET_NAMES,
-                     SEED_2D_TABLE,
                      LossesPreset,
-                     aggregate,
                      cell_name,
                      losses_objective,
                      losses_preset,
                      run_losses_study,
-                     terminal_table,
-                     write_losses_report,
 )
+from .losses_report import SEED_2D_TABLE, aggregate, paired_rows, terminal_table, write_losses_report
 
 __all__ = [
     "COMMON_OBJECTIVE", "DIAGNOSE_BUDGET_TIMES", "DIAGNOSE_BUDGETS", "DIAGNOSE_DATASETS", "DIAGNOSE_VARIANTS",
@@ -60,7 +57,8 @@ __all__ = [
     "PRESET_NAMES", "SEED_2D_TABLE", "DiagnoseBudget", "LossesPreset", "aggregate", "cached_classifier",
     "cached_floor", "cell_name", "check_choice", "diagnose_floor", "diagnose_gaps_csv",
     "diagnose_terminal_table", "diagnose_totals_csv", "diagnose_variant", "get_objective", "load_cells",
-    "load_floor", "losses_objective", "losses_preset", "mean_se", "paired_difference", "run_cells",
+    "load_floor", "losses_objective", "losses_preset", "mean_se", "paired_difference", "paired_rows",
+    "run_cells",
     "run_diagnose_study", "run_losses_study", "seed_native_sample", "seeded", "terminal_table", "train_run",
     "write_losses_report",
 ]
