@@ -239,12 +239,13 @@ def _huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
 def _free_objective(theta, x, y, w, delta):
     """Weighted Huber loss of log J - log(exp(a + alpha x) + exp(e)) and its gradient in (a, alpha, e)."""
     a, alpha, e = theta
-    u = a + alpha * x
-    m = np.logaddexp(u, e)
-    value, dh = _huber(y - m, delta)
-    dh = w * dh
-    s = np.exp(u - m)  # share of the power-law term
-    return float(w @ value), -np.array([dh @ s, dh @ (s * x), dh @ (1 - s)])
+    with np.errstate(invalid="ignore", over="ignore"):  # trial steps of the line search may overflow
+        u = a + alpha * x
+        m = np.logaddexp(u, e)
+        value, dh = _huber(y - m, delta)
+        dh = w * dh
+        s = np.exp(u - m)  # share of the power-law term
+        return float(w @ value), -np.array([dh @ s, dh @ (s * x), dh @ (1 - s)])
 
 
 def _free_starts(x, loss, w) -> list[tuple[float, float, float]]:
@@ -252,7 +253,7 @@ def _free_starts(x, loss, w) -> list[tuple[float, float, float]]:
     starts, used = [], w > 0
     low = loss[used].min()
     for q in (0.0, 0.3, 0.6, 0.9):
-        gap = np.log(loss - q * low)
+        gap = np.log(np.where(used, loss - q * low, 1.0))  # unused points (weight 0) may lie below
         slope, _, _ = _weighted_line(x, gap[None, :], w[None, :])
         for alpha in dict.fromkeys([float(slope[0]), -0.05, -0.5]):
             if math.isfinite(alpha):
@@ -375,8 +376,14 @@ def fit(form: str, compute, loss, floor: float | None = None, *, floor_stderr: f
     w = bootstrap_weights(groups, len(loss), n_boot, seed)
     rng = np.random.default_rng([seed, 1])  # J* redraws: a stream apart from the resamples
     floors = floor + floor_stderr * rng.standard_normal(n_boot) if form == "corrected" else np.zeros(n_boot)
-    starts = [(math.log(beta), alpha, math.log(max(fitted_floor, 1e-300)))] \
-        if form == "free" and math.isfinite(alpha) else None
+    starts = None
+    if form == "free" and math.isfinite(alpha):  # resamples start at the estimate and at E = min J / 2
+        half = 0.5 * float(loss.min())
+        line, _, _ = _weighted_line(np.log(compute), np.log(loss - half)[None, :], np.ones((1, len(loss))))
+        starts = [(math.log(beta), alpha, math.log(max(fitted_floor, 1e-300)))]
+        if math.isfinite(line[0]):
+            a = float(np.mean(np.log(loss - half) - line[0] * np.log(compute)))
+            starts.append((a, float(line[0]), math.log(half)))
     boot = Bootstrap(**vars(_rows(form, compute, loss, floors, w, delta, starts)))
     units = len(_group_index(groups, len(loss)))
 
