@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from lossfloor.curve import atomic_write_text
+from lossfloor.files import atomic_write_text
 from lossfloor.kernel import posterior_stats
 
 SHAPES = ((60000, 784), (50000, 3072))

@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .curve import OptimalLossCurve, atomic_write_bytes  # noqa: E402
+from .curve import OptimalLossCurve  # noqa: E402
+from .files import atomic_write_bytes  # noqa: E402
 from .formulation import Objective  # noqa: E402
 
 WEIGHT_DYNAMIC_RANGE = 1e12  # the lambda * p axis stops this many orders below its maximum

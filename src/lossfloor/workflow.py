@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .curve import OptimalLossCurve, atomic_write_bytes, atomic_write_text
+from .curve import OptimalLossCurve
 from .estimators import DEFAULT_QUERIES, Estimator, EstimatorConfig, LevelEstimate
+from .files import atomic_write_bytes, atomic_write_text
 from .formulation import Objective, get_objective
 from .validation import check_out_path
 

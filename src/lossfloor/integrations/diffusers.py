@@ -440,9 +440,9 @@ class DiffusersDiagnoseRun:
 
     def execute(self, progress: bool = True):
         """Estimate J* if needed, evaluate the model on train (and test) data, write JSON, CSV and PNG."""
-        from ..curve import atomic_write_text
         from ..diagnosis import plot_diagnosis
         from ..estimators import Estimator, EstimatorConfig
+        from ..files import atomic_write_text
         from ..workflow import DIAGNOSE_FILES, DiagnoseResult, SplitBars
 
         s, obj = self.settings, self.objective

@@ -43,7 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..curve import OptimalLossCurve, atomic_write_bytes, atomic_write_text
+from ..curve import OptimalLossCurve
+from ..files import atomic_write_bytes, atomic_write_text
 
 # -- the floor -------------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..curve import atomic_write_text
+from ..files import atomic_write_text
 from ..formulation import get_objective
 from .common import cached_floor, check_choice, csv_text, run_cells, text_table, train_run, write_json
 

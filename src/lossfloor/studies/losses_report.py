@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..curve import atomic_write_text
+from ..files import atomic_write_text
 from .common import (
     csv_text,
     fmt_pm,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .. import scaling
-from ..curve import atomic_write_text
+from ..files import atomic_write_text
 from ..formulation import get_objective
 from .common import cached_floor, check_choice, csv_text, load_cells, markdown_table, run_cells, write_json
 

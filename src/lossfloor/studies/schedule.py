@@ -19,7 +19,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from ..curve import atomic_write_text
+from ..files import atomic_write_text
 from ..formulation import get_objective
 from ..schedules import apply_schedule
 from .common import (
