@@ -287,6 +287,20 @@ def test_trainer_does_not_mutate_the_callers_objective():
     assert obj.to_dict() == before and trainer.objective.time_dist.updates == 2
 
 
+BAD = [lambda: LogSigmaNormal(VE(), 0.0, 0.0), lambda: LogSigmaLaplace(VE(), 0.0, -1.0),
+       lambda: LogSigmaLogistic(VE(), 0.0, math.inf),
+       lambda: AdaptiveDensity(VE(), OptimalLossWeight(gaussian_curve()), floor=0.0),
+       lambda: AdaptiveDensity(VE(), OptimalLossWeight(gaussian_curve()), every=0),
+       lambda: OptimalLossWeight(gaussian_curve(), width=0.0),
+       lambda: OptimalLossWeight(gaussian_curve(), w_max=-1.0)]
+
+
+@pytest.mark.parametrize("build", BAD)
+def test_bad_schedule_parameters_are_refused(build):
+    with pytest.raises(ValueError):
+        build()
+
+
 def test_unknown_schedule_and_missing_curve_are_clear_errors():
     with pytest.raises(ValueError, match="unknown schedule"):
         apply_schedule("edm", "nope")

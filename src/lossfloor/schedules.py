@@ -48,6 +48,12 @@ def _t64(x) -> Tensor:
     return torch.as_tensor(x, dtype=F64)
 
 
+def _positive(**values) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
 # --------------------------------------------------------------------------------------------
 # Loss weights lambda(sigma) on ||x0_hat - x0||^2 (VE sigma; per dimension, like J*).
 # --------------------------------------------------------------------------------------------
@@ -82,6 +88,9 @@ class MinSNRWeight(Weight):
     """
 
     gamma: float = 5.0
+
+    def __post_init__(self):
+        _positive(gamma=self.gamma)
 
     def x0_weight(self, sigma, objective=None):
         return torch.clamp(_t64(sigma) ** -2, max=self.gamma)
@@ -271,6 +280,9 @@ class LogSigmaNormal(LogSigmaDensity):
     mean: float = -1.2
     std: float = 1.2
 
+    def __post_init__(self):
+        _positive(std=self.std)
+
     def sample_log_sigma(self, n, generator=None):
         return self.mean + self.std * torch.randn(n, generator=generator, dtype=F64)
 
@@ -300,6 +312,9 @@ class LogSigmaLogistic(LogSigmaDensity):
     loc: float = 0.0
     scale: float = 1.0
 
+    def __post_init__(self):
+        _positive(scale=self.scale)
+
     def sample_log_sigma(self, n, generator=None):
         u = torch.rand(n, generator=generator, dtype=F64).clamp(1e-12, 1 - 1e-12)
         return self.loc + self.scale * torch.logit(u)
@@ -320,6 +335,9 @@ class LogSigmaLaplace(LogSigmaDensity):
     process: Process
     mu: float = 0.0
     b: float = 0.5
+
+    def __post_init__(self):
+        _positive(b=self.b)
 
     def sample_log_sigma(self, n, generator=None):
         u = torch.rand(n, generator=generator, dtype=F64).clamp(1e-12, 1 - 1e-12) - 0.5
