@@ -276,3 +276,27 @@ def test_curve_for_total_reaches_the_target_and_the_truth(name):
     again = est.curve_for_total(obj, target, np.geomspace(0.002, 80, 6), seed=0,
                                 done={e.sigma: e for e in saved})  # resume: same numbers
     np.testing.assert_array_equal(again.loss, curve.loss)
+
+
+def test_min_queries_adapts_rounds_and_bounds_zero_levels(clusters, full_curve):
+    """With min_queries, a memorised level stops after a small round with an upper bound as its stderr
+    (not 0), and a transition level gets about the queries its spread needs, agreeing with the reference."""
+    x, _ = clusters
+    cfg = EstimatorConfig("full", queries=1024, target_stderr=0.003, min_queries=32)
+    est = Estimator(x, cfg, dtype=torch.float64)
+    tiny = est.level(0.02, seed=0)
+    assert tiny.loss == 0.0 and 0 < tiny.stderr <= 0.003 * est.data_variance and tiny.queries == 32
+    for s in (0.4, 1.2):
+        level = est.level(s, seed=0)
+        i = CLUSTER_SIGMAS.index(s)
+        assert level.stderr <= 0.003 * est.data_variance
+        assert abs(level.loss - full_curve.loss[i]) <= 3 * math.hypot(level.stderr, full_curve.stderr[i])
+
+
+def test_zero_level_bound_is_above_the_truth():
+    # The two-point dataset: the bound sum_n d^2 2 Phi(-d / 2 sigma) / D is 4 * 2 Phi(-1 / sigma) per source.
+    from lossfloor.estimators import DataMatrix, zero_level_bound
+    data = DataMatrix(torch.tensor([[-1.0], [1.0]]), dtype=torch.float64)
+    for s in (0.1, 0.2, 0.3, 0.5):
+        bound = zero_level_bound(data, torch.tensor([0, 1]), s)
+        assert two_point_optimal_loss(s) <= bound <= 4 * 2 * 0.5 * math.erfc(1 / s / math.sqrt(2)) * 1.0001

@@ -51,14 +51,17 @@ class EstimatorConfig:
     chunk_size: int = 8192  # data rows per GEMM
     target_stderr: float | None = None  # if set: rounds of `queries` until stderr <= this x data variance
     max_queries: int = 1 << 20  # cap on the queries of one level when target_stderr is set
+    # With target_stderr and the full estimator: a first round of min_queries, then rounds sized from the
+    # measured per-query spread (None: rounds of `queries`, the behaviour before).
+    min_queries: int | None = None
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.form not in FORMS:
             raise ValueError(f"unknown form {self.form!r}; choose from {', '.join(FORMS)}")
-        for name in ("queries", "batch_size", "chunk_size", "max_queries") + (("subset",) if self.subset
-                                                                              is not None else ()):
+        optional = tuple(k for k in ("subset", "min_queries") if getattr(self, k) is not None)
+        for name in ("queries", "batch_size", "chunk_size", "max_queries") + optional:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -71,6 +74,8 @@ class EstimatorConfig:
             raise ValueError(f"max_queries ({self.max_queries}) must be >= queries ({self.queries})")
         if self.subset is not None and self.subset < 2:
             raise ValueError(f"subset size L must be at least 2, got {self.subset}")
+        if self.min_queries is not None and not 2 <= self.min_queries <= self.max_queries:
+            raise ValueError(f"min_queries must be in [2, max_queries], got {self.min_queries}")
         if self.C is not None and not (math.isfinite(self.C) and self.C >= 1):
             raise ValueError(f"C must be finite and >= 1 (use estimator 'snis' for C = inf), got {self.C}")
         if self.target_stderr is not None and not (math.isfinite(self.target_stderr)
@@ -159,17 +164,24 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
                    generator: torch.Generator, progress=None) -> LevelEstimate:
     """Estimate J*(sigma) per dimension with its standard error.
 
-    With `config.target_stderr`, rounds of `config.queries` are added until the standard error is at most
-    that fraction of the data variance (or `max_queries` is reached): the memorised regime, where every
-    query gives exactly 0, stops after one round.
+    With `config.target_stderr`, rounds are added until the standard error is at most that fraction of the
+    data variance (or `max_queries` is reached): rounds of `config.queries`, or, with `min_queries` (full
+    estimator), a first round of `min_queries` and then as many as the measured spread says are needed.
+    A level where every query gives exactly 0 (the memorised regime) gets as standard error an upper bound
+    of J* from its sources' neighbours (`zero_level_bound`), not 0.
     """
     if not sigma > 0 or not math.isfinite(sigma):
         raise ValueError(f"sigma must be positive and finite, got {sigma}")
-    units, used = [], 0
+    target = None if config.target_stderr is None else config.target_stderr * data.variance
+    adaptive = target is not None and config.min_queries is not None and config.estimator == "full"
+    units, sources, used = [], [], 0
+    size = min(config.min_queries, config.queries) if adaptive else config.queries
     while True:
         if config.estimator == "full":
-            values = _full_values(data, sigma, config, generator, progress)
+            round_config = replace(config, queries=max(size, 2))
+            values, idx = _full_values(data, sigma, round_config, generator, progress)
             units.append(values)
+            sources.append(idx)
         else:
             values, block = _subset_values(data, sigma, config, generator, progress)
             # Queries sharing a subset are correlated: the independent units are the block means.
@@ -177,9 +189,36 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
         used += len(values)
         pooled = torch.cat(units)
         se = pooled.std().item() / math.sqrt(len(pooled))
-        if (config.target_stderr is None or se <= config.target_stderr * data.variance
-                or used >= config.max_queries):
+        if adaptive and not pooled.any():  # every query exactly 0: a bound stands in for the stderr
+            se = zero_level_bound(data, torch.cat(sources), sigma, config.chunk_size)
+        if target is None or se <= target or used >= config.max_queries:
             return LevelEstimate(float(sigma), _clamped(pooled.mean().item(), sigma, config.form), se, used)
+        if adaptive and pooled.any():
+            needed = math.ceil(1.2 * (pooled.std().item() / target) ** 2)
+            size = min(max(needed - used, config.min_queries), config.max_queries - used)
+        elif adaptive:
+            size = min(used, config.max_queries - used)  # all zero, bound too loose: double the sources
+        else:
+            size = min(config.queries, config.max_queries - used) if config.estimator == "full" else size
+
+
+def zero_level_bound(data: DataMatrix, sources: Tensor, sigma: float, chunk_size: int = 8192) -> float:
+    """An upper bound of J*(sigma) per dimension, estimated from sampled sources (mean + 3 standard errors):
+    tr Var(x0 | x~) <= sum_n w_n ||x_n - x_s||^2 and E_eps[min(1, w_n / w_s)] = 2 Phi(-d_n / 2 sigma) for a
+    query x~ = x_s + sigma eps, so J* <= E_s sum_{n != s} d_sn^2 2 Phi(-d_sn / 2 sigma) / D."""
+    x_s = data.centered_rows(sources).double()
+    sq_s = x_s.pow(2).sum(1)
+    total = torch.zeros(len(sources), dtype=torch.float64)
+    for start in range(0, data.n, chunk_size):
+        rows = data.rows[start:start + chunk_size]
+        x = (rows if isinstance(rows, Tensor) else torch.from_numpy(np.array(rows))).to(x_s.device).double()
+        x = x - data.center.to(x.device, torch.float64)
+        d2 = (sq_s[:, None] + x.pow(2).sum(1)[None, :] - 2 * x_s @ x.T).clamp_min(0)
+        # 2 Phi(-t) = erfc(t / sqrt 2) (torch's ndtr is 0 below -9 in float64)
+        total += (d2 * torch.special.erfc(d2.sqrt() / (2 * math.sqrt(2) * sigma))).sum(1).cpu()
+    per = total / data.dim  # the source itself has d = 0 and adds nothing
+    spread = per.std().item() / math.sqrt(len(per)) if len(per) > 1 else per.item()
+    return per.mean().item() + 3 * spread
 
 
 def _clamped(value: float, sigma: float, form: str) -> float:
@@ -207,7 +246,7 @@ def _noisy(x_src: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
     return x_src + (sigma * eps).to(device=x_src.device, dtype=x_src.dtype)
 
 
-def _full_values(data, sigma, config, generator, progress) -> Tensor:
+def _full_values(data, sigma, config, generator, progress) -> tuple[Tensor, Tensor]:
     sources = stratified_sources(data.n, config.queries, generator)
     out = []
     for idx in sources.split(config.batch_size):
@@ -217,7 +256,7 @@ def _full_values(data, sigma, config, generator, progress) -> Tensor:
         out.append(_value(stats, data, config.form).cpu())
         if progress is not None:
             progress(len(idx))
-    return torch.cat(out)
+    return torch.cat(out), sources
 
 
 def _subset_values(data, sigma, config, generator, progress) -> tuple[Tensor, int]:
