@@ -205,12 +205,17 @@ def interval95(se: float, n: int) -> float:
     return float(scipy.stats.t.ppf(0.975, n - 1) * se) if n > 1 else math.nan
 
 
+def in_study_order(results: list[dict]) -> list[dict]:
+    """Cells sorted as the study lists them: objective, schedule (native first), seed."""
+    order = {key: i for i, key in enumerate((o, s) for o in SCHEDULE_STUDY for s in SCHEDULE_STUDY[o])}
+    return sorted(results, key=lambda r: (order.get((r["objective"], r["schedule"]), len(order)), r["seed"]))
+
+
 def aggregate(results: list[dict]) -> list[dict]:
     """Per (objective, schedule): mean ± SE of each metric and the paired difference to native (95% t)."""
     rows = []
     by = {}
-    order = {key: i for i, key in enumerate((o, s) for o in SCHEDULE_STUDY for s in SCHEDULE_STUDY[o])}
-    for r in sorted(results, key=lambda r: (order.get((r["objective"], r["schedule"]), 99), r["seed"])):
+    for r in in_study_order(results):
         by.setdefault((r["objective"], r["schedule"]), {})[r["seed"]] = r
     for (objective, schedule), seeds in by.items():
         native = by.get((objective, "native"), {})
@@ -254,6 +259,7 @@ def write_schedule_report(results: list[dict], out, curve=None) -> dict:
     out = Path(out)
     if curve is None:
         curve = load_floor(out / "floor.json")[0]
+    results = in_study_order(results)
     rows = aggregate(results)
     cell_rows = [{k: r[k] for k in CSV_FIELDS} for r in results]
     atomic_write_text(out / "cells.csv", csv_text(cell_rows, CSV_FIELDS))
