@@ -56,7 +56,7 @@ DRIVER = textwrap.dedent("""
         def atomic_torch_save(obj, path):
             calls["n"] += 1
             if calls["n"] == at:
-                Path(str(path) + ".tmp-killed").write_bytes(b"half a checkpoint")
+                (path.parent / f".{path.name}.killed.tmp").write_bytes(b"half a checkpoint")
                 die()
             save(obj, path)
         training.atomic_torch_save = atomic_torch_save
@@ -135,6 +135,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, reference, where, at)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert run([*TRAIN, "--out", out, "--resume"]) == 0
     assert_same_run(out, reference)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no temporary files left
 
 
 @pytest.mark.slow

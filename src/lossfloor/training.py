@@ -241,6 +241,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             for name in LOG_FILES:
                 _truncate_csv(self.out / name, self.step)
+            for name in (CHECKPOINT_NAME, *LOG_FILES):  # temporary files of writes a kill cut short
+                for stale in self.out.glob(f".{name}.*.tmp"):
+                    stale.unlink(missing_ok=True)
         saved = self.step if self.out is not None and (self.out / CHECKPOINT_NAME).exists() else None
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not progress, unit="step",
                    desc=f"train {self.objective.name}")
