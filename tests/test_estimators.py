@@ -300,3 +300,29 @@ def test_zero_level_bound_is_above_the_truth():
     for s in (0.1, 0.2, 0.3, 0.5):
         bound = zero_level_bound(data, torch.tensor([0, 1]), s)
         assert two_point_optimal_loss(s) <= bound <= 4 * 2 * 0.5 * math.erfc(1 / s / math.sqrt(2)) * 1.0001
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.2, 0.4])
+def test_pruning_equals_the_unpruned_estimate(clusters, sigma):
+    """Exact pruning skips points whose weight is provably < e^-(log N + 40) of the source's: the values
+    equal the unpruned ones to float64 rounding (same queries, same generator)."""
+    x, _ = clusters
+    values = []
+    for prune in (False, True):
+        est = Estimator(x, EstimatorConfig("full", queries=600, prune=prune), dtype=torch.float64)
+        values.append(est.level(sigma, seed=3))
+    assert values[1].queries == values[0].queries
+    assert values[1].loss == pytest.approx(values[0].loss, rel=1e-9, abs=1e-15)
+    assert values[1].stderr == pytest.approx(values[0].stderr, rel=1e-9, abs=1e-15)
+
+
+def test_pruning_keeps_few_rows_at_small_sigma(clusters):
+    from lossfloor.kernel import Projection, candidate_rows
+    x, _ = clusters
+    x = x.double()
+    proj = Projection.of(x, x.mean(0))
+    noise = torch.randn(64, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    q = (x[:64] - x.mean(0)) + 0.05 * noise
+    ref = (q - (x[:64] - x.mean(0))).pow(2).sum(1)
+    rows = candidate_rows(q, ref, proj, 0.05)
+    assert set(range(64)) <= set(rows.tolist()) and len(rows) < 0.2 * len(x)

@@ -26,10 +26,12 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .curve import OptimalLossCurve
 from .distributed import sharded_posterior_stats
+from .kernel import Projection, candidate_rows, posterior_stats
 from .storage import take_rows
 
 Tensor = torch.Tensor
@@ -54,6 +56,9 @@ class EstimatorConfig:
     # With target_stderr and the full estimator: a first round of min_queries, then rounds sized from the
     # measured per-query spread (None: rounds of `queries`, the behaviour before).
     min_queries: int | None = None
+    # Exact pruning (full estimator, in-memory rows): data points whose logit is provably e^-(log N + 40)
+    # below the query's source (by a 32-dimensional projection's distance bound) skip the GEMMs.
+    prune: bool = False
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -137,6 +142,7 @@ class DataMatrix:
         if isinstance(self.rows, Tensor):  # in-memory data lives on the working device
             self.rows = self.rows.to(device=device, dtype=dtype)
         self.device, self.dtype, self.chunk_size = torch.device(device), dtype, chunk_size
+        self.projection = None  # built on first use by exact pruning (EstimatorConfig.prune)
         self.n, self.dim = self.rows.shape
         self.center = sum(x.sum(0) for x in self._chunks()) / self.n
         # Two passes: the centred second moment is tr Cov(x0), the large-sigma limit of J* (summed).
@@ -251,12 +257,30 @@ def _full_values(data, sigma, config, generator, progress) -> tuple[Tensor, Tens
     out = []
     for idx in sources.split(config.batch_size):
         x_src = data.centered_rows(idx)
-        stats = sharded_posterior_stats(_noisy(x_src, sigma, generator), data.rows, sigma,
-                                        shift=data.center, chunk_size=config.chunk_size)
+        queries = _noisy(x_src, sigma, generator)
+        rows = _pruned_rows(data, queries, x_src, sigma, config) if config.prune else None
+        if rows is not None:
+            stats = posterior_stats(queries, data.rows[rows], sigma, shift=data.center,
+                                    chunk_size=config.chunk_size)
+        else:
+            stats = sharded_posterior_stats(queries, data.rows, sigma, shift=data.center,
+                                            chunk_size=config.chunk_size)
         out.append(_value(stats, data, config.form).cpu())
         if progress is not None:
             progress(len(idx))
     return torch.cat(out), sources
+
+
+def _pruned_rows(data: DataMatrix, queries: Tensor, x_src: Tensor, sigma: float, config) -> Tensor | None:
+    """The rows that can matter to these queries (`kernel.candidate_rows`, the source distance as the
+    reference), or None where pruning does not apply (rows on disk, several ranks) or keeps half or more."""
+    if not isinstance(data.rows, Tensor) or (dist.is_available() and dist.is_initialized()):
+        return None
+    if getattr(data, "projection", None) is None:
+        data.projection = Projection.of(data.rows, data.center)
+    reference = (queries.double() - x_src.double()).pow(2).sum(1)
+    rows = candidate_rows(queries, reference, data.projection, sigma, chunk_size=config.chunk_size)
+    return rows.to(data.rows.device) if len(rows) < data.n // 2 else None
 
 
 def _subset_values(data, sigma, config, generator, progress) -> tuple[Tensor, int]:

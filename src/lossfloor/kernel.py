@@ -9,6 +9,7 @@ sum w ||x||^2) merge associatively, which is how chunks, and ranks of a distribu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,3 +129,46 @@ def _square_norms(x: Tensor, block: Tensor) -> Tensor:
         torch.sum(part.mul_(part), 1, out=out[first:first + len(rows)])
     return out
 
+
+
+# -- exact pruning at small sigma -----------------------------------------------------------------
+
+PRUNE_MARGIN = 40.0  # log-weight margin: points pruned together weigh < N e^-(log N + 40) of the source
+
+
+@dataclass
+class Projection:
+    """A k-dimensional orthonormal projection of a dataset (in memory): ||P(q - x)|| <= ||q - x||."""
+
+    basis: Tensor  # (D, k), orthonormal columns
+    projected: Tensor  # (N, k) float64, the projected (shifted) rows
+
+    @classmethod
+    def of(cls, data: Tensor, shift: Tensor | None = None, k: int = 32, seed: int = 0) -> Projection:
+        """The top-k principal directions of the (shifted) rows, by a randomised SVD."""
+        x = (data if shift is None else data - shift).double()
+        k = min(k, x.shape[1], x.shape[0])
+        torch.manual_seed(seed)  # pca_lowrank draws from the global generator
+        _, _, v = torch.pca_lowrank(x, q=k, center=False)
+        basis, _ = torch.linalg.qr(v)
+        return cls(basis, x @ basis)
+
+
+def candidate_rows(queries: Tensor, reference_sq: Tensor, proj: Projection, sigma: float,
+                   shift: Tensor | None = None, chunk_size: int = 8192) -> Tensor:
+    """Indices of the data rows that can matter to any query: those whose projected squared distance (a
+    lower bound of the true one) is within 2 sigma^2 (log N + PRUNE_MARGIN) of the query's
+    `reference_sq`, an upper bound of its nearest squared distance (e.g. to its source)."""
+    q = (queries if shift is None else queries - shift.to(queries)).double() @ proj.basis.to(queries.device)
+    q_sq = q.pow(2).sum(1)
+    n = len(proj.projected)
+    slack = 2 * sigma**2 * (math.log(n) + PRUNE_MARGIN)
+    keep = []
+    for start in range(0, n, chunk_size):
+        z = proj.projected[start:start + chunk_size].to(q.device)
+        z_sq = z.pow(2).sum(1)
+        lower = q_sq[:, None] + z_sq[None, :] - 2 * q @ z.T
+        lower -= 1e-9 * (q_sq[:, None] + z_sq[None, :])  # float64 rounding of the expansion, conservatively
+        hit = (lower <= reference_sq.double()[:, None] + slack).any(0)
+        keep.append(torch.nonzero(hit).flatten() + start)
+    return torch.cat(keep)
