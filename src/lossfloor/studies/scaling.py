@@ -38,7 +38,7 @@ from ..formulation import get_objective
 from .common import cached_floor, check_choice, csv_text, load_cells, markdown_table, run_cells, write_json
 
 OBJECTIVE = "edm"
-HIGHLIGHT_LEVELS = 3  # sigma panels in the per-sigma figure
+TRAINED_QUANTILE = 0.99  # the rho figure shades sigma above this quantile of the objective's p(sigma)
 
 
 @dataclass(frozen=True)
@@ -410,8 +410,9 @@ def write_scaling_report(out) -> dict:
     atomic_write_text(out / "levels.csv", csv_text(level_rows, list(level_rows[0])))
     atomic_write_text(out / "table.md", scaling_tables(report))
     plot_scaling_total(p, j_train, report, out / "scaling_total.png")
-    plot_scaling_sigma(p, sigmas, report, out / "scaling_sigma.png", HIGHLIGHT_LEVELS)
-    plot_scaling_rho(report, out / "rho_by_sigma.png")
+    variance = setup["optimal_loss"]["data_variance"]
+    plot_scaling_sigma(p, sigmas, report, out / "scaling_sigma.png", variance)
+    plot_scaling_rho(report, out / "rho_by_sigma.png", get_objective(setup["objective"]))
     return report
 
 
@@ -536,21 +537,24 @@ def plot_scaling_total(p: dict, j_train: np.ndarray, report: dict, path) -> None
     save_figure(fig, path)
 
 
-def _highlight(report: dict, count: int) -> list[int]:
-    """Levels to draw: spread over the fitted levels, from small to large sigma."""
+HIGHLIGHT_FRACTIONS = (1e-3, 0.5, 0.9, 0.99)  # J*(sigma) / data variance of the levels drawn
+
+
+def _highlight(report: dict, variance: float, fractions=HIGHLIGHT_FRACTIONS) -> list[int]:
+    """Fitted levels whose J*/variance is nearest (in log) to each fraction: memorised, transition, high."""
     fitted = [k for k, r in enumerate(report["per_sigma"]) if "plain" in r]
-    if len(fitted) <= count:
-        return fitted
-    return [fitted[int(round(i))] for i in np.linspace(0, len(fitted) - 1, count)]
+    ratio = np.log(np.maximum([report["per_sigma"][k]["floor"] / variance for k in fitted], 1e-12))
+    picks = [fitted[int(np.argmin(np.abs(ratio - np.log(f))))] for f in fractions]
+    return list(dict.fromkeys(picks))
 
 
-def plot_scaling_sigma(p: dict, sigmas, report: dict, path, count: int) -> None:
+def plot_scaling_sigma(p: dict, sigmas, report: dict, path, variance: float) -> None:
     """Per-sigma x0-loss gaps to J*(sigma) against compute, with the corrected and plain fits."""
     import matplotlib.pyplot as plt
 
     from ..plots import save_figure
 
-    levels = _highlight(report, count)
+    levels = _highlight(report, variance)
     fig, axes = plt.subplots(2, len(levels), figsize=(5 * len(levels), 8), squeeze=False)
     for col, k in enumerate(levels):
         r = report["per_sigma"][k]
@@ -565,7 +569,7 @@ def plot_scaling_sigma(p: dict, sigmas, report: dict, path, count: int) -> None:
         _fit_line(ax, r["corrected"], p["compute"], r["floor"], color="k", lw=2,
                   label=f"corrected, ρ = {r['corrected']['rho']:.3f}")
         ax.set(xscale="log", yscale="log", xlabel="compute F (FLOPs)", ylabel="x0 loss − J*(σ)",
-               title=f"σ = {sigmas[k]:.3g}, J*(σ) = {r['floor']:.3g}")
+               title=f"σ = {sigmas[k]:.3g}, J*(σ) = {r['floor']:.3g} ({r['floor'] / variance:.1%} of var.)")
         ax.legend(fontsize=7)
         ax = axes[1, col]
         for i, w in enumerate(sorted(set(p["width"].tolist()))):
@@ -581,15 +585,27 @@ def plot_scaling_sigma(p: dict, sigmas, report: dict, path, count: int) -> None:
     save_figure(fig, path)
 
 
-def plot_scaling_rho(report: dict, path) -> None:
-    """rho of the plain and the corrected fit per sigma level, with 95% intervals."""
+def _sigma_quantile(objective, q: float) -> float:
+    """The sigma below which a fraction q of the objective's training noise levels fall."""
+    grid = np.linspace(-12.0, 12.0, 4801)
+    cdf = objective.cdf(torch.tensor(grid)).numpy()
+    return float(math.exp(np.interp(q, cdf, grid)))
+
+
+def plot_scaling_rho(report: dict, path, objective) -> None:
+    """rho of the plain and the corrected fit per sigma level, with 95% intervals; sigma levels that the
+    objective's p(sigma) rarely trains are shaded."""
     import matplotlib.pyplot as plt
 
     from ..plots import save_figure
 
     rows = [r for r in report["per_sigma"] if "plain" in r]
     sig = np.array([r["sigma"] for r in rows])
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rare = _sigma_quantile(objective, TRAINED_QUANTILE)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.5))
+    for axis in (ax, bx):
+        axis.axvspan(rare, sig.max() * 1.3, color="0.9", lw=0,
+                     label=f"σ above {TRAINED_QUANTILE:.0%} of {objective.name}'s training p(σ)")
     for offset, form, color in ((0.97, "plain", "C0"), (1.03, "corrected", "C3")):
         rho = np.array([r[form]["rho"] for r in rows])
         ci = np.array([r[form]["rho_ci"] for r in rows])
@@ -597,13 +613,13 @@ def plot_scaling_rho(report: dict, path) -> None:
                     capsize=2, label=f"{form}" + (" (J − J*)" if form == "corrected" else " (J)"))
     ax.set(xscale="log", xlabel="σ", ylabel="ρ (|Pearson r| of the log-log line)",
            title="ρ per noise level on the compute-optimal frontier")
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower left")
     d = np.array([r["corrected_minus_plain"]["rho"]["value"] for r in rows])
     ci = np.array([r["corrected_minus_plain"]["rho"]["ci"] for r in rows])
     bx.errorbar(sig, d, yerr=[d - ci[:, 0], ci[:, 1] - d], fmt="o-", color="k", ms=4, capsize=2)
     bx.axhline(0, color="gray", lw=1)
     bx.set(xscale="log", xlabel="σ", ylabel="ρ(corrected) − ρ(plain)",
-           title="paired difference (95% CI, runs resampled)")
+           title="paired difference (95% CI, model sizes resampled)")
     save_figure(fig, path)
 
 
