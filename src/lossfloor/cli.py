@@ -112,6 +112,11 @@ def study():
               help="queries per level as a multiple of N")
 @click.option("--target-stderr", type=Real(0, 1, lo_open=True, hi_open=True),
               help="add rounds of --queries per level until stderr <= this fraction of the data variance")
+@click.option("--min-queries", type=QUERIES,
+              help="with --target-stderr and the full estimator: a first round of this many queries, then as "
+                   "many as the measured spread needs (a level that is 0 on every query gets an upper bound)")
+@click.option("--prune", is_flag=True,
+              help="full estimator: skip data points provably negligible to a query (exact; small sigma)")
 @click.option("--total-stderr", type=Real(0, lo_open=True),
               help="add levels where lambda p J* changes fastest, then queries, until the objective's total "
                    "is known to this standard uncertainty (per dimension; Monte-Carlo and interpolation)")
@@ -180,7 +185,7 @@ def train(progress, **options):
 
 @cli.command(short_help="Draw samples from a checkpoint (PNG).")
 @click.option("--checkpoint", required=True, type=PATH, help="a checkpoint.pt (or its folder)")
-@click.option("--n", type=Integer(1, 1 << 16), default=SAMPLE.n, help="number of samples")
+@click.option("--n", type=Integer(1, 4096), default=SAMPLE.n, help="number of samples (drawn as one batch)")
 @click.option("--steps", type=LEVELS, default=SAMPLE.steps, help="sigma levels of the sampler")
 @click.option("--sampler", type=choice(SAMPLERS), default=SAMPLE.sampler, help="ODE (heun) or SDE sampler")
 @click.option("--sigma-min", type=SIGMA, default=SAMPLE.sigma_min, help="smallest noise level")

@@ -30,14 +30,14 @@ from .curve import OptimalLossCurve
 from .estimators import DEFAULT_QUERIES, Estimator, EstimatorConfig, LevelEstimate
 from .files import atomic_write_bytes, atomic_write_text
 from .formulation import Objective, get_objective
-from .validation import check_out_path
+from .validation import check_model_size, check_out_path
 
 SIGMA_GRID = (0.002, 80.0, 32)  # EDM's range; curve.total covers 6 more decades each side for every preset
 DTYPES = ("float32", "float64")
 ESTIMATE_FILES = ("optimal_loss.json", "optimal_loss.csv", "optimal_loss.png")
 PARTIAL_FILE = "optimal_loss.partial.json"
-RESUME_KEYS = ("estimator", "queries", "target_stderr", "total_stderr", "subset", "C", "form", "seed",
-               "dtype", "class_conditional")
+RESUME_KEYS = ("estimator", "queries", "target_stderr", "total_stderr", "min_queries", "subset", "C", "form",
+               "seed", "dtype", "class_conditional")
 TRAIN_FILES = ("checkpoint.pt", "log.csv", "binned.csv")
 DIAGNOSE_FILES = ("diagnosis.json", "diagnosis.csv", "diagnosis.png")
 DIAGNOSE_QUERIES = 1024  # noisy queries per level for the model's loss (and J* when it is estimated)
@@ -91,8 +91,12 @@ def resolve_device(device: str) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"--device: unknown device {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device}: expected cpu, cuda or cuda:K")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
     return dev
 
 
@@ -126,6 +130,8 @@ class EstimateSettings:
     queries: int | None = None  # default min(N, DEFAULT_QUERIES)
     queries_per_point: float | None = None
     target_stderr: float | None = None
+    min_queries: int | None = None  # with target_stderr: a small first round, then what the spread needs
+    prune: bool = False  # exact pruning of far data points at small sigma (full estimator)
     total_stderr: float | None = None  # adaptive levels and queries until the total is this precise
     subset: int | None = None
     C: float | None = None
@@ -248,11 +254,11 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
         raise ValueError(f"{s.data}: need at least 2 data points, got {n}")
     queries = default_queries(n, s.queries, s.queries_per_point)
     config = EstimatorConfig(estimator=s.estimator, queries=queries, subset=s.subset, C=s.C, form=s.form,
-                             target_stderr=s.target_stderr)
+                             target_stderr=s.target_stderr, min_queries=s.min_queries, prune=s.prune)
     est = Estimator(dataset.rows(), config, labels=dataset.labels if s.class_conditional else None,
                     device=dev, dtype=getattr(torch, s.dtype))
     identity = {"estimator": s.estimator, "queries": queries, "target_stderr": s.target_stderr,
-                "total_stderr": s.total_stderr,
+                "total_stderr": s.total_stderr, "min_queries": s.min_queries,
                 "subset": s.subset, "C": s.C, "form": s.form, "seed": s.seed, "dtype": s.dtype,
                 "class_conditional": s.class_conditional, "fingerprint": dataset.fingerprint}
     done = main_only(finished_levels, out, identity) if s.resume else {}
@@ -406,6 +412,7 @@ def prepare_train(s: TrainSettings) -> TrainRun:
     dataset = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
     kind = s.model or ("unet" if dataset.is_image else "mlp")
     model_config = ModelConfig(kind, dataset.shape, s.width, s.depth)
+    check_model_size(model_config)  # counted on the meta device: a huge --width/--depth is refused first
     net = build_model(model_config)  # raises for a UNet on non-image data
     ckpt = load_checkpoint(out / CHECKPOINT_NAME) if s.resume and (out / CHECKPOINT_NAME).exists() else None
     if ckpt is not None:
