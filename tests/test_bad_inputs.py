@@ -585,3 +585,20 @@ def test_sample_into_a_read_only_folder_is_refused_before_sampling(tmp_path, cap
     folder.chmod(0o755)
     assert_one_line_error(code, err, "--out", folder)
     assert "cannot write" in err and not list(folder.iterdir())
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["estimate", "--data", "", "--no-progress"], "--data: empty name"),
+    (["estimate", "--data", "ring", "--n", "64", "--device", "meta", "--no-progress"], "expected cpu, cuda"),
+    (["train", "--data", "ring", "--n", "64", "--device", "meta", "--no-progress"], "expected cpu, cuda"),
+    (["train", "--data", "ring", "--n", "64", "--model", "relu-mlp", "--width", "8192", "--depth", "256",
+      "--no-progress"], "at most 268,435,456"),
+    (["train", "--data", "digits", "--n", "64", "--model", "unet", "--width", "8192", "--no-progress"],
+     "at most 268,435,456"),
+])
+def test_absurd_sizes_devices_and_names(tmp_path, capsys, args, phrase):
+    """A 17-billion-parameter model is refused from its parameter count (meta device), not by running out
+    of memory; a meta device used to fail with a traceback after creating --out."""
+    code, _, err = run_cli([*args, "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err)
+    assert phrase in err and not (tmp_path / "out").exists()

@@ -56,7 +56,8 @@ def invalid_values(param: click.Parameter):
     if isinstance(t, click.Choice):
         return st.one_of(WORD, st.text(max_size=6)).filter(lambda v: v not in t.choices)
     if param.name in ("data", "objective", "device"):
-        return st.one_of(WORD, st.sampled_from(["/dev/null", "/nonexistent/zz.npy", "zz.npz", "cuda:99"]))
+        special = ["/dev/null", "/nonexistent/zz.npy", "zz.npz", "cuda:99", "meta", "mps", "cuda:-1"]
+        return st.one_of(WORD, st.sampled_from(special))
     if param.name in ("checkpoint", "curve", "diffusers", "data_dir"):
         return st.sampled_from(["/nonexistent/zz", "/dev/null", "{sentinel}", "{folder}"])
     return None

@@ -213,6 +213,8 @@ def _fashion(folder: Path, split):
 
 
 def _from_path(name, split):
+    if not str(name).strip():
+        raise InputError("--data: empty name; give a dataset name, a .npy/.npz file or a folder of images")
     path = Path(name)
     if not path.exists():
         raise FileNotFoundError(

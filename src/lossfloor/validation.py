@@ -290,6 +290,27 @@ def check_weights(weights: dict, reference: dict, where: str, field: str) -> Non
                              f"model needs {tuple(ref.shape)}")
 
 
+# -- model size -------------------------------------------------------------------------------------
+
+MAX_PARAMETERS = 1 << 28  # 1 GiB of float32 weights (4 GiB with the EMA copy and Adam's two moments)
+
+
+def check_model_size(config) -> int:
+    """The parameter count of a `ModelConfig`, counted without allocating (meta device); InputError above
+    MAX_PARAMETERS, before a huge --width/--depth exhausts the memory."""
+    import torch
+
+    from .models import build_model, parameter_count
+
+    with torch.device("meta"):
+        count = parameter_count(build_model(config))
+    if count > MAX_PARAMETERS:
+        given = " ".join(f"--{k} {v}" for k, v in (("width", config.width), ("depth", config.depth)) if v)
+        raise InputError(f"{given or '--model'}: this {config.kind} would have {count:,} parameters; at most "
+                         f"{MAX_PARAMETERS:,} (1 GiB of float32 weights)")
+    return count
+
+
 # -- output paths ----------------------------------------------------------------------------------
 
 
