@@ -602,3 +602,10 @@ def test_absurd_sizes_devices_and_names(tmp_path, capsys, args, phrase):
     code, _, err = run_cli([*args, "--out", tmp_path / "out"], capsys)
     assert_one_line_error(code, err)
     assert phrase in err and not (tmp_path / "out").exists()
+
+
+def test_queries_per_point_beyond_the_query_cap(tmp_path, capsys):
+    code, _, err = run_cli(["estimate", "--data", "digits", "--queries-per-point", "1000", "--no-progress",
+                            "--out", tmp_path / "out"], capsys)
+    assert_one_line_error(code, err, "--queries-per-point", "at most 1,048,576")
+    assert not (tmp_path / "out").exists()

@@ -203,7 +203,11 @@ def default_queries(n: int, queries: int | None = None, per_point: float | None 
     if per_point is not None:
         if not per_point > 0:
             raise ValueError(f"--queries-per-point must be positive, got {per_point}")
-        return math.ceil(per_point * n)
+        queries, most = math.ceil(per_point * n), EstimatorConfig.max_queries
+        if queries > most:
+            raise ValueError(f"--queries-per-point {per_point:g}: {queries:,} queries per level for "
+                             f"N = {n:,}; at most {most:,}")
+        return queries
     return min(n, DEFAULT_QUERIES)
 
 
