@@ -609,3 +609,16 @@ def test_queries_per_point_beyond_the_query_cap(tmp_path, capsys):
                             "--out", tmp_path / "out"], capsys)
     assert_one_line_error(code, err, "--queries-per-point", "at most 1,048,576")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("error", [ValueError("first line\nsecond line"), ValueError(""),
+                                   OSError(28, "No space left on device")])
+def test_entry_point_prints_any_user_error_on_one_line(monkeypatch, capsys, error):
+    from lossfloor import workflow
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(workflow, "prepare_estimate", fail)
+    code, _, err = run_cli(["estimate"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ")

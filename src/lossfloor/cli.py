@@ -347,7 +347,7 @@ def main(argv=None):
     except click.ClickException as err:
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(2)
-    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-        click.echo(f"error: {err}", err=True)
+    except (ValueError, OSError) as err:  # bad input, or the system refusing a read or write (disk full...)
+        click.echo("error: " + (" ".join(str(err).split()) or type(err).__name__), err=True)  # one line
         sys.exit(2)
     sys.exit(0)
