@@ -145,6 +145,16 @@ def test_saved_objectives_are_plain_data():
         assert walk(obj.to_dict())
 
 
+@pytest.mark.parametrize("name", objective_names())
+def test_a_checkpoint_reloads_every_preset(tmp_path, name):
+    x = 0.5 * torch.randn(32, 2, generator=torch.Generator().manual_seed(2))
+    trainer = Trainer(x, name, TINY, TrainConfig(steps=1, batch_size=8))
+    trainer.run(progress=False)
+    ckpt = load_checkpoint(trainer.save(tmp_path / "checkpoint.pt"))
+    assert isinstance(ckpt.state["objective"], dict)
+    assert_same_objective(get_objective(name), ckpt.objective)
+
+
 @pytest.mark.parametrize("index", [0, 2])
 def test_a_checkpoint_reloads_a_modified_objective(tmp_path, index):
     obj = modified_objectives()[index]
