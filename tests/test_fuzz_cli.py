@@ -22,7 +22,7 @@ from lossfloor.cli import cli, main
 from lossfloor.validation import Integer, Real, RealList
 
 COMMANDS = ("estimate", "train", "sample", "diagnose")
-FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 RANGED = (Integer, Real, RealList)
 
