@@ -382,18 +382,10 @@ def diagnose_diffusers(denoiser: DiffusersDenoiser, optimal, train_x: Tensor, si
                        test_x: Tensor | None = None, queries: int = 1024, seed: int = 0, progress=None):
     """`diagnosis.Diagnosis` of a diffusers denoiser at `sigmas` (its training levels) against J*, which is
     interpolated where the curve's grid differs."""
-    from ..diagnosis import Diagnosis, compare, model_curve, totals
+    from ..diagnosis import diagnose
 
-    objective = denoiser.objective
-    model = model_curve(denoiser, train_x, sigmas, queries, seed, progress)
-    result = Diagnosis(objective.name, compare(model, optimal), {"train": totals(model, optimal, objective)},
-                       model_curves={"train": model})
-    if test_x is not None:
-        held_out = model_curve(denoiser, test_x, sigmas, queries, seed, progress)
-        result.test = compare(held_out, optimal)
-        result.totals["test"] = totals(held_out, optimal, objective)
-        result.model_curves["test"] = held_out
-    return result
+    return diagnose(denoiser, denoiser.objective, optimal, train_x, test_x=test_x, queries=queries, seed=seed,
+                    progress=progress, sigmas=sigmas)
 
 
 # --------------------------------------------------------------------------------------------
