@@ -117,3 +117,16 @@ def test_rejects_nonpositive_sigma():
     data, _ = _data()
     with pytest.raises(ValueError, match="positive"):
         posterior_stats(data[:2], data, 0.0)
+
+
+def test_precomputed_row_norms_give_the_same_stats():
+    from lossfloor.kernel import row_square_norms
+    g = torch.Generator().manual_seed(5)
+    x, q = torch.randn(300, 6, generator=g), torch.randn(20, 6, generator=g)
+    shift = x.double().mean(0)
+    a = posterior_stats(q, x, 0.7, shift=shift, chunk_size=64)
+    sq = row_square_norms(x, shift, torch.float32)
+    b = posterior_stats(q, x, 0.7, shift=shift, chunk_size=64, row_sq=sq)
+    for u, v in zip((a.log_max, a.weight, a.weighted_x, a.weighted_sq), (b.log_max, b.weight, b.weighted_x,
+                                                                         b.weighted_sq), strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=0)

@@ -62,6 +62,8 @@ def sharded_posterior_stats(queries: torch.Tensor, data, sigma: float, *, self_i
         return posterior_stats(queries, data, sigma, self_index=self_index,
                                self_log_weight=self_log_weight, **kwargs)
     start, stop = shard_bounds(len(data), rank, size)
+    if kwargs.get("row_sq") is not None:
+        kwargs["row_sq"] = kwargs["row_sq"][start:stop]
     part = posterior_stats(queries, RowWindow(data, start, stop), sigma, self_index=self_index,
                            self_log_weight=self_log_weight, row_offset=start, **kwargs)
     return all_reduce_stats(part, group)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .curve import OptimalLossCurve
 from .distributed import sharded_posterior_stats
-from .kernel import Projection, candidate_rows, posterior_stats
+from .kernel import Projection, candidate_rows, posterior_stats, row_square_norms
 from .storage import take_rows
 
 Tensor = torch.Tensor
@@ -143,10 +143,18 @@ class DataMatrix:
             self.rows = self.rows.to(device=device, dtype=dtype)
         self.device, self.dtype, self.chunk_size = torch.device(device), dtype, chunk_size
         self.projection = None  # built on first use by exact pruning (EstimatorConfig.prune)
+        self._row_sq = None
         self.n, self.dim = self.rows.shape
         self.center = sum(x.sum(0) for x in self._chunks()) / self.n
         # Two passes: the centred second moment is tr Cov(x0), the large-sigma limit of J* (summed).
         self.mean_sq = sum((x - self.center).pow(2).sum().item() for x in self._chunks()) / self.n
+
+    @property
+    def row_sq(self) -> Tensor | None:
+        """float64 squared norms of the centred rows, computed once (in-memory rows only)."""
+        if self._row_sq is None and isinstance(self.rows, Tensor):
+            self._row_sq = row_square_norms(self.rows, self.center, self.dtype, self.chunk_size)
+        return self._row_sq
 
     def _chunks(self):
         for start in range(0, self.n, self.chunk_size):
@@ -264,7 +272,7 @@ def _full_values(data, sigma, config, generator, progress) -> tuple[Tensor, Tens
                                     chunk_size=config.chunk_size)
         else:
             stats = sharded_posterior_stats(queries, data.rows, sigma, shift=data.center,
-                                            chunk_size=config.chunk_size)
+                                            chunk_size=config.chunk_size, row_sq=data.row_sq)
         out.append(_value(stats, data, config.form).cpu())
         if progress is not None:
             progress(len(idx))

@@ -69,6 +69,7 @@ def posterior_stats(
     self_log_weight: float = 0.0,
     row_offset: int = 0,
     chunk_size: int = 8192,
+    row_sq: Tensor | None = None,
 ) -> PosteriorStats:
     """Posterior sums of `queries` (M, D) against `data` rows (a tensor or an array-like such as a
     numpy memmap), computed in the queries' dtype on their device, accumulated in float64.
@@ -76,6 +77,8 @@ def posterior_stats(
     shift: subtracted from every data row as it is read (centring keeps ||x||^2 small).
     self_index: per query, the global row index of its source; that pair's logit gets `self_log_weight`
     added (log(1/C) for cDOL, -inf to exclude it).  row_offset: global index of data[0].
+    row_sq: the float64 squared norms of the (shifted) rows (`row_square_norms`), when the same rows serve
+    many calls: computing them per call cost ~15% of the kernel's time.
     """
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
@@ -102,7 +105,7 @@ def posterior_stats(
         # Sum w and sum w ||x||^2 in float64, as E||x||^2 - ||E x||^2 cancels; in a one-hot posterior the
         # variance is then exactly 0.  Reused buffers: fresh float64 copies per chunk cost as much as
         # the GEMMs did.
-        sq = _square_norms(x, block)
+        sq = _square_norms(x, block) if row_sq is None else row_sq[start:start + len(x)].to(device)
         logits = torch.addmm((-0.5 * inv_var) * sq.to(dtype)[None, :], q_scaled, x.T)
         if self_index is not None and self_log_weight != 0.0:
             local = self_index - (row_offset + start)
@@ -118,6 +121,19 @@ def posterior_stats(
 
 
 _NORM_BLOCK = 256
+
+
+def row_square_norms(data: Tensor, shift: Tensor | None = None, dtype=torch.float32,
+                     chunk_size: int = 8192) -> Tensor:
+    """float64 squared norms of the rows as `posterior_stats` computes them (cast to `dtype`, shifted)."""
+    out = []
+    block = torch.empty(min(_NORM_BLOCK, len(data)), data.shape[1], device=data.device, dtype=F64)
+    for start in range(0, len(data), chunk_size):
+        x = data[start:start + chunk_size].to(dtype)
+        if shift is not None:
+            x = x - shift.to(device=x.device, dtype=dtype)
+        out.append(_square_norms(x, block))
+    return torch.cat(out)
 
 
 def _square_norms(x: Tensor, block: Tensor) -> Tensor:
