@@ -56,10 +56,7 @@ def plot_curve(curve: OptimalLossCurve, objective: Objective, path, title: str =
     ax.plot(curve.sigma, curve.loss, "o-", color="C0", ms=3, label="optimal loss J*(σ) per dimension")
     ax.axhline(curve.data_variance, color="k", ls="--", lw=1,
                label=f"data variance {curve.data_variance:.4g} (σ → ∞ limit)")
-    critical = curve.critical_sigma()
-    if math.isfinite(critical):
-        ax.axvline(critical, color="C3", ls=":", lw=1.5,
-                   label=f"critical σ ≈ {critical:.3g} (J* > 1% of variance)")
+    mark_critical_sigma(ax, curve.critical_sigma())
     ax.set_xscale("log")
     ax.set_xlabel("noise level σ (VE: σ_t / α_t)")
     ax.set_ylabel("J*(σ)  (per-dimension x0 MSE)")
@@ -285,7 +282,7 @@ def critical_sigma_of(sigma, optimal_loss, data_variance: float, fraction: float
 def mark_critical_sigma(ax, critical: float, label: bool = True) -> None:
     """A dotted vertical line at the critical sigma (J* > 1% of the data variance)."""
     if math.isfinite(critical):
-        ax.axvline(critical, color="C3", ls=":", lw=1.3,
+        ax.axvline(critical, color="C3", ls=":", lw=1.5,
                    label=f"critical σ* ≈ {critical:.3g} (J* > 1% of variance)" if label else None)
 
 
