@@ -182,6 +182,14 @@ def test_study_diagnose_quick_budget(tmp_path, capsys):
     doc = json.loads((out / "diagnose_study.json").read_text())
     assert [r["variant"] for r in doc["datasets"]["digits"]["variants"]] == ["edm", "vp"]
     assert len((out / "totals.csv").read_text().splitlines()) == 1 + 2 * 2
+    table = [line.split() for line in stdout.splitlines() if line.startswith("digits")]  # the printed table
+    assert "gap own (train)" in stdout and [row[1] for row in table] == ["edm", "vp"]
+    cells = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+    assert len(cells) == 2
+    code, again, err = run(["study", "diagnose", "--budget", "quick", "--datasets", "digits",
+                            "--variants", "edm,vp", "--out", out, "--no-progress"], capsys)
+    assert code == 0 and again == stdout  # resumed per cell: nothing recomputed, the same report
+    assert {p: p.stat().st_mtime_ns for p in cells} == cells
     assert_usage_error(run(["study", "diagnose", "--budget", "quick", "--datasets", "mnist", "--out", out],
                            capsys), "unknown dataset")
 
