@@ -326,3 +326,11 @@ def test_pruning_keeps_few_rows_at_small_sigma(clusters):
     ref = (q - (x[:64] - x.mean(0))).pow(2).sum(1)
     rows = candidate_rows(q, ref, proj, 0.05)
     assert set(range(64)) <= set(rows.tolist()) and len(rows) < 0.2 * len(x)
+
+
+def test_all_zero_level_with_a_loose_bound_stops_at_queries(clusters):
+    # The bound does not shrink with more sources once its mean exceeds the target: stop at `queries`.
+    x, _ = clusters
+    cfg = EstimatorConfig("full", queries=128, target_stderr=1e-30, min_queries=32, max_queries=1 << 16)
+    level = Estimator(x, cfg, dtype=torch.float64).level(0.05, seed=0)
+    assert level.loss == 0.0 and level.queries == 128 and level.stderr > 0

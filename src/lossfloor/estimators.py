@@ -203,15 +203,19 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
         used += len(values)
         pooled = torch.cat(units)
         se = pooled.std().item() / math.sqrt(len(pooled))
-        if adaptive and not pooled.any():  # every query exactly 0: a bound stands in for the stderr
+        all_zero = adaptive and not pooled.any()
+        if all_zero:  # every query exactly 0: a bound stands in for the stderr
             se = zero_level_bound(data, torch.cat(sources), sigma, config.chunk_size)
-        if target is None or se <= target or used >= config.max_queries:
+        # An all-zero level whose bound stays above the target stops at `queries` (the bound, not the
+        # queries, limits it): it reports the bound.
+        if (target is None or se <= target or used >= config.max_queries
+                or (all_zero and used >= config.queries)):
             return LevelEstimate(float(sigma), _clamped(pooled.mean().item(), sigma, config.form), se, used)
         if adaptive and pooled.any():
             needed = math.ceil(1.2 * (pooled.std().item() / target) ** 2)
             size = min(max(needed - used, config.min_queries), config.max_queries - used)
         elif adaptive:
-            size = min(used, config.max_queries - used)  # all zero, bound too loose: double the sources
+            size = min(used, config.queries - used)  # all zero, bound too loose: double the sources
         else:
             size = min(config.queries, config.max_queries - used) if config.estimator == "full" else size
 
