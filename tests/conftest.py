@@ -1,6 +1,7 @@
 """Shared test set-up: tests marked `fashion` skip, with the reason, when the Debian data is missing."""
 
 import pytest
+import torch
 
 from lossfloor.data import FASHION_DIR
 
@@ -17,3 +18,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "fashion" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: tiny models run fastest so, do not spin-wait on a shared 2-core machine, and a
+    killed subprocess with one thread does the same arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

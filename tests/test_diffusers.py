@@ -32,13 +32,7 @@ VP_CASES = (
 EXPECTED_TARGET = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny UNets run fastest on one thread, and do not spin-wait on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def _scheduler(name, config):

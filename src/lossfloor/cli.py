@@ -317,7 +317,8 @@ def scaling_study(preset, seed, data_dir, device, out, progress):
 @study.command("schedule", short_help="The paper's optimal-loss schedule vs native schedules and baselines.")
 @click.option("--preset", type=choice(schedule_lib.PRESETS), default="default",
               help="default: the committed results (digits, MLP, 500 steps, 3 seeds, ~7 min on 2 CPU "
-                   "cores); long: 2000 steps; full: Fashion-MNIST, UNet, 20k steps, 10k samples (a GPU); "
+                   "cores); fashion: the same recipe on Fashion-MNIST (MLP 256); long: 2000 steps; "
+                   "full: Fashion-MNIST, UNet, 20k steps, 10k samples (a GPU); "
                    "quick: a smoke test")
 @click.option("--objectives", default=",".join(schedule_lib.SCHEDULE_STUDY), help="objectives")
 @click.option("--schedules", help="comma-separated subset of each objective's schedules [all]")

@@ -597,6 +597,15 @@ def describe_objective(obj: Objective) -> str:
             f"noise {obj.time_dist!r})")
 
 
+def check_diagnose_grid(s: DiagnoseSettings) -> None:
+    """The queries and the sigma grid of a diagnosis (a lossfloor checkpoint or a diffusers folder)."""
+    if s.queries < 2:
+        raise ValueError(f"--queries must be at least 2, got {s.queries}")
+    if s.curve is None and (s.levels < 2 or not 0 < s.sigma_min < s.sigma_max):
+        raise ValueError(f"need --levels >= 2 and 0 < --sigma-min < --sigma-max, got {s.levels}, "
+                         f"{s.sigma_min}, {s.sigma_max}")
+
+
 def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
     """Check the options, load the checkpoint, the data and the curve; nothing is written."""
     from .data import load_dataset
@@ -611,11 +620,7 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
     if s.data is None and (s.data_dir, s.n, s.flip, s.data_seed) != (None, None, False, 0):
         raise ValueError("--data-dir, --n, --data-seed and --flip apply with --data (without it the "
                          "checkpoint's own data is reloaded as it was trained)")
-    if s.queries < 2:
-        raise ValueError(f"--queries must be at least 2, got {s.queries}")
-    if s.curve is None and (s.levels < 2 or not 0 < s.sigma_min < s.sigma_max):
-        raise ValueError(f"need --levels >= 2 and 0 < --sigma-min < --sigma-max, got {s.levels}, "
-                         f"{s.sigma_min}, {s.sigma_max}")
+    check_diagnose_grid(s)
     dev = resolve_device(s.device)
     out = Path(s.out)
     check_out_dir(out, DIAGNOSE_FILES, force=s.force)

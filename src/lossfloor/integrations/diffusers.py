@@ -468,7 +468,14 @@ class DiffusersDiagnoseRun:
 def prepare_diffusers_diagnose(s) -> DiffusersDiagnoseRun:
     """Check `diagnose --diffusers` options, load the folder, the data and the curve; writes nothing."""
     from ..data import load_dataset
-    from ..workflow import DIAGNOSE_FILES, _matching_curve, check_coverage, check_out_dir, resolve_device
+    from ..workflow import (
+        DIAGNOSE_FILES,
+        _matching_curve,
+        check_coverage,
+        check_diagnose_grid,
+        check_out_dir,
+        resolve_device,
+    )
 
     if s.checkpoint:
         raise ValueError("give either --checkpoint or --diffusers, not both")
@@ -477,11 +484,7 @@ def prepare_diffusers_diagnose(s) -> DiffusersDiagnoseRun:
     if s.raw_weights:
         raise ValueError("--raw-weights applies to lossfloor checkpoints; a diffusers folder has one set of "
                          "weights (save the EMA model with save_pretrained to diagnose it)")
-    if s.queries < 2:
-        raise ValueError(f"--queries must be at least 2, got {s.queries}")
-    if s.curve is None and (s.levels < 2 or not 0 < s.sigma_min < s.sigma_max):
-        raise ValueError(f"need --levels >= 2 and 0 < --sigma-min < --sigma-max, got {s.levels}, "
-                         f"{s.sigma_min}, {s.sigma_max}")
+    check_diagnose_grid(s)
     try:
         _diffusers()
     except ImportError as err:

@@ -82,6 +82,8 @@ PRESETS = {
                            warmup=500, ema=0.999, every=200, samples=10_000, sample_steps=32,
                            nelbo_points=2000, nelbo_samples=8, gap_queries=1024, floor_queries=4096,
                            classifier_steps=3000),
+    # Fashion-MNIST on 2 CPU cores: the default's recipe with a wider MLP and a 1,000-point NELBO subset.
+    "fashion": SchedulePreset(dataset="fashion-mnist", width=256, nelbo_points=1000),
     # A longer check of the default (4x the steps, the library's K = 100), for a subset of schedules.
     "long": SchedulePreset(steps=2000, every=100),
     # For tests: seconds.

@@ -1,0 +1,357 @@
+"""The scaling study's report: fits of the finished cells, tables and figures (`write_scaling_report`).
+
+`lossfloor.studies.scaling` trains and evaluates the cells; this module reads them back, fits the three
+forms of `lossfloor.scaling` on the compute-optimal frontier, per model size, per sigma and on held-out
+data, and writes scaling.json, table.md, points.csv, levels.csv and the three figures.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import scaling
+from ..files import atomic_write_text
+from ..formulation import get_objective
+from .common import csv_text, load_cells, markdown_table, write_json
+
+TRAINED_QUANTILE = 0.99  # the rho figure shades sigma above this quantile of the objective's p(sigma)
+
+
+def _points(cells: list[dict], setup: dict) -> dict:
+    """Arrays over all (width, step) cells: compute, run label, total and per-level losses and floors."""
+    cells = sorted(cells, key=lambda c: (c["width"], c["step"]))
+    floor = setup["same_draw_floor"]
+    return {
+        "width": np.array([c["width"] for c in cells]), "step": np.array([c["step"] for c in cells]),
+        "parameters": np.array([c["parameters"] for c in cells]),
+        "compute": np.array([c["compute"] for c in cells], dtype=float),
+        "train": np.array([c["train"]["total"][0] for c in cells]),
+        "train_raw": np.array([c["train"]["total_raw"][0] for c in cells]),
+        "train_gap": np.array([c["train"]["total_gap"][0] for c in cells]),
+        "train_gap_se": np.array([c["train"]["total_gap"][1] for c in cells]),
+        "test": np.array([c["test"]["total"][0] for c in cells]),
+        "levels": np.array([[v[0] for v in c["train"]["levels"]] for c in cells]),
+        "level_gaps": np.array([[v[0] for v in c["train"]["level_gaps"]] for c in cells]),
+        "test_levels": np.array([[v[0] for v in c["test"]["levels"]] for c in cells]),
+        "floor_total": floor["total"][0], "floor_levels": np.array([v[0] for v in floor["levels"]]),
+    }
+
+
+def _frontier_fits(compute, loss, floor, runs, n_boot, seed, floor_stderr=0.0) -> tuple[np.ndarray, dict]:
+    """The three forms fitted on the compute-optimal frontier (lower envelope over runs)."""
+    idx = scaling.compute_frontier(compute, loss)
+    if len(idx) < 3:
+        return idx, {}
+    fits = scaling.fit_all(compute[idx], loss[idx], floor, groups=runs[idx], n_boot=n_boot, seed=seed,
+                           floor_stderr=floor_stderr)
+    return idx, fits
+
+
+def _fit_summary(fits: dict) -> dict:
+    out = {form: f.to_dict() for form, f in fits.items()}
+    if "corrected" in fits:
+        out["corrected_minus_plain"] = {
+            s: scaling.paired_difference(fits["corrected"], fits["plain"], s).to_dict()
+            for s in ("rho", "r2")}
+    return out
+
+
+def write_scaling_report(out) -> dict:
+    """Fits, tables, CSVs and figures from the finished cells under `out`."""
+    import json
+
+    out = Path(out)
+    setup = json.loads((out / "setup.json").read_text())
+    preset = setup["preset"]
+    cells = load_cells(out / "cells", "*.json")
+    p = _points(cells, setup)
+    sigmas = np.asarray(setup["optimal_loss"]["sigma"])
+    curve_floor = np.asarray(setup["optimal_loss"]["loss"])
+    curve_se = np.asarray(setup["optimal_loss"]["stderr"])
+    seed, n_boot = setup["seed"], preset["n_boot"]
+    floor = p["floor_total"]
+    # J (Rao-Blackwellised on the evaluation draws) = same-draw J* + the non-negative paired gap.
+    j_train = floor + p["train_gap"]
+
+    report = {"setup": {k: setup[k] for k in ("preset_name", "preset", "seed", "objective", "sizes",
+                                               "flop_convention", "curve_total", "same_draw_floor",
+                                               "eval_draws", "test_draws")}}
+    idx, fits = _frontier_fits(p["compute"], j_train, floor, p["width"], n_boot, seed)
+    report["frontier"] = {"points": idx.tolist(), "fits": _fit_summary(fits),
+                          "floor": floor, "free_E_minus_floor": fits["free"].floor - floor if fits else None}
+    report["per_size"] = {}
+    for w in sorted(set(p["width"].tolist())):
+        sel = np.nonzero(p["width"] == w)[0]
+        report["per_size"][str(w)] = _fit_summary(scaling.fit_all(p["compute"][sel], j_train[sel], floor,
+                                                                   n_boot=n_boot, seed=seed))
+    per_sigma = []
+    for k, s in enumerate(sigmas):
+        j_k = p["floor_levels"][k] + p["level_gaps"][:, k]
+        idx_k, fits_k = _frontier_fits(p["compute"], j_k, p["floor_levels"][k], p["width"], n_boot, seed)
+        row = {"sigma": float(s), "floor": float(p["floor_levels"][k]), "curve_floor": float(curve_floor[k]),
+               "curve_floor_se": float(curve_se[k]), "frontier_points": len(idx_k)}
+        if fits_k:
+            row.update(_fit_summary(fits_k))
+        per_sigma.append(row)
+    report["per_sigma"] = per_sigma
+    # Held out: the training-set J* is not a floor there; fit with it anyway and see.  J*_train is the
+    # same-draw estimate (its SE propagated), not the curve's interpolated total.
+    value, se = setup["same_draw_floor"]["total"]
+    tot = {"value": value, "stderr": se}
+    idx_t, fits_t = _frontier_fits(p["compute"], p["test"], value, p["width"], n_boot, seed, floor_stderr=se)
+    report["held_out"] = {"points": idx_t.tolist(), "floor": tot["value"], "fits": _fit_summary(fits_t),
+                          "below_floor_points": int(np.sum(p["test"] <= tot["value"]))}
+    write_json(out / "scaling.json", report)
+
+    rows = []
+    for i in range(len(p["compute"])):
+        rows.append({"width": int(p["width"][i]), "parameters": int(p["parameters"][i]),
+                     "step": int(p["step"][i]),
+                     "compute_flops": f"{p['compute'][i]:.6e}", "train_loss": f"{p['train'][i]:.6g}",
+                     "train_loss_raw": f"{p['train_raw'][i]:.6g}",
+                     "train_gap": f"{p['train_gap'][i]:.6g}", "train_gap_se": f"{p['train_gap_se'][i]:.3g}",
+                     "train_floor_same_draws": f"{floor:.6g}", "test_loss": f"{p['test'][i]:.6g}",
+                     "on_frontier": int(i in set(idx.tolist()))})
+    atomic_write_text(out / "points.csv", csv_text(rows, list(rows[0])))
+    level_rows = []
+    for i in range(len(p["compute"])):
+        for k, s in enumerate(sigmas):
+            level_rows.append({"width": int(p["width"][i]), "step": int(p["step"][i]), "sigma": f"{s:.6g}",
+                               "train_x0_loss": f"{p['levels'][i, k]:.6g}",
+                               "train_gap": f"{p['level_gaps'][i, k]:.6g}",
+                               "floor_same_draws": f"{p['floor_levels'][k]:.6g}",
+                               "curve_floor": f"{curve_floor[k]:.6g}",
+                               "test_x0_loss": f"{p['test_levels'][i, k]:.6g}"})
+    atomic_write_text(out / "levels.csv", csv_text(level_rows, list(level_rows[0])))
+    atomic_write_text(out / "table.md", scaling_tables(report))
+    plot_scaling_total(p, j_train, report, out / "scaling_total.png")
+    variance = setup["optimal_loss"]["data_variance"]
+    plot_scaling_sigma(p, sigmas, report, out / "scaling_sigma.png", variance)
+    plot_scaling_rho(report, out / "rho_by_sigma.png", get_objective(setup["objective"]))
+    return report
+
+
+def _ci(fit: dict, key: str, digits: int = 3) -> str:
+    lo, hi = fit[f"{key}_ci"]
+    return f"{fit[key]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _form_rows(fits: dict) -> list[list[str]]:
+    rows = []
+    for form in scaling.FORMS:
+        if form not in fits:
+            continue
+        f = fits[form]
+        rows.append([form, _ci(f, "rho", 4), _ci(f, "r2", 4), _ci(f, "alpha", 4),
+                     f"{f['floor']:.4g}" + (f" [{f['floor_ci'][0]:.4g}, {f['floor_ci'][1]:.4g}]"
+                                            if form == "free" else ""),
+                     f"{f['extrapolation_error']:.4f}", str(len(f["below_floor"]))])
+    return rows
+
+
+HEAD = ["form", "ρ [95% CI]", "R² (log J) [95% CI]", "α [95% CI]", "floor", "extrap. error", "≤ floor"]
+
+
+def scaling_tables(report: dict) -> str:
+    """The markdown tables: forms on the frontier (train and held out), per size, per sigma."""
+    parts = [markdown_table(HEAD, _form_rows(report["frontier"]["fits"]),
+                            "Total EDM loss, compute-optimal frontier (training data)")]
+    diff = report["frontier"]["fits"].get("corrected_minus_plain")
+    if diff:
+        d = diff["rho"]
+        parts.append(f"ρ(corrected) − ρ(plain) = {d['value']:+.4f}, paired 95% CI "
+                     f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]\n")
+    parts.append(markdown_table(HEAD, _form_rows(report["held_out"]["fits"]),
+                                "Total EDM loss on held-out data (J* of the training set subtracted)"))
+    size_rows = []
+    for w, fits in report["per_size"].items():
+        for row in _form_rows(fits):
+            size_rows.append([w] + row)
+    parts.append(markdown_table(["width"] + HEAD, size_rows, "Per model size (checkpoints of one run)"))
+    sig_rows = []
+    for r in report["per_sigma"]:
+        if "plain" not in r:
+            continue
+        d = r["corrected_minus_plain"]["rho"]
+        free = r["free"]
+        sig_rows.append([f"{r['sigma']:.3g}", f"{r['floor']:.4g}", f"{r['plain']['rho']:.4f}",
+                         f"{r['corrected']['rho']:.4f}",
+                         f"{d['value']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]",
+                         f"{free['floor']:.4g} [{free['floor_ci'][0]:.3g}, {free['floor_ci'][1]:.3g}]",
+                         f"{r['plain']['extrapolation_error']:.4f}",
+                         f"{r['corrected']['extrapolation_error']:.4f}"])
+    parts.append(markdown_table(["σ", "J*(σ)", "ρ plain", "ρ corrected", "Δρ [95% CI]", "free E [95% CI]",
+                                 "extrap. plain", "extrap. corrected"], sig_rows,
+                                "Per noise level, x0 loss on the frontier"))
+    return "\n".join(parts)
+
+
+# -- figures -----------------------------------------------------------------------------------------
+
+
+def _fit_line(ax, fit: dict, compute, subtract: float, **style) -> None:
+    f = np.geomspace(compute.min(), compute.max(), 100)
+    ax.plot(f, fit["floor"] - subtract + fit["beta"] * f ** fit["alpha"], **style)
+
+
+def _by_width(ax, p, y, marker="o") -> None:
+    for i, w in enumerate(sorted(set(p["width"].tolist()))):
+        sel = p["width"] == w
+        ax.plot(p["compute"][sel], y[sel], marker + "-", color=f"C{i}", ms=3, lw=1, alpha=0.8,
+                label=f"width {w} ({p['parameters'][sel][0] / 1e3:.0f}k params)")
+
+
+def plot_scaling_total(p: dict, j_train: np.ndarray, report: dict, path) -> None:
+    """J - J* against compute per model size with the frontier and its fits; J with the plain and free
+    fits; the held-out loss minus the training J*."""
+    import matplotlib.pyplot as plt
+
+    from ..plots import save_figure
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    fig.subplots_adjust(wspace=0.32)
+    fits, floor = report["frontier"]["fits"], report["frontier"]["floor"]
+    idx = np.asarray(report["frontier"]["points"], dtype=int)
+    ax = axes[0]
+    _by_width(ax, p, j_train - floor)
+    ax.plot(p["compute"][idx], j_train[idx] - floor, "ks", ms=5, mfc="none", label="compute-optimal frontier")
+    if fits:
+        c = fits["corrected"]
+        _fit_line(ax, c, p["compute"], floor, color="k", lw=2,
+                  label=f"corrected: {c['beta']:.3g} F^{c['alpha']:.3f}, ρ = {c['rho']:.4f}")
+    ax.set(xscale="log", yscale="log", xlabel="training compute F (FLOPs)", ylabel="J − J* (EDM, per dim)",
+           title=f"(a) gap to the floor J* = {floor:.4g}")
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    _by_width(ax, p, j_train)
+    ax.axhline(floor, color="k", ls=":", lw=1, label="J* (same draws)")
+    if fits:
+        pl, fr = fits["plain"], fits["free"]
+        _fit_line(ax, pl, p["compute"], 0.0, color="k", lw=2, ls="--",
+                  label=f"plain: {pl['beta']:.3g} F^{pl['alpha']:.3f}, ρ = {pl['rho']:.4f}")
+        _fit_line(ax, fr, p["compute"], 0.0, color="C3", lw=2,
+                  label=f"free: {fr['floor']:.3g} + {fr['beta']:.3g} F^{fr['alpha']:.3f}")
+    ax.set(xscale="log", yscale="log", xlabel="training compute F (FLOPs)", ylabel="J (EDM, per dim)",
+           title="(b) total loss, plain and free-E fits")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    held = report["held_out"]
+    gap = p["test"] - held["floor"]
+    pos = gap > 0
+    for i, w in enumerate(sorted(set(p["width"].tolist()))):
+        sel = (p["width"] == w) & pos
+        ax.plot(p["compute"][sel], gap[sel], "o-", color=f"C{i}", ms=3, lw=1, alpha=0.8)
+    if held["fits"]:
+        c = held["fits"]["corrected"]
+        _fit_line(ax, c, p["compute"], held["floor"], color="k", lw=2,
+                  label=f"corrected: ρ = {c['rho']:.4f}, α = {c['alpha']:.3f}")
+        ax.legend(fontsize=7)
+    ax.set(xscale="log", yscale="log", xlabel="training compute F (FLOPs)",
+           ylabel="J_held-out − J*_train",
+           title=f"(c) held-out data ({held['below_floor_points']} points at or below J*_train)")
+    save_figure(fig, path)
+
+
+HIGHLIGHT_FRACTIONS = (1e-3, 0.5, 0.9, 0.99)  # J*(sigma) / data variance of the levels drawn
+
+
+def _highlight(report: dict, variance: float, fractions=HIGHLIGHT_FRACTIONS) -> list[int]:
+    """Fitted levels whose J*/variance is nearest (in log) to each fraction: memorised, transition, high."""
+    fitted = [k for k, r in enumerate(report["per_sigma"]) if "plain" in r]
+    ratio = np.log(np.maximum([report["per_sigma"][k]["floor"] / variance for k in fitted], 1e-12))
+    picks = [fitted[int(np.argmin(np.abs(ratio - np.log(f))))] for f in fractions]
+    return list(dict.fromkeys(picks))
+
+
+def plot_scaling_sigma(p: dict, sigmas, report: dict, path, variance: float) -> None:
+    """Per-sigma x0-loss gaps to J*(sigma) against compute, with the corrected and plain fits."""
+    import matplotlib.pyplot as plt
+
+    from ..plots import save_figure
+
+    levels = _highlight(report, variance)
+    fig, axes = plt.subplots(2, len(levels), figsize=(5 * len(levels), 8), squeeze=False)
+    for col, k in enumerate(levels):
+        r = report["per_sigma"][k]
+        gap = p["level_gaps"][:, k]
+        j = r["floor"] + gap
+        ax = axes[0, col]
+        pos = gap > 0
+        for i, w in enumerate(sorted(set(p["width"].tolist()))):
+            sel = (p["width"] == w) & pos
+            ax.plot(p["compute"][sel], gap[sel], "o-", color=f"C{i}", ms=3, lw=1, alpha=0.8,
+                    label=f"width {w}")
+        _fit_line(ax, r["corrected"], p["compute"], r["floor"], color="k", lw=2,
+                  label=f"corrected, ρ = {r['corrected']['rho']:.3f}")
+        ax.set(xscale="log", yscale="log", xlabel="compute F (FLOPs)", ylabel="x0 loss − J*(σ)",
+               title=f"σ = {sigmas[k]:.3g}, J*(σ) = {r['floor']:.3g} ({r['floor'] / variance:.1%} of var.)")
+        ax.legend(fontsize=7)
+        ax = axes[1, col]
+        for i, w in enumerate(sorted(set(p["width"].tolist()))):
+            sel = p["width"] == w
+            ax.plot(p["compute"][sel], j[sel], "o-", color=f"C{i}", ms=3, lw=1, alpha=0.8)
+        ax.axhline(r["floor"], color="k", ls=":", lw=1, label="J*(σ)")
+        _fit_line(ax, r["plain"], p["compute"], 0.0, color="k", lw=2, ls="--",
+                  label=f"plain, ρ = {r['plain']['rho']:.3f}")
+        _fit_line(ax, r["free"], p["compute"], 0.0, color="C3", lw=2,
+                  label=f"free, E = {r['free']['floor']:.3g}")
+        ax.set(xscale="log", yscale="log", xlabel="compute F (FLOPs)", ylabel="x0 loss J(σ)")
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def _sigma_quantile(objective, q: float) -> float:
+    """The sigma below which a fraction q of the objective's training noise levels fall."""
+    grid = np.linspace(-12.0, 12.0, 4801)
+    cdf = objective.cdf(torch.tensor(grid)).numpy()
+    return float(math.exp(np.interp(q, cdf, grid)))
+
+
+def plot_scaling_rho(report: dict, path, objective) -> None:
+    """rho of the plain and the corrected fit per sigma level, with 95% intervals; sigma levels that the
+    objective's p(sigma) rarely trains are shaded."""
+    import matplotlib.pyplot as plt
+
+    from ..plots import save_figure
+
+    rows = [r for r in report["per_sigma"] if "plain" in r]
+    sig = np.array([r["sigma"] for r in rows])
+    rare = _sigma_quantile(objective, TRAINED_QUANTILE)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 4.5))
+    for axis in (ax, bx):
+        axis.axvspan(rare, sig.max() * 1.3, color="0.9", lw=0,
+                     label=f"σ above {TRAINED_QUANTILE:.0%} of {objective.name}'s training p(σ)")
+    for offset, form, color in ((0.97, "plain", "C0"), (1.03, "corrected", "C3")):
+        rho = np.array([r[form]["rho"] for r in rows])
+        ci = np.array([r[form]["rho_ci"] for r in rows])
+        ax.errorbar(sig * offset, rho, yerr=[rho - ci[:, 0], ci[:, 1] - rho], fmt="o-", color=color, ms=4,
+                    capsize=2, label=f"{form}" + (" (J − J*)" if form == "corrected" else " (J)"))
+    ax.set(xscale="log", xlabel="σ", ylabel="ρ (|Pearson r| of the log-log line)",
+           title="ρ per noise level on the compute-optimal frontier")
+    ax.legend(fontsize=8, loc="lower left")
+    d = np.array([r["corrected_minus_plain"]["rho"]["value"] for r in rows])
+    ci = np.array([r["corrected_minus_plain"]["rho"]["ci"] for r in rows])
+    bx.errorbar(sig, d, yerr=[d - ci[:, 0], ci[:, 1] - d], fmt="o-", color="k", ms=4, capsize=2)
+    bx.axhline(0, color="gray", lw=1)
+    bx.set(xscale="log", xlabel="σ", ylabel="ρ(corrected) − ρ(plain)",
+           title="paired difference (95% CI, model sizes resampled)")
+    save_figure(fig, path)
+
+
+def scaling_terminal_table(report: dict) -> str:
+    """The frontier fits and the per-sigma rho comparison as plain text for the terminal."""
+    from .common import text_table
+
+    lines = ["total EDM loss on the compute-optimal frontier (training data):",
+             text_table(HEAD, _form_rows(report["frontier"]["fits"]))]
+    rows = [[f"{r['sigma']:.3g}", f"{r['plain']['rho']:.4f}", f"{r['corrected']['rho']:.4f}",
+             "{value:+.4f} [{0:+.4f}, {1:+.4f}]".format(*r["corrected_minus_plain"]["rho"]["ci"],
+                                                       value=r["corrected_minus_plain"]["rho"]["value"])]
+            for r in report["per_sigma"] if "plain" in r]
+    lines += ["rho per noise level (frontier):",
+              text_table(["σ", "ρ plain", "ρ corrected", "Δρ [95% CI]"], rows)]
+    return "\n".join(lines)
