@@ -302,15 +302,27 @@ def test_zero_level_bound_is_above_the_truth():
         assert two_point_optimal_loss(s) <= bound <= 4 * 2 * 0.5 * math.erfc(1 / s / math.sqrt(2)) * 1.0001
 
 
-@pytest.mark.parametrize("sigma", [0.05, 0.2, 0.4])
-def test_pruning_equals_the_unpruned_estimate(clusters, sigma):
+@pytest.mark.parametrize("sigma", [0.02, 0.05])
+def test_pruning_equals_the_unpruned_estimate(clusters, sigma, monkeypatch):
     """Exact pruning skips points whose weight is provably < e^-(log N + 40) of the source's: the values
-    equal the unpruned ones to float64 rounding (same queries, same generator)."""
+    equal the unpruned ones to float64 rounding (same queries, same generator).  The spy makes sure rows
+    were in fact pruned (at larger sigma pruning keeps half the rows or more and does not apply)."""
+    import lossfloor.estimators as estimators_module
+
     x, _ = clusters
+    kept, original = [], estimators_module._pruned_rows
+
+    def spy(data, *args, **kwargs):
+        rows = original(data, *args, **kwargs)
+        kept.append(len(data.rows) if rows is None else len(rows))
+        return rows
+
+    monkeypatch.setattr(estimators_module, "_pruned_rows", spy)
     values = []
     for prune in (False, True):
         est = Estimator(x, EstimatorConfig("full", queries=600, prune=prune), dtype=torch.float64)
         values.append(est.level(sigma, seed=3))
+    assert kept and min(kept) < len(x)
     assert values[1].queries == values[0].queries
     assert values[1].loss == pytest.approx(values[0].loss, rel=1e-9, abs=1e-15)
     assert values[1].stderr == pytest.approx(values[0].stderr, rel=1e-9, abs=1e-15)

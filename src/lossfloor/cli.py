@@ -200,8 +200,7 @@ def train(progress, **options):
 def sample(progress, **options):
     """Draw samples with the shared x0-denoiser sampler: an image grid or a 2-D scatter (PNG)."""
     result = workflow.run_sample(workflow.SampleSettings(**options), progress)
-    bad = f" ({result.nonfinite} samples are not finite)" if result.nonfinite else ""
-    click.echo(f"wrote {', '.join(str(f) for f in result.files)}{bad}")
+    click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
 
 
 @cli.command(short_help="A model's x0 loss against J*(σ), per level and in total.")

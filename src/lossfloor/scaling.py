@@ -129,33 +129,6 @@ class PairedDifference:
 # --------------------------------------------------------------------------------------------
 
 
-def pearson(x, y) -> float:
-    """Pearson correlation coefficient (nan with fewer than 2 points or no spread)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2:
-        return math.nan
-    dx, dy = x - x.mean(), y - y.mean()
-    den = math.sqrt(float(dx @ dx) * float(dy @ dy))
-    return float(dx @ dy) / den if den > 0 else math.nan
-
-
-def r_squared(y, y_hat) -> float:
-    """1 - SS_res / SS_tot."""
-    y, y_hat = np.asarray(y, dtype=float), np.asarray(y_hat, dtype=float)
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    return 1.0 - float(np.sum((y - y_hat) ** 2)) / ss_tot if ss_tot > 0 else math.nan
-
-
-def log_line(x, y) -> tuple[float, float]:
-    """Least-squares (slope, intercept) of y on x (nan without two distinct x)."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or np.ptp(x) == 0:
-        return math.nan, math.nan
-    dx = x - x.mean()
-    slope = float(dx @ (y - y.mean())) / float(dx @ dx)
-    return slope, float(y.mean() - slope * x.mean())
-
-
 def extrapolation_split(compute, fraction: float = 2 / 3) -> tuple[np.ndarray, np.ndarray]:
     """(fit, held-out) indices: the round(fraction * n) lowest-compute points, and the rest."""
     order = np.argsort(np.asarray(compute, dtype=float), kind="stable")

@@ -28,24 +28,22 @@ from torch import nn
 
 from .curve import OptimalLossCurve
 from .formulation import (
+    F64,
     Component,
     Objective,
+    Preconditioning,
     Process,
     TimeDistribution,
+    _t64,
     component_from_dict,
     component_to_dict,
     get_objective,
     plain,
     register_component,
-    target_error_factor,
 )
+from .models import x0_loss_from_target
 
 Tensor = torch.Tensor
-F64 = torch.float64
-
-
-def _t64(x) -> Tensor:
-    return torch.as_tensor(x, dtype=F64)
 
 
 def _positive(**values) -> None:
@@ -74,8 +72,7 @@ class EDMWeight(Weight):
     sigma_data: float = 0.5
 
     def x0_weight(self, sigma, objective=None):
-        s = _t64(sigma)
-        return (s**2 + self.sigma_data**2) / (s * self.sigma_data) ** 2
+        return Preconditioning(self.sigma_data).c_out(_t64(sigma)) ** -2
 
 
 @register_component("min_snr")
@@ -183,7 +180,7 @@ class UncertaintyNet(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, sigma: Tensor) -> Tensor:
-        c_noise = (torch.log(_t64(sigma)) / 4).float()
+        c_noise = Preconditioning().c_noise(_t64(sigma)).float()
         return self.linear(self.fourier(c_noise)).squeeze(1)
 
 
@@ -265,10 +262,6 @@ class LogSigmaDensity(TimeDistribution):
     def from_dict(cls, d: Mapping):
         return cls(**{k: (component_from_dict(v) if k == "process" else v)
                       for k, v in d.items() if k != "kind"})
-
-
-def _normal_icdf(u: Tensor) -> Tensor:
-    return math.sqrt(2) * torch.erfinv(2 * u - 1)
 
 
 @register_component("log_sigma_normal")
@@ -463,14 +456,6 @@ class AdaptiveDensity(LogSigmaDensity):
         with np.errstate(divide="ignore"):
             return torch.from_numpy(np.asarray(np.where(inside, np.log(dens), -np.inf), dtype=float))
 
-    def density_rows(self) -> list[dict]:
-        """Per bin: edges in sigma, p(log sigma), w, J* and the running J (for plots and logs)."""
-        widths = np.diff(self.edges)
-        return [dict(sigma_lo=float(math.exp(self.edges[i])), sigma_hi=float(math.exp(self.edges[i + 1])),
-                     density=float(self.probs[i] / widths[i]), weight=float(self.bin_weight[i]),
-                     jstar=float(self.bin_jstar[i]), j_model=float(self.j_model[i]))
-                for i in range(self.bins)]
-
 
 # --------------------------------------------------------------------------------------------
 # Trainer hooks (no-ops for static schedules).
@@ -627,9 +612,7 @@ class ScheduleSampler:
 
     def x0_loss(self, sigma: Tensor, target_mse: Tensor) -> Tensor:
         """Your target-space per-sample error converted to ||x0_hat - x0||^2 / D."""
-        factor = target_error_factor(self.objective.target, self.objective.process, self.t(sigma),
-                                     self.objective.precond)
-        return target_mse.detach().double().cpu() / factor
+        return x0_loss_from_target(self.objective, self.t(sigma), target_mse.detach()).cpu()
 
     def loss(self, sigma: Tensor, target_mse: Tensor) -> Tensor:
         """Per-sample training loss: weight * target_mse (and EDM2's e^-u, + u, when learned)."""

@@ -471,7 +471,6 @@ class SampleSettings:
 @dataclass
 class SampleResult:
     files: list[Path]
-    nonfinite: int  # samples with a NaN or infinite value
 
 
 def run_sample(s: SampleSettings, progress: bool = True) -> SampleResult:
@@ -509,7 +508,7 @@ def run_sample(s: SampleSettings, progress: bool = True) -> SampleResult:
         buf = io.BytesIO()
         np.save(buf, x.cpu().numpy())
         atomic_write_bytes(files[1], buf.getvalue())
-    return SampleResult(files, nonfinite)
+    return SampleResult(files)
 
 
 # -- diagnose -----------------------------------------------------------------------------------
@@ -677,32 +676,48 @@ class SplitBars:
 
 def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
     """Estimate J* if needed, evaluate the model on train (and test) data and write JSON, CSV and PNG."""
-    from .diagnosis import diagnose, plot_diagnosis
+    from .diagnosis import diagnose
 
     if run.settings.diffusers is not None:  # integrations.diffusers.DiffusersDiagnoseRun
         return run.execute(progress)
-    s, obj, out = run.settings, run.objective, run.out
+    s, obj, ckpt = run.settings, run.objective, run.checkpoint
+    sigmas = np.geomspace(s.sigma_min, s.sigma_max, s.levels) if run.curve is None else run.curve.sigma
+
+    def evaluate(curve, test_x, bars):
+        return diagnose(run.denoiser, obj, curve, run.train_set.x, test_x=test_x, queries=s.queries,
+                        seed=s.seed, progress=bars)
+
+    return execute_diagnosis(
+        evaluate, run, sigmas,
+        head={"checkpoint": str(ckpt.path), "step": ckpt.step, "model": ckpt.model.to_dict()},
+        tail={"weights": "raw" if s.raw_weights else "ema"},
+        title=f"{run.train_set.name}: {obj.name} ({ckpt.model.kind}, step {ckpt.step}) vs optimal loss",
+        progress=progress)
+
+
+def execute_diagnosis(evaluate, run, sigmas, *, head: dict, tail: dict, title: str,
+                      progress: bool = True) -> DiagnoseResult:
+    """The body every diagnosis shares (lossfloor checkpoints, diffusers folders): estimate J* at `sigmas`
+    when the run has no curve, `evaluate(curve, test_x, bars)` on the splits, write JSON, CSV and PNG."""
+    from .diagnosis import plot_diagnosis
+
+    s, out, curve = run.settings, Path(run.out), run.curve
     out.mkdir(parents=True, exist_ok=True)
-    curve = run.curve
     if curve is None:
         est = Estimator(run.train_set.rows(), EstimatorConfig(queries=s.queries), device=run.device)
-        curve = est.curve(np.geomspace(s.sigma_min, s.sigma_max, s.levels), seed=s.seed, progress=progress)
+        curve = est.curve(sigmas, seed=s.seed, progress=progress)
         curve.fingerprint = run.train_set.fingerprint
     test_x = None if run.test_set is None else run.test_set.x
-    bars = SplitBars(["train"] + ([] if test_x is None else ["test"]), len(curve.sigma), progress)
+    bars = SplitBars(["train"] + ([] if test_x is None else ["test"]), len(sigmas), progress)
     try:
-        result = diagnose(run.denoiser, obj, curve, run.train_set.x, test_x=test_x, queries=s.queries,
-                          seed=s.seed, progress=bars)
+        result = evaluate(curve, test_x, bars)
     finally:
         bars.close()
-    ckpt = run.checkpoint
-    meta = {"checkpoint": str(ckpt.path), "step": ckpt.step, "model": ckpt.model.to_dict(),
-            "data": run.train_set.describe(),
+    meta = {**head, "data": run.train_set.describe(),
             "test_data": None if run.test_set is None else run.test_set.describe(),
-            "objective_spec": obj.to_dict(), "queries": s.queries, "seed": s.seed,
-            "weights": "raw" if s.raw_weights else "ema", "data_variance": curve.data_variance}
+            "objective_spec": run.objective.to_dict(), "queries": s.queries, "seed": s.seed, **tail,
+            "data_variance": curve.data_variance}
     files = [out / name for name in DIAGNOSE_FILES]
-    title = f"{run.train_set.name}: {obj.name} ({ckpt.model.kind}, step {ckpt.step}) vs optimal loss"
     plot_diagnosis(result, files[2], title)
     atomic_write_text(files[1], result.csv_text())
     atomic_write_text(files[0], json.dumps({**meta, **result.to_dict()}, indent=1))

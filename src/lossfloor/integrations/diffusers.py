@@ -214,7 +214,7 @@ def training_sigmas(scheduler, objective: Objective) -> Tensor | None:
     if family == "flow":
         s = torch.as_tensor(scheduler.sigmas).to(torch.float64)
         s = s[(s > 0) & (s < 1)]
-        return torch.sort(s / (1 - s)).values
+        return torch.sort(objective.process.ve_sigma(s)).values  # flow time t is the scheduler's sigma
     return None
 
 
@@ -432,37 +432,19 @@ class DiffusersDiagnoseRun:
 
     def execute(self, progress: bool = True):
         """Estimate J* if needed, evaluate the model on train (and test) data, write JSON, CSV and PNG."""
-        from ..diagnosis import plot_diagnosis
-        from ..estimators import Estimator, EstimatorConfig
-        from ..files import atomic_write_text
-        from ..workflow import DIAGNOSE_FILES, DiagnoseResult, SplitBars
+        from ..workflow import execute_diagnosis
 
-        s, obj = self.settings, self.objective
-        self.out.mkdir(parents=True, exist_ok=True)
-        curve = self.curve
-        if curve is None:
-            est = Estimator(self.train_set.rows(), EstimatorConfig(queries=s.queries), device=self.device)
-            curve = est.curve(self.sigmas, seed=s.seed, progress=progress)
-            curve.fingerprint = self.train_set.fingerprint
-        test_x = None if self.test_set is None else self.test_set.x
-        bars = SplitBars(["train"] + ([] if test_x is None else ["test"]), len(self.sigmas), progress)
-        try:
-            result = diagnose_diffusers(self.denoiser, curve, self.train_set.x, self.sigmas, test_x=test_x,
-                                        queries=s.queries, seed=s.seed, progress=bars)
-        finally:
-            bars.close()
-        meta = {"diffusers": self.loaded.describe(), "timesteps": TIMESTEP_CONVENTION[self.denoiser.family],
-                "data": self.train_set.describe(),
-                "test_data": None if self.test_set is None else self.test_set.describe(),
-                "objective_spec": obj.to_dict(), "queries": s.queries, "seed": s.seed,
-                "data_variance": curve.data_variance}
-        files = [self.out / name for name in DIAGNOSE_FILES]
+        s = self.settings
+
+        def evaluate(curve, test_x, bars):
+            return diagnose_diffusers(self.denoiser, curve, self.train_set.x, self.sigmas, test_x=test_x,
+                                      queries=s.queries, seed=s.seed, progress=bars)
+
         model = type(self.loaded.model).__name__
-        title = f"{self.train_set.name}: {obj.name} (diffusers {model}) vs optimal loss"
-        plot_diagnosis(result, files[2], title)
-        atomic_write_text(files[1], result.csv_text())
-        atomic_write_text(files[0], json.dumps({**meta, **result.to_dict()}, indent=1))
-        return DiagnoseResult(result, files)
+        head = {"diffusers": self.loaded.describe(), "timesteps": TIMESTEP_CONVENTION[self.denoiser.family]}
+        title = f"{self.train_set.name}: {self.objective.name} (diffusers {model}) vs optimal loss"
+        return execute_diagnosis(evaluate, self, self.sigmas, head=head, tail={}, title=title,
+                                 progress=progress)
 
 
 def prepare_diffusers_diagnose(s) -> DiffusersDiagnoseRun:

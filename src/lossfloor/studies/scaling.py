@@ -24,7 +24,6 @@ The fits (`lossfloor.scaling`) run on the finished cells in `scaling_report.writ
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from ..formulation import get_objective
-from .common import cached_floor, check_choice, run_cells, write_json
+from .common import cached_floor, check_choice, mean_se, run_cells, write_json
 from .scaling_report import scaling_terminal_table, write_scaling_report
 
 OBJECTIVE = "edm"
@@ -154,11 +153,6 @@ def posterior_moments(train_rows: torch.Tensor, x0, sigma, eps, batch_size: int 
     return {"mean": mean, "variance": variance}
 
 
-def _mean_se(values) -> tuple[float, float]:
-    values = np.asarray(values, dtype=float)
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
-
-
 def _losses(x_hat: torch.Tensor, x0: torch.Tensor, floor: dict | None) -> dict:
     """Per-draw raw loss ||x0_hat - x0||^2 / D and, given the optimal denoiser's moments on the same draws,
     the excess ||x0_hat - mu||^2 / D and the Rao-Blackwellised loss tr Var / D + excess."""
@@ -183,11 +177,11 @@ def evaluate(denoiser, objective, draws: EvalDraws, sigmas, floor: dict | None, 
     levels = [_losses(denoiser_outputs(denoiser, draws.level_x0, float(s), draws.level_eps, device=device),
                       draws.level_x0, floor["levels"][k] if floor is not None else None)
               for k, s in enumerate(sigmas)]
-    result = {"total_raw": _mean_se(lam * total["raw"]), "levels_raw": [_mean_se(v["raw"]) for v in levels]}
+    result = {"total_raw": mean_se(lam * total["raw"]), "levels_raw": [mean_se(v["raw"]) for v in levels]}
     if floor is not None:
-        result.update(total=_mean_se(lam * total["rb"]), total_gap=_mean_se(lam * total["excess"]),
-                      levels=[_mean_se(v["rb"]) for v in levels],
-                      level_gaps=[_mean_se(v["excess"]) for v in levels])
+        result.update(total=mean_se(lam * total["rb"]), total_gap=mean_se(lam * total["excess"]),
+                      levels=[mean_se(v["rb"]) for v in levels],
+                      level_gaps=[mean_se(v["excess"]) for v in levels])
     else:
         result.update(total=result["total_raw"], levels=result["levels_raw"])
     return result
@@ -257,8 +251,8 @@ def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, de
     test_draws = eval_draws(test.x, preset.test_points, preset.eval_draws, objective, seed + 2)
     floor = same_draw_floor(train.rows(), objective, draws, sigmas)
     lam = objective.x0_weight(draws.sigma).numpy()
-    floor_summary = {"total": _mean_se(lam * floor["total"]["variance"].numpy()),
-                     "levels": [_mean_se(v["variance"].numpy()) for v in floor["levels"]]}
+    floor_summary = {"total": mean_se(lam * floor["total"]["variance"].numpy()),
+                     "levels": [mean_se(v["variance"].numpy()) for v in floor["levels"]]}
     info = data_info(train, {"name": train.name, "n": None, "seed": 0, "flip": False})
     config = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr, warmup=preset.warmup,
                          ema=preset.ema, seed=seed, log_every=max(1, preset.steps // 50),

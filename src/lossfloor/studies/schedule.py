@@ -371,9 +371,5 @@ def plot_schedule_samples(results: list[dict], path) -> None:
     save_figure(fig, path)
 
 
-def write_command(out, command: str) -> None:
-    atomic_write_text(Path(out) / "COMMAND", command.rstrip() + "\n")
-
-
 __all__ = ["DATASETS", "PRESETS", "SCHEDULE_STUDY", "SchedulePreset", "aggregate", "cell_name", "interval95",
            "run_schedule_study", "study_objective", "terminal_table", "write_schedule_report"]
