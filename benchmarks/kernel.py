@@ -1,13 +1,14 @@
 """Throughput of the posterior kernel against torch matmul of the same shapes, in one process.
 
 One batch = M queries against all N data rows: two GEMMs, (M x D)(D x N) for the logits and (M x N)(N x D) for
-the weighted sum, 4 M N D FLOPs.  Three ways to compute it, timed interleaved (median of repeats):
+the weighted sum, 4 M N D FLOPs.  The ways to compute it, timed interleaved (median of repeats):
 
-- ``matmul``: the two GEMMs alone, unchunked: the ceiling.
+- ``matmul``: the two GEMMs alone, unchunked: the baseline of every ratio.
+- ``matmul, chunks``: the two GEMMs over chunks of `--chunk-size` rows: what the kernel's GEMMs alone cost.
 - ``naive``: torch.cdist + softmax + matmul, materialising the (M, N) distances.
-- ``lossfloor``: `posterior_stats` as the estimators call it (centred rows, chunked online log-sum-exp, the
-  rows' squared norms computed once per dataset, `DataMatrix.row_sq`);
-- ``per-call norms``: the same, computing the rows' squared norms in every call (the kernel before issue 9).
+- ``lossfloor``: `posterior_stats` as the estimators call it (rows centred once, `DataMatrix.kernel_rows`, and
+  their squared norms computed once, `DataMatrix.row_sq`; chunked online log-sum-exp).
+- ``lossfloor, chunks of 8192``: the same at the chunk size used before issue 9's kernel work.
 
 Each ratio is reported as the median over the repeats with its spread (min..max of the per-repeat ratios).
 
@@ -27,35 +28,37 @@ from pathlib import Path
 
 import torch
 
+from lossfloor.estimators import DataMatrix
 from lossfloor.files import atomic_write_text
-from lossfloor.kernel import posterior_stats, row_square_norms
+from lossfloor.kernel import DEFAULT_CHUNK, posterior_stats
 
 SHAPES = ((60000, 784), (50000, 3072))
 
 
 def methods(queries: torch.Tensor, data: torch.Tensor, sigma: float, chunk_size: int) -> dict:
-    """The three computations of the same posterior means, as zero-argument callables."""
-    center = data.mean(0)
+    """The computations of the same posterior means, as zero-argument callables."""
+    matrix = DataMatrix(data, device=data.device, chunk_size=chunk_size)
+    rows, shift = matrix.kernel_rows
+    row_sq, center = matrix.row_sq, matrix.center.to(data.device, data.dtype)
+    q = queries - center
 
     def matmul():
         return (queries @ data.T) @ data
+
+    def matmul_chunks():
+        return sum((queries @ data[s:s + chunk_size].T) @ data[s:s + chunk_size]
+                   for s in range(0, len(data), chunk_size))
 
     def naive():
         weights = torch.softmax(-torch.cdist(queries, data).square() / (2 * sigma**2), dim=1)
         return weights @ data
 
-    row_sq = row_square_norms(data, center, data.dtype, chunk_size)  # once per dataset, as DataMatrix does
-
-    def lossfloor():
-        stats = posterior_stats(queries - center, data, sigma, shift=center, chunk_size=chunk_size,
-                                row_sq=row_sq)
+    def lossfloor(chunk=chunk_size):
+        stats = posterior_stats(q, rows, sigma, shift=shift, chunk_size=chunk, row_sq=row_sq)
         return stats.mean() + center
 
-    def per_call_norms():
-        stats = posterior_stats(queries - center, data, sigma, shift=center, chunk_size=chunk_size)
-        return stats.mean() + center
-
-    return {"matmul": matmul, "naive": naive, "per-call norms": per_call_norms, "lossfloor": lossfloor}
+    return {"matmul": matmul, "matmul, chunks": matmul_chunks, "naive": naive, "lossfloor": lossfloor,
+            "lossfloor, chunks of 8192": lambda: lossfloor(8192)}
 
 
 def time_shape(n: int, dim: int, queries: int, repeats: int, chunk_size: int, device: str, seed: int) -> list:
@@ -85,7 +88,7 @@ def time_shape(n: int, dim: int, queries: int, repeats: int, chunk_size: int, de
                      "gflops": flops / sec / 1e9, "ratio_to_matmul": base / sec,
                      "ratio_median": statistics.median(ratios), "ratio_min": min(ratios),
                      "ratio_max": max(ratios), "seconds_all": ts[1:]})
-    rows[-1]["max_abs_diff_vs_naive"] = max_err
+    rows[3]["max_abs_diff_vs_naive"] = max_err
     return rows
 
 
@@ -97,7 +100,8 @@ def _sync(device: str) -> None:
 def markdown(rows: list, meta: dict) -> str:
     """The table of results as markdown."""
     lines = [f"Device {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, dtype float32, "
-             f"M = {rows[0]['queries']} queries, median of {meta['repeats']} repeats, "
+             f"M = {rows[0]['queries']} queries, chunks of {meta['chunk_size']} rows, "
+             f"median of {meta['repeats']} repeats, "
              f"load average before the run {meta['load_before']}.", "",
              "| N | D | method | seconds | GFLOP/s | ratio to matmul (median of repeats, min..max) |",
              "|---|---|---|---|---|---|"]
@@ -112,8 +116,8 @@ def markdown(rows: list, meta: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=512, help="M, queries per batch")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chunk-size", type=int, default=8192)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shapes", default=",".join(f"{n}x{d}" for n, d in SHAPES), help="NxD,NxD")
@@ -123,6 +127,7 @@ def main(argv=None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False  # the logits need full float32
     meta = {"device": args.device if args.device != "cpu" else platform.processor() or "cpu",
             "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": args.repeats,
+            "chunk_size": args.chunk_size,
             "load_before": round(os.getloadavg()[0], 2), "command": "python benchmarks/kernel.py "
             + " ".join(argv if argv is not None else sys.argv[1:])}
     rows = []

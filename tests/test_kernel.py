@@ -130,3 +130,27 @@ def test_precomputed_row_norms_give_the_same_stats():
     for u, v in zip((a.log_max, a.weight, a.weighted_x, a.weighted_sq), (b.log_max, b.weight, b.weighted_x,
                                                                          b.weighted_sq), strict=True):
         torch.testing.assert_close(u, v, rtol=1e-12, atol=0)
+
+
+def test_exp_floor_changes_sums_by_less_than_its_bound(monkeypatch):
+    # Small sigma: nearly every logit is far below float32's normal range, where the floor applies.
+    import lossfloor.kernel as kernel
+    g = torch.Generator().manual_seed(6)
+    data = torch.rand(3000, 16, generator=g) * 2 - 1
+    queries = data[:32] + 0.05 * torch.randn(32, 16, generator=g)
+    floored = posterior_stats(queries, data, 0.05, chunk_size=512)
+    monkeypatch.setattr(kernel, "exp_floor", lambda dtype: None)
+    exact = posterior_stats(queries, data, 0.05, chunk_size=512)
+    bound = len(data) * np.exp(kernel.math.log(torch.finfo(torch.float32).tiny) + 1.0)  # N e^floor
+    assert bound < 1e-33
+    torch.testing.assert_close(floored.log_max, exact.log_max, rtol=0, atol=0)
+    for a, b in ((floored.weight, exact.weight), (floored.weighted_sq, exact.weighted_sq)):
+        assert torch.all((a - b).abs() <= bound * b.abs() + 1e-300)
+    torch.testing.assert_close(floored.mean(), exact.mean(), rtol=0, atol=0)
+    assert torch.equal(floored.variance(), exact.variance())
+
+
+def test_exp_floor_only_where_it_is_negligible():
+    from lossfloor.kernel import exp_floor
+    assert exp_floor(torch.float32) < -86 and exp_floor(torch.float64) < -707
+    assert exp_floor(torch.float16) is None  # e^floor would be ~1e-4 of the largest weight

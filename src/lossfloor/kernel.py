@@ -17,6 +17,7 @@ import torch
 
 Tensor = torch.Tensor
 F64 = torch.float64
+DEFAULT_CHUNK = 4096  # data rows per GEMM: on the 2-core CPU 4096 ran faster than 8192 (benchmarks/kernel.py)
 
 
 @dataclass
@@ -68,7 +69,7 @@ def posterior_stats(
     self_index: Tensor | None = None,
     self_log_weight: float = 0.0,
     row_offset: int = 0,
-    chunk_size: int = 8192,
+    chunk_size: int = DEFAULT_CHUNK,
     row_sq: Tensor | None = None,
 ) -> PosteriorStats:
     """Posterior sums of `queries` (M, D) against `data` rows (a tensor or an array-like such as a
@@ -97,25 +98,38 @@ def posterior_stats(
     rows = min(chunk_size, len(data))
     centred = torch.empty(rows, d, device=device, dtype=dtype) if shift is not None else None
     block = torch.empty(min(_NORM_BLOCK, rows), d, device=device, dtype=F64)
+    floor = exp_floor(dtype)
+    # Reused buffers: fresh (M, chunk) tensors per chunk cost as much as the GEMMs did.
+    logit_buffer = torch.empty(m * rows, device=device, dtype=dtype)
     w_buffer = torch.empty(m * rows, device=device, dtype=F64)
     for start in range(0, len(data), chunk_size):
         x = _as_tensor(data[start:start + chunk_size], device, dtype)
         if shift is not None:
             x = torch.sub(x, shift, out=centred[:len(x)])
-        # Sum w and sum w ||x||^2 in float64, as E||x||^2 - ||E x||^2 cancels; in a one-hot posterior the
-        # variance is then exactly 0.  Reused buffers: fresh float64 copies per chunk cost as much as
-        # the GEMMs did.
         sq = _square_norms(x, block) if row_sq is None else row_sq[start:start + len(x)].to(device)
-        logits = torch.addmm((-0.5 * inv_var) * sq.to(dtype)[None, :], q_scaled, x.T)
+        # mm into the buffer, then the bias in place: addmm first copies the broadcast bias into a new
+        # (M, chunk) tensor.
+        logits = torch.mm(q_scaled, x.T, out=logit_buffer[:m * len(x)].view(m, len(x)))
+        logits.add_((-0.5 * inv_var) * sq.to(dtype))
         if self_index is not None and self_log_weight != 0.0:
             local = self_index - (row_offset + start)
             hit = torch.nonzero((local >= 0) & (local < len(x))).flatten()
             logits[hit, local[hit]] += self_log_weight
         cmax = logits.amax(1)  # amax: max(1) also builds indices, and was ms per call on small tensors
         safe = torch.where(torch.isfinite(cmax), cmax, torch.zeros_like(cmax))
-        w = logits.sub_(safe[:, None]).exp_()  # in place: the (M, chunk) buffer is the big one
+        # The floor keeps exp's arguments in the normal range: torch's CPU exp is ~15x slower where its
+        # result underflows (below -87 in float32), which at small sigma is nearly every logit and cost as
+        # much as the GEMMs.  A weight raised from below e^floor to e^floor changes each sum by at most
+        # N e^floor of its largest term (< 1e-33 in float32).
+        w = logits.sub_(safe[:, None])
+        if floor is not None:
+            w.clamp_(min=floor)
+        w.exp_()
+        # Sum w and sum w ||x||^2 in float64 (one GEMV pass over the weights), as E||x||^2 - ||E x||^2
+        # cancels; in a one-hot posterior the variance is then exactly 0.
         w64 = w_buffer[:m * len(x)].view(m, len(x)).copy_(w)
-        chunk = PosteriorStats(cmax.to(F64), w64.sum(1), (w @ x).to(F64), w64 @ sq)
+        sums = w64 @ torch.stack((torch.ones_like(sq), sq), 1)
+        chunk = PosteriorStats(cmax.to(F64), sums[:, 0], (w @ x).to(F64), sums[:, 1])
         total = total.merge(chunk)
     return total
 
@@ -123,8 +137,15 @@ def posterior_stats(
 _NORM_BLOCK = 256
 
 
+def exp_floor(dtype: torch.dtype) -> float | None:
+    """The lowest exp argument kept in `dtype`'s normal range (log of its smallest normal number, plus 1),
+    or None where that floor would be above -50 (half precision), where raising weights would matter."""
+    floor = math.log(torch.finfo(dtype).tiny) + 1.0
+    return floor if floor < -50 else None
+
+
 def row_square_norms(data: Tensor, shift: Tensor | None = None, dtype=torch.float32,
-                     chunk_size: int = 8192) -> Tensor:
+                     chunk_size: int = DEFAULT_CHUNK) -> Tensor:
     """float64 squared norms of the rows as `posterior_stats` computes them (cast to `dtype`, shifted)."""
     out = []
     block = torch.empty(min(_NORM_BLOCK, len(data)), data.shape[1], device=data.device, dtype=F64)
@@ -171,7 +192,7 @@ class Projection:
 
 
 def candidate_rows(queries: Tensor, reference_sq: Tensor, proj: Projection, sigma: float,
-                   shift: Tensor | None = None, chunk_size: int = 8192) -> Tensor:
+                   shift: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK) -> Tensor:
     """Indices of the data rows that can matter to any query: those whose projected squared distance (a
     lower bound of the true one) is within 2 sigma^2 (log N + PRUNE_MARGIN) of the query's
     `reference_sq`, an upper bound of its nearest squared distance (e.g. to its source)."""
