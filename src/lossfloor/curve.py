@@ -24,12 +24,14 @@ from .stats import Estimate
 # slope 2: J ~ J(s_min) (s/s_min)^2 below and V - J ~ (V - J(s_max)) (s_max/s)^2 above (the large-noise
 # expansion J* = V - tr(Cov^2) / (D s^2) + ...).
 #
-# A total carries two error terms.  Monte-Carlo: the levels' standard errors propagated through the map
-# (secant differences of the total over +-1 standard error of each level).  Interpolation: the total on the
-# grid minus the total on each half grid (every other level, both ends kept), the larger of the two divided
-# by HALF_GRID_SAFETY (the half grid's error is 8-16x the grid's for an h^3..h^4 method; 4 is the smallest
-# ratio seen on exact curves), capped by the monotone bracket (J* is non-decreasing in sigma, so between two
-# levels it lies between their values), plus the bracket bound of the part beyond the grid.
+# A total carries two error terms.  Monte-Carlo: the levels' standard errors propagated linearly,
+# sqrt(sum_i (dT/dJ_i se_i)^2), with dT/dJ_i from `sensitivity` (the tail scale a depends on the levels
+# too; at a level of 0, where T has no derivative, the secant over its standard error).  Interpolation:
+# the total on the grid minus the total on each half grid (every other level, both ends kept), the larger
+# of the two divided by HALF_GRID_SAFETY (the half grid's error is 8-16x the grid's for an h^3..h^4
+# method; 4 is the smallest ratio seen on exact curves), capped by the monotone bracket (J* is
+# non-decreasing in sigma, so between two levels it lies between their values), plus the bracket bound of
+# the part beyond the grid.
 TAIL_DECADES = 6.0
 QUADRATURE_NODES = 16001
 REDUCTIONS = ("mean", "sum")
@@ -37,6 +39,8 @@ MASS_TOLERANCE = 1e-6  # noise mass allowed beyond the extended range, where the
 ZERO_FLOOR = 1e-30  # J/V of a level that reads 0, for the logit/log transform
 HALF_GRID_SAFETY = 4.0
 MIN_LEVELS_FOR_HALF_GRID = 5  # fewer levels: the monotone bracket alone bounds the interpolation error
+DERIVATIVE_STEP = 1e-4  # central-difference step of `sensitivity`, relative to the gaps between levels
+MIN_RELATIVE_STEP = 1e-6  # the smallest gap the step is scaled to (equal levels: a kink, no derivative)
 COVERAGE_RTOL = 0.01  # a grid supports a total if its interpolation error is below this fraction (or MC)
 
 
@@ -155,26 +159,50 @@ class OptimalLossCurve:
         return total
 
     def sensitivity(self, objective: Objective, ls=None, coef=None) -> np.ndarray:
-        """d total / d J_i for every level (per dimension), by secant differences over +-1 standard error
-        (a small relative step where a level has none)."""
+        """d total / d J_i for every level (per dimension), the tail scale's dependence on the levels
+        included (see `_level_derivatives`); at a level of 0 (at most ZERO_FLOOR x V), where the total has no
+        derivative, the secant over [0, stderr] (0 without a stderr)."""
         if ls is None:
             ls, coef = self._quadrature(objective)
+        grid, v = np.log(self.sigma), self.data_variance
+        out = self._level_derivatives(ls, coef)
+        zero = np.flatnonzero((self.loss <= ZERO_FLOOR * v) & (self.stderr > 0))
+        if len(zero):
+            base = _total_of(grid, self.loss, v, ls, coef)
+            for i in zero:
+                up = min(self.stderr[i], 0.5 * v)
+                out[i] = (_total_of(grid, np.where(np.arange(len(grid)) == i, up, self.loss), v, ls, coef)
+                          - base) / up
+        return out
+
+    def _level_derivatives(self, ls, coef) -> np.ndarray:
+        """d total / d J_i at fixed tail scale plus d total / d a x d a / d J_i (a = `tail_scale`), each
+        partial by a central difference in the transformed level z (or in log a) of DERIVATIVE_STEP times the
+        gap to the nearer neighbouring z (at most 1): PCHIP's slopes bend on the scale of those gaps (and
+        have kinks where they close), so the relative truncation error is ~ DERIVATIVE_STEP^2.  0 at levels
+        of 0."""
         logit, v, grid, n = self._logit(), self.data_variance, np.log(self.sigma), len(self.sigma)
+        tail, z = self._tail(), _to_z(self.loss, v, logit)
+        gaps = np.abs(np.diff(z))
+        gap = np.minimum(np.r_[np.inf, gaps], np.r_[gaps, np.inf])
+        steps = DERIVATIVE_STEP * np.clip(gap, MIN_RELATIVE_STEP, 1.0)
         out = np.zeros(n)
-        for i, (j, se) in enumerate(zip(self.loss, self.stderr, strict=True)):
-            step = se if se > 0 else 1e-6 * max(abs(j), ZERO_FLOOR * v)
-            up, down = j + step, max(j - step, 0.0)
-            if logit:  # stay below V, where the transform is defined
-                up = min(up, j + 0.5 * (v - j))
-            if up <= down:
-                continue
-            # PCHIP's slopes at i-1, i, i+1 depend on level i: it moves the curve only within two intervals.
+        for i in np.flatnonzero(self.loss > ZERO_FLOOR * v):
+            # PCHIP's slopes at i-1, i, i+1 (and an end slope two nodes away) depend on level i: it moves the
+            # curve only within two intervals of it, and the tail beyond the grid at either end.
             lo = grid[i - 2] if i >= 2 else (-np.inf if i == 0 else grid[0])
             hi = grid[i + 2] if i + 2 < n else (np.inf if i == n - 1 else grid[-1])
             near = (ls >= lo) & (ls <= hi)
-            t = [_dot(coef[near], self._evaluate(ls[near], np.where(np.arange(n) == i, x, self.loss), logit))
-                 for x in (up, down)]
-            out[i] = (t[0] - t[1]) / (up - down)
+            x = _from_z(z[i] + np.array([steps[i], -steps[i]]), v, logit)
+            t = [_dot(coef[near], interpolate_loss(grid, np.where(np.arange(n) == i, xk, self.loss), v,
+                                                   ls[near], logit, tail=tail)) for xk in x]
+            out[i] = (t[0] - t[1]) / (x[0] - x[1])
+        grad = tail_scale_gradient(grid, self.loss, v)
+        if tail > 0 and np.any(grad):
+            keep = ls <= grid[-1]  # beyond the largest level the curve does not depend on a
+            t = [_dot(coef[keep], interpolate_loss(grid, self.loss, v, ls[keep], logit, tail=tail * f))
+                 for f in (math.exp(DERIVATIVE_STEP), math.exp(-DERIVATIVE_STEP))]
+            out += (t[0] - t[1]) / (2 * math.sinh(DERIVATIVE_STEP) * tail) * grad
         return out
 
     def _interpolation_error(self, ls, coef, values, logit) -> float:
@@ -274,14 +302,42 @@ def tail_scale(grid, loss, variance: float) -> float:
     """a in J* ~ exp(-a / sigma^2), a finite dataset's small-sigma tail (a = d^2 / 8 for two points d
     apart): the median over neighbouring levels below V/10 of sigma^2 (dz/dlog sigma - 2) / 2, which is 0
     for a smooth density (z ~ 2 log sigma); 0 when no level is in the tail."""
+    a, ok = _tail_terms(grid, loss, variance)
+    return float(np.median(a[ok])) if ok.any() else 0.0
+
+
+def tail_scale_gradient(grid, loss, variance: float) -> np.ndarray:
+    """d tail_scale / d loss_i: the derivative of the median's pair (or the mean of its two middle pairs);
+    0 when no level is in the tail."""
+    grid, loss = np.asarray(grid, float), np.asarray(loss, float)
+    a, ok = _tail_terms(grid, loss, variance)
+    out = np.zeros(len(grid))
+    pairs = np.flatnonzero(ok)
+    if not len(pairs):
+        return out
+    order = pairs[np.argsort(a[pairs], kind="stable")]
+    m = len(order)
+    middle = order[[m // 2]] if m % 2 else order[[m // 2 - 1, m // 2]]
+    u = loss / variance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dz = 1 / (variance * u * (1 - u))  # d logit(J/V) / dJ
+    for k in middle:  # a_k = e^{g_k + g_k+1} ((z_k+1 - z_k) / (g_k+1 - g_k) - 2) / 2
+        c = math.exp(grid[k] + grid[k + 1]) / (2 * (grid[k + 1] - grid[k]) * len(middle))
+        out[k] -= c * dz[k]
+        out[k + 1] += c * dz[k + 1]
+    return out
+
+
+def _tail_terms(grid, loss, variance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per neighbouring pair of levels, its tail-scale estimate and whether it is in the tail."""
     grid, u = np.asarray(grid, float), np.asarray(loss, float) / variance
     if len(grid) < 2:
-        return 0.0
+        return np.zeros(0), np.zeros(0, dtype=bool)
     with np.errstate(divide="ignore", invalid="ignore"):
         z = np.log(u / (1 - u))
         a = np.exp(grid[:-1] + grid[1:]) * (np.diff(z) / np.diff(grid) - 2) / 2
     ok = (u[:-1] > 1e3 * ZERO_FLOOR) & (u[1:] < 0.1) & (u[1:] > u[:-1]) & np.isfinite(a) & (a > 0)
-    return float(np.median(a[ok])) if ok.any() else 0.0
+    return a, ok
 
 
 def interpolate_loss(grid, loss, variance: float, ls, logit: bool = True, linear: bool = False,
@@ -291,8 +347,7 @@ def interpolate_loss(grid, loss, variance: float, ls, logit: bool = True, linear
     (`tail` from `tail_scale`), the slope-2 tails outside (see the top)."""
     grid, loss, ls = np.asarray(grid, float), np.asarray(loss, float), np.asarray(ls, float)
     v, floor = variance, ZERO_FLOOR * variance
-    j = np.maximum(loss, floor)
-    z = np.log(j / (v - j)) if logit else np.log(j)
+    z = _to_z(loss, v, logit)
     t_grid, t = grid - 0.5 * tail * np.exp(-2 * grid), ls - 0.5 * tail * np.exp(-2 * ls)
     out = np.empty(ls.shape)
     below, above = ls < grid[0], ls > grid[-1]
@@ -303,11 +358,29 @@ def interpolate_loss(grid, loss, variance: float, ls, logit: bool = True, linear
         zm = np.interp(t[mid], t_grid, z)
     else:
         zm = PchipInterpolator(t_grid, z, extrapolate=False)(t[mid])
-    jm = v / (1 + np.exp(-zm)) if logit else np.exp(zm)
+    jm = _from_z(zm, v, logit)
     out[mid] = np.where(jm <= floor * (1 + 1e-9), 0.0, jm)  # a level of 0 stays 0
     out[below] = loss[0] * np.exp(2 * (t[below] - t_grid[0]))
     out[above] = v - (v - loss[-1]) * np.exp(-2 * (ls[above] - grid[-1]))
     return out
+
+
+def _to_z(loss, variance: float, logit: bool) -> np.ndarray:
+    """The transformed levels: logit(J/V) (or log J), a level of 0 floored at ZERO_FLOOR x V."""
+    j = np.maximum(np.asarray(loss, float), ZERO_FLOOR * variance)
+    return np.log(j / (variance - j)) if logit else np.log(j)
+
+
+def _from_z(z, variance: float, logit: bool) -> np.ndarray:
+    """J from its transform (`_to_z`)."""
+    return variance / (1 + np.exp(-z)) if logit else np.exp(z)
+
+
+def _total_of(grid, loss, variance: float, ls, coef) -> float:
+    """The total of levels `loss` on `grid` (transform and tail scale from those levels) by `coef` at `ls`."""
+    logit = bool(np.all(np.asarray(loss) < variance))
+    tail = tail_scale(grid, loss, variance)
+    return _dot(coef, interpolate_loss(grid, loss, variance, ls, logit, tail=tail))
 
 
 def _monotone_bracket(grid, loss, variance: float, ls) -> tuple[np.ndarray, np.ndarray]:
