@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.curve import OptimalLossCurve, interpolate_loss
+from lossfloor.curve import UNIFORM_SD_RATIO, OptimalLossCurve, interpolate_loss
 from lossfloor.formulation import get_objective
 from lossfloor.reference import gaussian_optimal_loss, two_point_optimal_loss
 
@@ -28,7 +28,8 @@ def test_edm_weight_is_one_over_gaussian_optimal_loss():
     assert total.value == pytest.approx(1.0, abs=1e-8)
     assert total.mc_stderr == 0.0
     assert total.interpolation_error < 1e-5  # the bracket beyond the grid; the half grids agree exactly
-    assert total.stderr == pytest.approx(math.hypot(total.mc_stderr, total.interpolation_error))
+    assert total.interpolation_stderr == pytest.approx(total.interpolation_error / math.sqrt(3), rel=1e-15)
+    assert total.stderr == pytest.approx(math.hypot(total.mc_stderr, total.interpolation_stderr))
 
 
 def _gauss_legendre(f, lo, hi, pieces=400, order=20):
@@ -56,7 +57,12 @@ def test_total_matches_direct_integral(name):
 
     lo, hi = math.log(1e-3) - 6 * math.log(10), math.log(1e3) + 6 * math.log(10)
     want = _gauss_legendre(integrand, lo, hi)
-    assert gaussian_curve(EIGEN).total(obj).value == pytest.approx(want, rel=5e-4)  # interpolation, 10/decade
+    total = gaussian_curve(EIGEN).total(obj, warn=False)
+    error = abs(total.value - want)
+    # The interpolation bound is sqrt(3) standard uncertainties (uniform on +-bound): the error lies inside.
+    assert error <= UNIFORM_SD_RATIO * total.stderr
+    if total.interpolation_error <= 0.01 * total.value:  # not vacuous where the grid supports the total
+        assert total.stderr <= 10 * error  # 2.0 to 2.6 x the error here
 
 
 def test_total_with_hard_density_edges():
@@ -195,6 +201,33 @@ def test_interpolation_error_covers_the_true_error(two_point_dense, levels, name
     error = abs(total.value - truth)
     assert error <= total.interpolation_error
     assert total.interpolation_error <= 20 * error + 1e-6 * truth  # 3.8 to 13 x the true error here
+    assert total.stderr == total.interpolation_stderr  # exact levels: no Monte-Carlo error
+    assert error <= UNIFORM_SD_RATIO * total.stderr
+
+
+@pytest.mark.parametrize("levels,relative_se", [(33, 0.02), (9, 1e-4)])
+def test_stderr_covers_the_error_with_noisy_levels(two_point_dense, levels, relative_se):
+    """Exact two-point levels plus Gaussian noise of known standard error, R draws: |total - truth| <=
+    2 stderr in at least 95.4% - 3 binomial SE of them.  At 33 levels with 2% noise the Monte-Carlo term
+    dominates (coverage near nominal); at 9 levels with 0.01% the interpolation bound (over-covers), and the
+    Monte-Carlo error alone, the negative control, under-covers."""
+    dense, loss = two_point_dense
+    obj = get_objective("edm")
+    truth = OptimalLossCurve(dense, loss, np.zeros(len(dense)), 1.0, 2, 1).total(obj).value
+    step = (len(dense) - 1) // (levels - 1)
+    grid, exact = dense[::step], loss[::step]
+    se, rng, reps = relative_se * exact, np.random.default_rng(0), 150
+    z, z_mc = [], []
+    for _ in range(reps):
+        noisy = np.maximum(exact + se * rng.standard_normal(levels), 0.0)
+        total = OptimalLossCurve(grid, noisy, se, 1.0, 2, 1).total(obj, warn=False)
+        z.append(abs(total.value - truth) / total.stderr)
+        z_mc.append(abs(total.value - truth) / total.mc_stderr)
+    nominal = math.erf(2 / math.sqrt(2))
+    slack = 3 * math.sqrt(nominal * (1 - nominal) / reps)
+    assert np.mean(np.array(z) <= 2) >= nominal - slack
+    if levels == 9:
+        assert np.mean(np.array(z_mc) <= 2) < nominal - slack
 
 
 def test_pchip_beats_linear_logit_in_the_finite_data_tail(two_point_dense):

@@ -31,7 +31,7 @@ from .stats import Estimate
 # of the two divided by HALF_GRID_SAFETY (the half grid's error is 8-16x the grid's for an h^3..h^4
 # method; 4 is the smallest ratio seen on exact curves), capped by the monotone bracket (J* is
 # non-decreasing in sigma, so between two levels it lies between their values), plus the bracket bound of
-# the part beyond the grid.
+# the part beyond the grid: a bound, which enters the standard uncertainty as bound / sqrt(3) (`TotalLoss`).
 TAIL_DECADES = 6.0
 QUADRATURE_NODES = 16001
 REDUCTIONS = ("mean", "sum")
@@ -41,6 +41,7 @@ HALF_GRID_SAFETY = 4.0
 MIN_LEVELS_FOR_HALF_GRID = 5  # fewer levels: the monotone bracket alone bounds the interpolation error
 DERIVATIVE_STEP = 1e-4  # central-difference step of `sensitivity`, relative to the gaps between levels
 MIN_RELATIVE_STEP = 1e-6  # the smallest gap the step is scaled to (equal levels: a kink, no derivative)
+UNIFORM_SD_RATIO = math.sqrt(3.0)  # half-width / standard deviation of a uniform distribution
 COVERAGE_RTOL = 0.01  # a grid supports a total if its interpolation error is below this fraction (or MC)
 
 
@@ -48,15 +49,26 @@ COVERAGE_RTOL = 0.01  # a grid supports a total if its interpolation error is be
 class TotalLoss(Estimate):
     """An objective's total optimal loss E_p[lambda J*] (per dimension): an `Estimate` (value, stderr).
 
-    stderr: the whole standard uncertainty, Monte-Carlo and interpolation in quadrature.
+    stderr: the combined standard uncertainty, sqrt(mc_stderr^2 + interpolation_stderr^2).
     extrapolated: the part of the value that comes from beyond the sigma grid.
-    mc_stderr: the levels' Monte-Carlo standard errors propagated to the total.
-    interpolation_error: the estimated error of interpolating between (and beyond) the grid's levels.
+    mc_stderr: the levels' Monte-Carlo standard errors propagated (linearly) to the total.
+    interpolation_error: a bound on |error| from interpolating between (and beyond) the grid's levels (the
+        monotone bracket, a worst case, or the half-grid difference / HALF_GRID_SAFETY, a conservative
+        estimate), not a standard error.  Nothing more being known of the error than that it lies within
+        +-bound, it enters `stderr` as a uniform distribution on [-bound, bound] (GUM's type B rule): a
+        standard uncertainty of bound / sqrt(3), `interpolation_stderr`, added in quadrature to the
+        Monte-Carlo error, which is independent of it.  value +- sqrt(3) stderr thus always contains
+        value +- interpolation_error.
     """
 
     extrapolated: float = 0.0
     mc_stderr: float = 0.0
     interpolation_error: float = 0.0
+
+    @property
+    def interpolation_stderr(self) -> float:
+        """The interpolation bound as a standard uncertainty: bound / sqrt(3) (uniform on +-bound)."""
+        return self.interpolation_error / UNIFORM_SD_RATIO
 
 
 @dataclass(frozen=True)
@@ -141,8 +153,9 @@ class OptimalLossCurve:
 
     def total(self, objective: Objective, reduction: str = "mean", warn: bool = True) -> TotalLoss:
         """The objective's optimal loss E_{p(sigma)}[lambda(sigma) J*(sigma)], per dimension
-        (reduction="mean") or summed over dimensions (reduction="sum"), with its Monte-Carlo standard error
-        and its interpolation error (see the top); warns when the grid is too coarse for it."""
+        (reduction="mean") or summed over dimensions (reduction="sum"), with its Monte-Carlo standard error,
+        its interpolation error bound and their combined standard uncertainty (`TotalLoss`); warns when the
+        grid is too coarse for it."""
         scale = self._scale(reduction)
         ls, coef = self._quadrature(objective)
         grid, logit = np.log(self.sigma), self._logit()
@@ -152,8 +165,8 @@ class OptimalLossCurve:
         mc = float(np.sqrt(np.sum((self.sensitivity(objective, ls, coef) * self.stderr) ** 2)))
         interp = self._interpolation_error(ls, coef, values, logit)
         extrapolated = _dot(coef[outside], values[outside])
-        total = TotalLoss(value * scale, math.hypot(mc, interp) * scale, extrapolated * scale, mc * scale,
-                          interp * scale)
+        combined = math.hypot(mc, interp / UNIFORM_SD_RATIO)
+        total = TotalLoss(value * scale, combined * scale, extrapolated * scale, mc * scale, interp * scale)
         if warn and not _supported(total):
             warnings.warn(_coverage_message(objective.name, total, len(self.sigma)), stacklevel=2)
         return total
