@@ -311,6 +311,10 @@ def test_min_snr_weights_are_min_snr_in_x0_terms(prediction):
 
 @pytest.mark.parametrize("prediction,snr_gamma", [("epsilon", None), ("v_prediction", 5.0)])
 def test_gap_monitor_in_a_diffusers_training_loop(prediction, snr_gamma):
+    """Every batch of the loop is captured (add_noise's x0, noise and timesteps, the UNet's input and
+    output); the monitor's per-bin x0 loss, J*, counts and weighted loss must equal those computed
+    directly: x0 loss from step().pred_original_sample (float64), sigma from alphas_cumprod, bins by
+    np.histogram on the monitor's edges, lambda from the x0-to-target conversion by hand."""
     example = _example()
     from lossfloor.curve import OptimalLossCurve
 
@@ -321,32 +325,74 @@ def test_gap_monitor_in_a_diffusers_training_loop(prediction, snr_gamma):
     sigmas = np.geomspace(0.005, 400, 20)
     floor = OptimalLossCurve(sigmas, 0.3 * sigmas**2 / (1 + sigmas**2), np.zeros(20), 0.3, 64, 64)
     monitor = example.GapMonitor(floor, obj)
-    seen = []
+    seen, batches = [], []
 
-    def record(step, objective):  # the x0 loss each per-sample target loss stands for, checked directly
+    def record(step, objective):
         seen.append(step)
 
+    add_noise = sched.add_noise
+
+    def spy_add_noise(x0, noise, k):
+        batches.append(dict(x0=x0.clone(), noise=noise.clone(), k=k.clone()))
+        return add_noise(x0, noise, k)
+
+    sched.add_noise = spy_add_noise
+    def spy_forward(module, args, out):
+        batches[-1].update(x_t=args[0].detach().clone(), out=out.sample.detach().clone())
+
+    hook = model.register_forward_hook(spy_forward)
     torch.manual_seed(0)
     losses = example.train(model, sched, data, steps=6, batch_size=16, seed=0, snr_gamma=snr_gamma,
                            monitor=monitor, on_step=record)
+    hook.remove()
     summary = monitor.summary()
     assert seen == list(range(6)) and len(losses) == 6 and all(math.isfinite(v) for v in losses)
-    assert sum(row["count"] for row in summary["bins"]) + summary["outside"] == 6 * 16
-    assert summary["objective"] == obj.name and math.isfinite(summary["weighted_gap"])
-    # One batch by hand: the per-sample target loss over the target factor is the x0 loss of step().
-    gen = torch.Generator().manual_seed(9)
-    x0, noise = data[:8], torch.randn(8, 1, 8, 8, generator=gen)
-    k = torch.randint(0, 1000, (8,), generator=gen)
-    with torch.no_grad():
-        x_t = sched.add_noise(x0, noise, k)
-        out = model(x_t, k).sample
-    target = noise if prediction == "epsilon" else sched.get_velocity(x0, noise, k)
-    per_sample = ((out - target) ** 2).mean(dim=(1, 2, 3)).double()
-    x0_hat = torch.cat([diffusers.DDPMScheduler(prediction_type=prediction, clip_sample=False)
-                        .step(out[i:i + 1], int(k[i]), x_t[i:i + 1]).pred_original_sample for i in range(8)])
-    direct = ((x0_hat - x0) ** 2).mean(dim=(1, 2, 3)).double()
-    converted = per_sample / target_error_factor(obj.target, obj.process, (k + 1).double() / 1000)
-    torch.testing.assert_close(converted, direct, rtol=1e-4, atol=1e-7)
+    assert len(batches) == 6
+
+    # The same quantities directly, per sample, in float64.
+    stepper = diffusers.DDPMScheduler.from_config(sched.config, clip_sample=False)
+    abar = torch.as_tensor(sched.alphas_cumprod, dtype=F64)
+    eps32 = float(torch.finfo(torch.float32).eps)
+    sigma, direct, lam, rtol = [], [], [], []
+    for b in batches:
+        x0, k, x_t, out = b["x0"].double(), b["k"], b["x_t"], b["out"]
+        target = b["noise"] if prediction == "epsilon" else add_velocity(sched, b)
+        x0_hat = torch.cat([stepper.step(out[i:i + 1].double(), int(k[i]), x_t[i:i + 1].double())
+                            .pred_original_sample for i in range(len(k))])
+        ab = abar[k]
+        s2 = (1 - ab) / ab
+        sigma.append(s2.sqrt())
+        direct.append(((x0_hat - x0) ** 2).mean(dim=(1, 2, 3)))
+        lam.append(1 / s2 if prediction == "epsilon" else (1 + s2) / s2)  # ||target err||^2 / ||x0 err||^2
+        # The monitor's path differs only by float32 rounding: x_t (<= 1.5 eps |x_t| per element) enters
+        # x0_hat with 1/sqrt(1 - abar) against the target error, and its float32 MSE sums D squares.
+        rms = ((out - target).double() ** 2).mean(dim=(1, 2, 3)).sqrt()
+        amplification = x_t.abs().amax(dim=(1, 2, 3)).double() / ((1 - ab).sqrt() * rms)
+        rtol.append(2 * eps32 * (2 * amplification + out[0].numel()))
+    sigma, direct, lam, rtol = (torch.cat(v).numpy() for v in (sigma, direct, lam, rtol))
+    edges = monitor.loss.edges
+    which = np.searchsorted(edges, sigma, side="right") - 1
+    inside = (which >= 0) & (which < len(edges) - 1)
+    assert summary["outside"] == int((~inside).sum())
+    counts = np.bincount(which[inside], minlength=len(edges) - 1)
+    rows = {round(r["sigma_lo"], 12): r for r in summary["bins"]}
+    assert sorted(rows) == sorted(round(edges[j], 12) for j in np.flatnonzero(counts))
+    for j in np.flatnonzero(counts):
+        row, mine = rows[round(edges[j], 12)], inside & (which == j)
+        assert row["count"] == counts[j]
+        tol = float(np.sum(rtol[mine] * direct[mine]) / counts[j])
+        assert abs(row["x0_loss"] - direct[mine].mean()) <= tol, (j, row["x0_loss"], direct[mine].mean(), tol)
+        assert row["optimal_loss"] == pytest.approx(floor(sigma[mine]).mean(), rel=1e-9)
+        assert row["gap"] == pytest.approx(row["x0_loss"] - row["optimal_loss"], rel=1e-9, abs=1e-12)
+    assert summary["objective"] == obj.name
+    tol = float(np.mean(lam * rtol * direct))
+    assert abs(summary["weighted_loss"] - np.mean(lam * direct)) <= tol
+    assert summary["weighted_optimal"] == pytest.approx(np.mean(lam * floor(sigma)), rel=1e-9)
+
+
+def add_velocity(sched, batch):
+    """diffusers' v target of a captured batch."""
+    return sched.get_velocity(batch["x0"], batch["noise"], batch["k"])
 
 
 # -- lossfloor diagnose --diffusers: end to end, against diffusers' own step() ---------------------------
