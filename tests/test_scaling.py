@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from lossfloor import scaling
 
@@ -22,12 +23,51 @@ def synthetic(form: str, n: int, rng, groups: int | None = None, run_sd: float =
     return compute, floor + BETA * compute**ALPHA * np.exp(noise), labels, floor
 
 
+def _width(samples, units, idx=None) -> float:
+    """The expanded percentile interval's width of bootstrap samples (optionally re-indexed)."""
+    s = samples if idx is None else samples[idx]
+    lo, hi = np.quantile(s[np.isfinite(s)], scaling.expanded_quantiles(units))
+    return float(hi - lo)
+
+
+def width_mc_se(samples, other, units, reps=400) -> float:
+    """Monte-Carlo standard error of an interval's width (minus `other`'s on the same resamples), by
+    redrawing the bootstrap replicates themselves."""
+    rng = np.random.default_rng(0)
+    diffs = []
+    for _ in range(reps):
+        idx = rng.integers(len(samples), size=len(samples))
+        diffs.append(_width(samples, units, idx) - (0.0 if other is None else _width(other, units, idx)))
+    return float(np.std(diffs, ddof=1))
+
+
+def normal_theory_width(fit, compute, loss) -> float:
+    """2 z sd(alpha), sd from the linearised least-squares covariance s^2 (J^T J)^-1 of log residuals
+    (z at the expanded quantile of the fit's units)."""
+    x = np.log(compute) - np.log(compute).mean()
+    power = fit.beta * np.exp(fit.alpha * np.log(compute).mean()) * np.exp(fit.alpha * x)
+    if fit.form == "free":
+        model = fit.floor + power
+        jac, resid = np.c_[power / model, power * x / model, fit.floor / model], np.log(loss / model)
+    else:
+        jac, resid = np.c_[np.ones_like(x), x], np.log((loss - fit.floor) / power)
+    s2 = np.sum(resid**2) / (len(x) - jac.shape[1])
+    sd = math.sqrt(s2 * np.linalg.inv(jac.T @ jac)[1, 1])
+    return 2 * float(scipy.stats.norm.ppf(scaling.expanded_quantiles(fit.units)[1])) * sd
+
+
 @pytest.mark.parametrize("form", ["plain", "corrected", pytest.param("free", marks=pytest.mark.slow)])
 def test_recovers_parameters_within_intervals(form):
     compute, loss, groups, floor = synthetic(form, 30, np.random.default_rng(3), groups=10)
     fit = scaling.fit(form, compute, loss, floor, groups=groups, n_boot=200, seed=0)
     assert ALPHA in fit.alpha_ci and BETA in fit.beta_ci
-    assert fit.alpha_ci.high - fit.alpha_ci.low < 0.2  # informative, not vacuous
+    # Informative, not vacuous: the width is the normal-theory (least-squares) width within 3 standard
+    # deviations of its ratio to it: the bootstrap's Monte-Carlo error plus the sampling error of a variance
+    # from `units` groups and of the residual variance (n - p degrees of freedom).
+    width, theory = fit.alpha_ci.high - fit.alpha_ci.low, normal_theory_width(fit, compute, loss)
+    spread = math.sqrt((width_mc_se(fit.boot.alpha, None, fit.units) / width) ** 2
+                       + 1 / (2 * (fit.units - 1)) + 1 / (2 * (fit.n - (3 if form == "free" else 2))))
+    assert abs(width / theory - 1) <= 3 * spread, (width, theory, spread)  # 0.94-0.98 here, spread ~0.3
     if form == "free":
         assert FLOOR in fit.floor_ci and fit.floor_ci.low > 0
     else:
@@ -136,8 +176,9 @@ def test_floor_stderr_widens_the_corrected_interval():
     compute, loss, _, _ = synthetic("corrected", 30, np.random.default_rng(2))
     exact = scaling.fit("corrected", compute, loss, FLOOR, n_boot=200)
     loose = scaling.fit("corrected", compute, loss, FLOOR, floor_stderr=0.01, n_boot=200)
+    # Paired (the same resamples): wider by more than 3 Monte-Carlo standard errors of the difference.
     width = lambda f: f.alpha_ci.high - f.alpha_ci.low  # noqa: E731
-    assert width(loose) > 1.5 * width(exact)
+    assert width(loose) - width(exact) > 3 * width_mc_se(loose.boot.alpha, exact.boot.alpha, exact.units)
 
 
 @pytest.mark.parametrize("args, message", [
