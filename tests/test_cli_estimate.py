@@ -137,6 +137,8 @@ BAD_INPUTS = {
     "no labels": (["--class-conditional"], "has no labels"),
     "flip of points": (["--flip"], "--flip needs images"),
     "C without cdol": (["--C", "2"], "cdol only"),
+    "control subset alone": (["--control-subset", "16"], "--target-stderr and --min-queries"),
+    "control subset < 2": (["--control-subset", "1"], "'--control-subset': 1 is not in the range"),
     "queries twice": (["--queries", "5", "--queries-per-point", "1"], "not both"),
     "resume and force": (["--force"], "--resume or --force"),
     "no cuda": (["--device", "cuda"], "CUDA"),

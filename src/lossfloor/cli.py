@@ -115,6 +115,10 @@ def study():
 @click.option("--min-queries", type=QUERIES,
               help="with --target-stderr and the full estimator: a first round of this many queries, then as "
                    "many as the measured spread needs (a level that is 0 on every query gets an upper bound)")
+@click.option("--control-subset", type=Integer(2),
+              help="with --min-queries: a control variate, each query's posterior variance over a fixed "
+                   "random subset of this many rows (and free noise features), where it lowers the cost "
+                   "(e.g. 2048)")
 @click.option("--prune", is_flag=True,
               help="full estimator: skip data points provably negligible to a query (exact; small sigma)")
 @click.option("--total-stderr", type=Real(0, lo_open=True),

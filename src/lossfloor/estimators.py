@@ -59,13 +59,18 @@ class EstimatorConfig:
     # Exact pruning (full estimator, in-memory rows): data points whose logit is provably e^-(log N + 40)
     # below the query's source (by a 32-dimensional projection's distance bound) skip the GEMMs.
     prune: bool = False
+    # With target_stderr and min_queries (full estimator): a control variate, the posterior variance of the
+    # same query over a fixed random subset of this many rows (`control_variate_level`); used at a level only
+    # where the first round predicts it lowers the cost.
+    control_subset: int | None = None
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.form not in FORMS:
             raise ValueError(f"unknown form {self.form!r}; choose from {', '.join(FORMS)}")
-        optional = tuple(k for k in ("subset", "min_queries") if getattr(self, k) is not None)
+        optional = tuple(k for k in ("subset", "min_queries", "control_subset")
+                         if getattr(self, k) is not None)
         for name in ("queries", "batch_size", "chunk_size", "max_queries") + optional:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -81,6 +86,11 @@ class EstimatorConfig:
             raise ValueError(f"subset size L must be at least 2, got {self.subset}")
         if self.min_queries is not None and not 2 <= self.min_queries <= self.max_queries:
             raise ValueError(f"min_queries must be in [2, max_queries], got {self.min_queries}")
+        if self.control_subset is not None and (self.control_subset < 2 or self.estimator != "full"
+                                                or self.target_stderr is None or self.min_queries is None):
+            raise ValueError(f"control_subset must be >= 2 and needs the full estimator with target_stderr "
+                             f"and min_queries, got {self.control_subset} ({self.estimator}, "
+                             f"target_stderr={self.target_stderr}, min_queries={self.min_queries})")
         if self.C is not None and not (math.isfinite(self.C) and self.C >= 1):
             raise ValueError(f"C must be finite and >= 1 (use estimator 'snis' for C = inf), got {self.C}")
         if self.target_stderr is not None and not (math.isfinite(self.target_stderr)
@@ -112,7 +122,8 @@ class LevelEstimate:
     sigma: float
     loss: float
     stderr: float
-    queries: int
+    queries: int  # queries against the whole dataset
+    control_queries: int = 0  # queries against the control variate's subset alone
 
 
 def stratified_sources(n: int, m: int, generator: torch.Generator) -> Tensor:
@@ -143,6 +154,7 @@ class DataMatrix:
             self.rows = self.rows.to(device=device, dtype=dtype)
         self.device, self.dtype, self.chunk_size = torch.device(device), dtype, chunk_size
         self.projection = None  # built on first use by exact pruning (EstimatorConfig.prune)
+        self.prune_fails_from = math.inf  # the least sigma at which pruning kept half the rows or more
         self._row_sq = self._centred = None
         self.n, self.dim = self.rows.shape
         self.center = sum(x.sum(0) for x in self._chunks()) / self.n
@@ -192,8 +204,10 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
     With `config.target_stderr`, rounds are added until the standard error is at most that fraction of the
     data variance (or `max_queries` is reached): rounds of `config.queries`, or, with `min_queries` (full
     estimator), a first round of `min_queries` and then as many as the measured spread says are needed.
-    A level where every query gives exactly 0 (the memorised regime) gets as standard error an upper bound
-    of J* from its sources' neighbours (`zero_level_bound`), not 0.
+    A level where every query of the full estimator gives exactly 0 (the memorised regime) gets as standard
+    error an upper bound of J* from (up to 256 of) its sources' neighbours (`zero_level_bound`), not 0.
+    With `config.control_subset` (and `min_queries`) a level may use control variates
+    (`control_variate_level`).
     """
     if not sigma > 0 or not math.isfinite(sigma):
         raise ValueError(f"sigma must be positive and finite, got {sigma}")
@@ -201,8 +215,18 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
     adaptive = target is not None and config.min_queries is not None and config.estimator == "full"
     units, sources, used = [], [], 0
     size = min(config.min_queries, config.queries) if adaptive else config.queries
+    pending = None
+    if adaptive and config.control_subset is not None and config.control_subset <= data.n // 2:
+        pending = control_variate_level(data, sigma, config, generator, progress, target)
+        if isinstance(pending, LevelEstimate):
+            return pending
     while True:
-        if config.estimator == "full":
+        if pending is not None:  # the control variate's first round, where it did not pay: a plain round
+            values, idx = pending
+            pending = None
+            units.append(values)
+            sources.append(idx)
+        elif config.estimator == "full":
             round_config = replace(config, queries=max(size, 2))
             values, idx = _full_values(data, sigma, round_config, generator, progress)
             units.append(values)
@@ -214,39 +238,185 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
         used += len(values)
         pooled = torch.cat(units)
         se = pooled.std().item() / math.sqrt(len(pooled))
-        all_zero = adaptive and not pooled.any()
+        all_zero = config.estimator == "full" and not pooled.any()
         if all_zero:  # every query exactly 0: a bound stands in for the stderr
-            se = zero_level_bound(data, torch.cat(sources), sigma, config.chunk_size)
+            se = zero_level_bound(data, _spread_sample(torch.cat(sources), ZERO_BOUND_SOURCES), sigma,
+                                  config.chunk_size)
         # An all-zero level whose bound stays above the target stops at `queries` (the bound, not the
         # queries, limits it): it reports the bound.
         if (target is None or se <= target or used >= config.max_queries
                 or (all_zero and used >= config.queries)):
             return LevelEstimate(float(sigma), _clamped(pooled.mean().item(), sigma, config.form), se, used)
-        if adaptive and pooled.any():
+        if adaptive and pooled.any():  # half of what the measured spread says is missing, at a time
             needed = math.ceil(1.2 * (pooled.std().item() / target) ** 2)
-            size = min(max(needed - used, config.min_queries), config.max_queries - used)
+            size = min(max(math.ceil((needed - used) / 2), config.min_queries), config.max_queries - used)
         elif adaptive:
             size = min(used, config.queries - used)  # all zero, bound too loose: double the sources
         else:
             size = min(config.queries, config.max_queries - used) if config.estimator == "full" else size
 
 
+def control_variate_level(data: DataMatrix, sigma: float, config: EstimatorConfig, generator: torch.Generator,
+                          progress, target: float) -> LevelEstimate | tuple[Tensor, Tensor]:
+    """J*(sigma) with control variates.  Two kinds: c(x~), the posterior variance of the query over a fixed
+    random subset S of the rows, which costs |S|/N of a full query and tracks v(x~) where the posterior
+    spreads over many points, and free features of known mean 0 (`_features`).
+
+    J* = E[v - beta.(c, f)] + beta_c E[c]: the first mean from full queries (each also gives c and f), the
+    second from independent queries against S alone, so the estimate is unbiased for any beta, and its
+    variance is var(v - beta.(c, f))/n + beta_c^2 var(c)/n_c.  |S| (none, L = `config.control_subset` or 4L,
+    nested), beta and the split come from a first round of `min_queries` that is not reused in the estimate
+    (beta is then independent of the samples it is applied to); that round is returned, as a plain round,
+    where no choice lowers the predicted cost by at least 20%, or where every query gave 0.  The plan is
+    carried out half at a time, re-sized from the measured spreads, until the stderr meets `target`."""
+    sizes = sorted({config.control_subset, min(4 * config.control_subset, data.n // 2)})
+    members = torch.randperm(data.n, generator=generator)[:sizes[-1]]
+    blocks = [data.centered_rows(members[a:b]) for a, b in zip([0] + sizes[:-1], sizes, strict=True)]
+    pilot = replace(config, queries=config.min_queries)
+    v, idx, cs, f = _full_values(data, sigma, pilot, generator, progress, control=blocks)
+    if not v.any():
+        return v, idx
+    best = None
+    for k in range(-1, len(blocks)):  # features alone, then with each nested subset: the cheapest plan
+        x = f if k < 0 else torch.cat((cs[k][:, None], f), 1)
+        beta = _least_squares(x, v)
+        cost = 0.0 if k < 0 else sizes[k] / data.n  # a query against S, relative to one against all rows
+        sd_control = 0.0 if k < 0 else abs(beta[0].item()) * cs[k].std().item()
+        plan = _control_split(v.std().item(), (v - x @ beta).std().item(), sd_control, cost, target)
+        if plan is not None and (best is None or _plan_cost(plan, cost) < _plan_cost(best[2], best[1])):
+            best = (k, cost, plan, beta)
+    if best is None:
+        return v, idx
+    k, cost, plan, beta = best
+    blocks = blocks[:k + 1]
+    beta_c = 0.0 if k < 0 else beta[0].item()
+    diffs, controls = [], []
+    used = used_c = 0
+    max_control = 0 if k < 0 else config.max_queries * max(1, round(1 / cost))
+    while True:  # each round at most half of what the plan still wants: the first round's spreads are rough
+        n_full = min(max(plan[0] - used, 0), config.max_queries - used)
+        n_control = min(max(plan[1] - used_c, 0), max_control - used_c)
+        n_full, n_control = (max(math.ceil(n / 2), min(n, config.min_queries)) for n in (n_full, n_control))
+        if n_full >= 1 or not diffs:
+            rnd = replace(config, queries=max(n_full, 2))
+            v, _, cs, f = _full_values(data, sigma, rnd, generator, progress, control=blocks)
+            diffs.append(v - (f if k < 0 else torch.cat((cs[-1][:, None], f), 1)) @ beta)
+            used += len(v)
+        if k >= 0 and (n_control >= 1 or not controls):
+            controls.append(_control_values(data, blocks, sigma, max(n_control, 2), config, generator))
+            used_c += len(controls[-1])
+        d = torch.cat(diffs)
+        cc = torch.cat(controls) if controls else torch.zeros(2, dtype=d.dtype)
+        se = math.sqrt(d.var().item() / len(d) + beta_c**2 * cc.var().item() / len(cc))
+        if se <= target or (used >= config.max_queries and used_c >= max_control):
+            loss = d.mean().item() + beta_c * cc.mean().item()
+            return LevelEstimate(float(sigma), _clamped(loss, sigma, "control-variate"), se,
+                                 used + config.min_queries, used_c)
+        plan = _control_split(None, d.std().item(), abs(beta_c) * cc.std().item(), cost, target)
+        if plan[0] <= used and plan[1] <= used_c:  # spreads met, stderr not (sampling noise): a bit more
+            plan = (used + config.min_queries, used_c + (math.ceil(config.min_queries / cost) if cost else 0))
+
+
+def _least_squares(x: Tensor, y: Tensor) -> Tensor:
+    """beta minimising the variance of y - x beta (columns centred; float64)."""
+    x, y = x.double(), y.double()
+    xc, yc = x - x.mean(0), y - y.mean()
+    return torch.linalg.lstsq(xc, yc[:, None]).solution[:, 0]
+
+
+def _features(x_src: Tensor, eps: Tensor, data: DataMatrix) -> Tensor:
+    """Per-query control features of known mean 0 (sources uniform over the data, eps ~ N(0, I) independent
+    of them): x_s . eps, ||x_s||^2 - E||x_s||^2 (the centred mean square) and ||eps||^2 - D."""
+    x = x_src.double().cpu()
+    return torch.stack(((x * eps).sum(1), x.pow(2).sum(1) - data.mean_sq, eps.pow(2).sum(1) - data.dim), 1)
+
+
+def _control_split(sd_plain: float | None, sd_diff: float, sd_control: float, cost: float,
+                   target: float) -> tuple[int, int] | None:
+    """Full and control queries for a stderr `target` at the least cost (n ~ sd_diff / sqrt(1 + cost),
+    n_c ~ |beta_c| sd_c / sqrt(cost)), with the plain method's 20% margin; None where plain rounds, needing
+    (sd_plain / target)^2 full queries, would cost less than 1.25 times as much (`sd_plain` None: no test)."""
+    if cost == 0 or sd_control == 0:
+        n_full, n_control = math.ceil(1.2 * (sd_diff / target) ** 2), 0
+    else:
+        scale = (sd_diff * math.sqrt(1 + cost) + sd_control * math.sqrt(cost)) / target**2
+        n_full = math.ceil(1.2 * scale * sd_diff / math.sqrt(1 + cost))
+        n_control = math.ceil(1.2 * scale * sd_control / math.sqrt(cost))
+    if sd_plain is not None and 1.25 * _plan_cost((n_full, n_control), cost) > 1.2 * (sd_plain / target)**2:
+        return None
+    return n_full, n_control
+
+
+def _plan_cost(plan: tuple[int, int], cost: float) -> float:
+    """A control-variate plan's cost in full queries."""
+    return (1 + cost) * plan[0] + cost * plan[1]
+
+
+def _control_values(data: DataMatrix, blocks: list[Tensor], sigma: float, m: int, config: EstimatorConfig,
+                    generator: torch.Generator) -> Tensor:
+    """The control variate c(x~) (over all of `blocks`) of m fresh queries, sources uniform over the data."""
+    sources = stratified_sources(data.n, m, generator)
+    out = []
+    for idx in sources.split(config.batch_size):
+        queries = _noisy(data.centered_rows(idx), sigma, generator)
+        out.append(_subset_posterior_values(queries, blocks, sigma, data, config)[-1])
+    return torch.cat(out)
+
+
+def _subset_posterior_values(queries: Tensor, blocks: list[Tensor], sigma: float, data: DataMatrix,
+                             config: EstimatorConfig) -> list[Tensor]:
+    """Per-query values over the first 1, 2, ... of the disjoint row `blocks` (their stats merged)."""
+    out, stats = [], None
+    for block in blocks:
+        part = posterior_stats(queries, block, sigma, chunk_size=config.chunk_size)
+        stats = part if stats is None else stats.merge(part)
+        out.append(_value(stats, data, config.form).cpu())
+    return out
+
+
+ZERO_BOUND_SOURCES = 256  # sources behind an all-zero level's bound (each costs a pass over the data)
+
+
+def _spread_sample(idx: Tensor, k: int) -> Tensor:
+    """At most k entries of idx, evenly spaced (a systematic sample)."""
+    return idx if len(idx) <= k else idx[torch.linspace(0, len(idx) - 1, k).round().long()]
+
+
 def zero_level_bound(data: DataMatrix, sources: Tensor, sigma: float,
                      chunk_size: int = DEFAULT_CHUNK) -> float:
     """An upper bound of J*(sigma) per dimension, estimated from sampled sources (mean + 3 standard errors):
     tr Var(x0 | x~) <= sum_n w_n ||x_n - x_s||^2 and E_eps[min(1, w_n / w_s)] = 2 Phi(-d_n / 2 sigma) for a
-    query x~ = x_s + sigma eps, so J* <= E_s sum_{n != s} d_sn^2 2 Phi(-d_sn / 2 sigma) / D."""
-    x_s = data.centered_rows(sources).double()
-    sq_s = x_s.pow(2).sum(1)
-    total = torch.zeros(len(sources), dtype=torch.float64)
+    query x~ = x_s + sigma eps, so J* <= E_s sum_{n != s} d_sn^2 2 Phi(-d_sn / 2 sigma) / D.
+
+    A float32 GEMM screens the pairs (with a margin for its rounding); the terms of the pairs within reach are
+    computed in float64.  A pair out of reach has erfc(d / 2 sqrt(2) sigma) < erfc(26.5) ~ 1e-307: together
+    they change the bound by less than N max d^2 1e-307, below float64's resolution of any bound we report."""
+    rows, shift = data.kernel_rows  # centred once in memory (with their norms, `row_sq`), on disk per chunk
+    row_sq = data.row_sq
+    x_s = data.centered_rows(sources)
+    x_s64 = x_s.double()
+    sq_s = x_s64.pow(2).sum(1)
+    scale = 1.0 / (2 * math.sqrt(2) * sigma)  # 2 Phi(-d / 2 sigma) = erfc(d scale); ndtr is 0 below -9
+    reach = (26.5 / scale) ** 2
+    rounding = (data.dim + 4) * torch.finfo(x_s.dtype).eps  # of the screen's d^2, relative to sq_s + sq
+    total = torch.zeros(len(sources), dtype=torch.float64, device=x_s.device)
+    screening = True  # until a chunk shows that most pairs are within reach (large sigma)
     for start in range(0, data.n, chunk_size):
-        rows = data.rows[start:start + chunk_size]
-        x = (rows if isinstance(rows, Tensor) else torch.from_numpy(np.array(rows))).to(x_s.device).double()
-        x = x - data.center.to(x.device, torch.float64)
-        d2 = (sq_s[:, None] + x.pow(2).sum(1)[None, :] - 2 * x_s @ x.T).clamp_min(0)
-        # 2 Phi(-t) = erfc(t / sqrt 2) (torch's ndtr is 0 below -9 in float64)
-        total += (d2 * torch.special.erfc(d2.sqrt() / (2 * math.sqrt(2) * sigma))).sum(1).cpu()
-    per = total / data.dim  # the source itself has d = 0 and adds nothing
+        chunk = rows[start:start + chunk_size]
+        x = (chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))).to(x_s)
+        if shift is not None:
+            x = x - shift.to(x)
+        sq = x.double().pow(2).sum(1) if row_sq is None else row_sq[start:start + len(x)].to(x.device)
+        norms = sq_s[:, None] + sq[None, :]
+        near = torch.arange(len(x), device=x.device)
+        if screening:
+            screen = torch.addmm(norms.to(x.dtype), x_s, x.T, alpha=-2).double()
+            near = torch.nonzero((screen - rounding * norms <= reach).any(0)).flatten()
+            screening = len(near) < len(x) // 2
+        if len(near):
+            d2 = torch.addmm(norms[:, near], x_s64, x[near].double().T, alpha=-2).clamp_min_(0)
+            total += (d2 * torch.special.erfc(d2.sqrt().mul_(scale))).sum(1)
+    per = total.cpu() / data.dim  # the source itself has d = 0 and adds nothing
     spread = per.std().item() / math.sqrt(len(per)) if len(per) > 1 else per.item()
     return per.mean().item() + 3 * spread
 
@@ -256,8 +426,9 @@ def _clamped(value: float, sigma: float, form: str) -> float:
     if not math.isfinite(value):
         raise FloatingPointError(f"non-finite J* estimate {value} at sigma = {sigma:.6g}")
     if value < 0:
-        warnings.warn(f"the {form} form gave J* = {value:.3g} < 0 at sigma = {sigma:.6g} (Monte-Carlo "
-                      "cancellation of A - B); clamped to 0, its standard error kept", stacklevel=3)
+        cause = "of A - B" if form == "global" else f"in the {form} estimate"
+        warnings.warn(f"the {form} estimate gave J* = {value:.3g} < 0 at sigma = {sigma:.6g} (Monte-Carlo "
+                      f"cancellation {cause}); clamped to 0, its standard error kept", stacklevel=3)
         return 0.0
     return value
 
@@ -270,18 +441,23 @@ def _value(stats, data: DataMatrix, form: str) -> Tensor:
     return v / data.dim
 
 
-def _noisy(x_src: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
+def _noisy(x_src: Tensor, sigma: float, generator: torch.Generator, with_noise: bool = False):
+    """Queries x_src + sigma eps (and eps, float64 on the CPU, with `with_noise`)."""
     # Noise is drawn on the CPU in float64 so results do not depend on the device or dtype.
     eps = torch.randn(x_src.shape, generator=generator, dtype=torch.float64)
-    return x_src + (sigma * eps).to(device=x_src.device, dtype=x_src.dtype)
+    queries = x_src + (sigma * eps).to(device=x_src.device, dtype=x_src.dtype)
+    return (queries, eps) if with_noise else queries
 
 
-def _full_values(data, sigma, config, generator, progress) -> tuple[Tensor, Tensor]:
+def _full_values(data, sigma, config, generator, progress, control: list[Tensor] | None = None):
+    """Per-query values and their sources; with `control` (disjoint row blocks), also each query's values
+    over the first 1, 2, ... blocks (`_subset_posterior_values`) and its control features (`_features`)."""
     sources = stratified_sources(data.n, config.queries, generator)
-    out = []
+    out, controls = [], []
+    features = []
     for idx in sources.split(config.batch_size):
         x_src = data.centered_rows(idx)
-        queries = _noisy(x_src, sigma, generator)
+        queries, eps = _noisy(x_src, sigma, generator, with_noise=True)
         rows = _pruned_rows(data, queries, x_src, sigma, config) if config.prune else None
         kernel_rows, shift = data.kernel_rows
         if rows is not None:
@@ -291,21 +467,34 @@ def _full_values(data, sigma, config, generator, progress) -> tuple[Tensor, Tens
             stats = sharded_posterior_stats(queries, kernel_rows, sigma, shift=shift,
                                             chunk_size=config.chunk_size, row_sq=data.row_sq)
         out.append(_value(stats, data, config.form).cpu())
+        if control is not None:
+            controls.append(_subset_posterior_values(queries, control, sigma, data, config))
+            features.append(_features(x_src, eps, data))
         if progress is not None:
             progress(len(idx))
+    if control is not None:
+        return (torch.cat(out), sources, [torch.cat(c) for c in zip(*controls, strict=True)],
+                torch.cat(features))
     return torch.cat(out), sources
 
 
 def _pruned_rows(data: DataMatrix, queries: Tensor, x_src: Tensor, sigma: float, config) -> Tensor | None:
     """The rows that can matter to these queries (`kernel.candidate_rows`, the source distance as the
-    reference), or None where pruning does not apply (rows on disk, several ranks) or keeps half or more."""
+    reference), or None where pruning does not apply (rows on disk, several ranks) or keeps half or more.
+    Once it keeps half or more at some sigma it is not tried again at that sigma or above (it can only keep
+    more there), as the bound itself costs a pass over the projected rows."""
     if not isinstance(data.rows, Tensor) or (dist.is_available() and dist.is_initialized()):
         return None
-    if getattr(data, "projection", None) is None:
+    if sigma >= data.prune_fails_from:
+        return None
+    if data.projection is None:
         data.projection = Projection.of(data.rows, data.center)
     reference = (queries.double() - x_src.double()).pow(2).sum(1)
     rows = candidate_rows(queries, reference, data.projection, sigma, chunk_size=config.chunk_size)
-    return rows.to(data.rows.device) if len(rows) < data.n // 2 else None
+    if len(rows) >= data.n // 2:
+        data.prune_fails_from = min(data.prune_fails_from, sigma)
+        return None
+    return rows.to(data.rows.device)
 
 
 def _subset_values(data, sigma, config, generator, progress) -> tuple[Tensor, int]:
@@ -377,7 +566,7 @@ class Estimator:
         if not self.classes:
             return estimate_level(self.data, sigma, config, gen, progress)
         value = var = 0.0
-        used = 0
+        used = used_c = 0
         for frac, part in self.classes:
             m = max(2, round(config.queries * frac))
             part_config = replace(config, queries=m, max_queries=max(m, config.max_queries))
@@ -385,7 +574,8 @@ class Estimator:
             value += frac * est.loss
             var += (frac * est.stderr) ** 2
             used += est.queries
-        return LevelEstimate(float(sigma), value, math.sqrt(var), used)
+            used_c += est.control_queries
+        return LevelEstimate(float(sigma), value, math.sqrt(var), used, used_c)
 
     def curve(self, sigmas, seed: int = 0, done: dict | None = None, on_level=None,
               progress: bool = False) -> OptimalLossCurve:
@@ -421,7 +611,9 @@ class Estimator:
                       "class_conditional": bool(self.classes),
                       "C_used": None if self.config.estimator == "full"
                       else self.config.self_weight(self.data.n),
-                      "queries_used": [e.queries for e in levels]})
+                      "queries_used": [e.queries for e in levels],
+                      **({"control_queries_used": [e.control_queries for e in levels]}
+                         if self.config.control_subset is not None else {})})
 
     def curve_for_total(self, objective, total_stderr: float, sigmas, seed: int = 0, *,
                         done: dict | None = None, on_level=None, progress: bool = False,

@@ -36,8 +36,8 @@ SIGMA_GRID = (0.002, 80.0, 32)  # EDM's range; curve.total covers 6 more decades
 DTYPES = ("float32", "float64")
 ESTIMATE_FILES = ("optimal_loss.json", "optimal_loss.csv", "optimal_loss.png")
 PARTIAL_FILE = "optimal_loss.partial.json"
-RESUME_KEYS = ("estimator", "queries", "target_stderr", "total_stderr", "min_queries", "subset", "C", "form",
-               "seed", "dtype", "class_conditional")
+RESUME_KEYS = ("estimator", "queries", "target_stderr", "total_stderr", "min_queries", "control_subset",
+               "subset", "C", "form", "seed", "dtype", "class_conditional")
 TRAIN_FILES = ("checkpoint.pt", "log.csv", "binned.csv")
 DIAGNOSE_FILES = ("diagnosis.json", "diagnosis.csv", "diagnosis.png")
 DIAGNOSE_QUERIES = 1024  # noisy queries per level for the model's loss (and J* when it is estimated)
@@ -131,6 +131,7 @@ class EstimateSettings:
     queries_per_point: float | None = None
     target_stderr: float | None = None
     min_queries: int | None = None  # with target_stderr: a small first round, then what the spread needs
+    control_subset: int | None = None  # with min_queries: the control variate's subset size
     prune: bool = False  # exact pruning of far data points at small sigma (full estimator)
     total_stderr: float | None = None  # adaptive levels and queries until the total is this precise
     subset: int | None = None
@@ -218,6 +219,9 @@ def _check_estimate_options(s: EstimateSettings) -> None:
         raise ValueError("give either --queries or --queries-per-point, not both")
     if s.estimator == "full" and s.subset is not None:
         raise ValueError("--subset applies to the subset estimators (cdol, dol, snis), not full")
+    if s.control_subset is not None and (s.estimator != "full" or s.target_stderr is None
+                                         or s.min_queries is None):
+        raise ValueError("--control-subset needs the full estimator with --target-stderr and --min-queries")
     if s.estimator != "cdol" and s.C is not None:
         raise ValueError("--C applies to --estimator cdol only")
     if s.out_of_core and (s.data_dir, s.split, s.flip, s.n, s.class_conditional) != (None, "train", False,
@@ -258,11 +262,13 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
         raise ValueError(f"{s.data}: need at least 2 data points, got {n}")
     queries = default_queries(n, s.queries, s.queries_per_point)
     config = EstimatorConfig(estimator=s.estimator, queries=queries, subset=s.subset, C=s.C, form=s.form,
-                             target_stderr=s.target_stderr, min_queries=s.min_queries, prune=s.prune)
+                             target_stderr=s.target_stderr, min_queries=s.min_queries,
+                             control_subset=s.control_subset, prune=s.prune)
     est = Estimator(dataset.rows(), config, labels=dataset.labels if s.class_conditional else None,
                     device=dev, dtype=getattr(torch, s.dtype))
     identity = {"estimator": s.estimator, "queries": queries, "target_stderr": s.target_stderr,
                 "total_stderr": s.total_stderr, "min_queries": s.min_queries,
+                "control_subset": s.control_subset,
                 "subset": s.subset, "C": s.C, "form": s.form, "seed": s.seed, "dtype": s.dtype,
                 "class_conditional": s.class_conditional, "fingerprint": dataset.fingerprint}
     done = main_only(finished_levels, out, identity) if s.resume else {}
@@ -280,15 +286,16 @@ def finished_levels(out, identity: dict) -> dict:
         try:
             doc = json.loads(path.read_text())
             saved = {k: doc["settings"].get(k) for k in RESUME_KEYS} | {"fingerprint": doc["fingerprint"]}
+            control = doc["settings"].get("control_queries_used") or [0] * len(doc["sigma"])
             levels = list(zip(doc["sigma"], doc["loss"], doc["stderr"], doc["settings"]["queries_used"],
-                              strict=True))
+                              control, strict=True))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"--resume: {path} is not a lossfloor estimate ({err})") from None
         changed = [k for k in identity if saved.get(k) != identity[k]]
         if changed:
             raise ValueError(f"--resume: {path} was made with different settings ({', '.join(changed)}); "
                              "use another --out or --force")
-        return {s: LevelEstimate(s, v, e, q) for s, v, e, q in levels}
+        return {s: LevelEstimate(s, v, e, q, c) for s, v, e, q, c in levels}
     return {}
 
 
@@ -311,7 +318,8 @@ def run_estimate(run: EstimateRun, progress: bool = True) -> EstimateResult | No
         levels = sorted(done.values(), key=lambda e: e.sigma)
         partial = OptimalLossCurve([e.sigma for e in levels], [e.loss for e in levels],
                                    [e.stderr for e in levels], est.data.variance, est.data.n, est.data.dim,
-                                   settings={**run.identity, "queries_used": [e.queries for e in levels]},
+                                   settings={**run.identity, "queries_used": [e.queries for e in levels],
+                                             "control_queries_used": [e.control_queries for e in levels]},
                                    fingerprint=run.dataset.fingerprint)
         partial.save(out / PARTIAL_FILE)
 
