@@ -7,7 +7,6 @@ trained on the same dataset, so its numbers compare models within this project o
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -39,9 +38,8 @@ def sliced_wasserstein(a, b, *, projections: int = 500, seed: int = 0) -> Estima
 
     sw, log = ot.sliced_wasserstein_distance(_np(a), _np(b), n_projections=projections, p=2, seed=seed,
                                              log=True)
-    per_projection = np.asarray(log["projected_emds"], dtype=float)  # W_2^2 of each 1-D projection
-    se_sq = per_projection.std(ddof=1) / math.sqrt(len(per_projection))
-    return Estimate(float(sw), float(se_sq / (2 * sw)) if sw > 0 else float(se_sq))
+    squared = Estimate.of(log["projected_emds"])  # the mean of W_2^2 over the 1-D projections
+    return Estimate(float(sw), squared.stderr / (2 * float(sw)) if sw > 0 else squared.stderr)
 
 
 def energy_distance(a, b, *, blocks: int = 10, max_points: int = 2000, seed: int = 0) -> Estimate:
@@ -59,8 +57,7 @@ def energy_distance(a, b, *, blocks: int = 10, max_points: int = 2000, seed: int
     values = []
     for xa, xb in zip(a.chunk(blocks), b.chunk(blocks), strict=True):
         values.append(2 * torch.cdist(xa, xb).mean().item() - within(xa) - within(xb))
-    v = np.asarray(values)
-    return Estimate(float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))))
+    return Estimate.of(values)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ class Estimate:
 
     @classmethod
     def of(cls, samples) -> Estimate:
-        """The mean of i.i.d. samples and its standard error (nan for a single sample)."""
-        v = np.asarray(samples, dtype=np.float64).ravel()
+        """The mean of i.i.d. samples (an array, tensor or any iterable of numbers) and its standard error
+        (nan for a single sample): the one mean-and-SE of the package."""
+        v = np.asarray(samples if hasattr(samples, "__len__") else list(samples), dtype=np.float64).ravel()
         return cls(float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan)
 
     def __sub__(self, other: Estimate) -> Estimate:

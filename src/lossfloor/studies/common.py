@@ -45,6 +45,7 @@ import torch
 
 from ..curve import OptimalLossCurve
 from ..files import atomic_write_bytes, atomic_write_text
+from ..stats import Estimate
 
 # -- the floor -------------------------------------------------------------------------------------
 
@@ -150,10 +151,9 @@ def load_cells(root, pattern: str) -> list[dict]:
 
 
 def mean_se(values) -> tuple[float, float]:
-    """Mean and standard error of the mean over seeds (nan SE for a single seed)."""
-    v = np.asarray(list(values), dtype=float)
-    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan
-    return float(v.mean()), se
+    """Mean and standard error of the mean over seeds (nan SE for a single seed): `Estimate.of` as a pair."""
+    est = Estimate.of(values)
+    return est.value, est.stderr
 
 
 def paired_difference(a: dict, b: dict) -> tuple[float, float, int]:
