@@ -42,6 +42,10 @@ UINT8_SCALING = {"kind": "affine", "formula": "x / 127.5 - 1", "scale": 1 / 127.
                  "input_range": [0, 255], "output_range": [-1.0, 1.0]}
 
 
+class NoTestSplit(InputError):
+    """The dataset has no test split (an image folder, a .npy file, an .npz without x_test)."""
+
+
 @dataclass
 class Dataset:
     """Preprocessed float32 data points (N, *shape), optional integer labels and their provenance."""
@@ -221,11 +225,11 @@ def _from_path(name, split):
             f"unknown dataset {name!r}: not one of {', '.join(BUILTIN)} and no such file or folder")
     if path.is_dir():
         if split != "train":
-            raise InputError(f"{path}: an image folder has no test split")
+            raise NoTestSplit(f"{path}: an image folder has no test split")
         return _image_folder(path)
     if path.suffix == ".npy":
         if split != "train":
-            raise InputError(f"{path}: a .npy file has no test split (use an .npz with x_test)")
+            raise NoTestSplit(f"{path}: a .npy file has no test split (use an .npz with x_test)")
         x, scaling = _scaled_array(read_npy(path), path)
         return x, None, scaling, str(path), []
     if path.suffix == ".npz":
@@ -310,7 +314,8 @@ def _npz_arrays(path: Path, split):
             lkey = next((k for k in ("labels_test", "y_test") if k in arrays), None)
         if xkey is None:
             need = "x" if split == "train" else "x_test"
-            raise InputError(f"{path}: no array named {need!r} (holds {', '.join(keys) or 'nothing'})")
+            error = InputError if split == "train" else NoTestSplit
+            raise error(f"{path}: no array named {need!r} (holds {', '.join(keys) or 'nothing'})")
         x, scaling = _scaled_array(_npz_member(arrays, xkey, path), path)
         labels = _npz_member(arrays, lkey, path) if lkey else None
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):

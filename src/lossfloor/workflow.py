@@ -641,13 +641,21 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
     if tuple(train_set.shape) != ckpt.model.shape:
         raise ValueError(f"the checkpoint was trained on data of shape {ckpt.model.shape}, but "
                          f"{train_set.name} has shape {tuple(train_set.shape)}")
-    try:
-        test_set = test_load()
-    except (ValueError, FileNotFoundError):  # no test split for this dataset
-        test_set = None
+    test_set = load_test_split(test_load)
     curve = None if s.curve is None else _matching_curve(s.curve, train_set)
     denoiser = ckpt.denoiser(ema=not s.raw_weights, device=dev)
     return DiagnoseRun(s, ckpt, ckpt.objective, denoiser, train_set, test_set, curve, dev, out)
+
+
+def load_test_split(load):
+    """`load()`'s test split, or None where the dataset has none (`data.NoTestSplit`, or Fashion-MNIST's
+    t10k files absent); a damaged test file raises its one-line InputError like any other input."""
+    from .data import NoTestSplit
+
+    try:
+        return load()
+    except (NoTestSplit, FileNotFoundError):
+        return None
 
 
 def _matching_curve(path, train_set) -> OptimalLossCurve:

@@ -456,6 +456,7 @@ def prepare_diffusers_diagnose(s) -> DiffusersDiagnoseRun:
         check_coverage,
         check_diagnose_grid,
         check_out_dir,
+        load_test_split,
         resolve_device,
     )
 
@@ -476,10 +477,8 @@ def prepare_diffusers_diagnose(s) -> DiffusersDiagnoseRun:
     loaded = load_diffusers(s.diffusers)
     train_set = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
     check_data(loaded, train_set.shape, train_set.x)
-    try:
-        test_set = load_dataset(s.data, data_dir=s.data_dir, split="test", seed=s.data_seed)
-    except (ValueError, FileNotFoundError):  # no test split for this dataset
-        test_set = None
+    test_set = load_test_split(lambda: load_dataset(s.data, data_dir=s.data_dir, split="test",
+                                                    seed=s.data_seed))
     curve = None if s.curve is None else _matching_curve(s.curve, train_set)
     denoiser = loaded.denoiser(device)
     if curve is None:
