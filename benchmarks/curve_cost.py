@@ -1,15 +1,18 @@
-"""Cost of the full Fashion-MNIST curve at a fixed accuracy: today's rounds against adaptive rounds, one run.
+"""Cost of the full Fashion-MNIST curve at a fixed accuracy: issue 9's method against today's, in one run.
 
-Both estimate the default 32-level grid (0.002 .. 80) with the full estimator until every level's standard
-error is at most `--target` x the data variance:
+Every method estimates the default 32-level grid (0.002 .. 80) with the full estimator until every level's
+standard error is at most `--target` x the data variance:
 
-- ``rounds``: rounds of `--queries` queries per level (`EstimatorConfig(queries=1024, target_stderr=...)`,
-  the method behind results/fashion-mnist-precise/);
-- ``adaptive``: a first round of `--min-queries`, then as many queries as the measured spread needs, and an
-  upper bound instead of a zero standard error where every query is exactly 0 (`min_queries=...`).
+- ``before (<commit>)``: rounds of `--queries` per level with the code of `--before` (default f312c20, the
+  project when issue 9 was filed, measured there at 1 min 59 s), run from `git archive` of that commit in a
+  subprocess of this run;
+- ``rounds``: the same rounds with today's kernel;
+- ``adaptive``: a first round of `--min-queries`, then what the measured spread needs, half at a time;
+- ``control variates``: adaptive, with control variates (`--control-subset`) and exact pruning
+  (`estimate --min-queries 64 --control-subset 2048 --prune`).
 
-It prints the seconds, the queries, the worst stderr / variance, the largest level difference in units of the
-combined standard error, both EDM totals and the speed-up; the machine's load average is printed with them.
+It prints the seconds, the full-dataset and the control (subset) queries, the worst stderr / variance, the EDM
+total and the largest level difference from ``rounds`` in combined standard errors, with the load average.
 
     flock /tmp/lossfloor-heavy.lock python benchmarks/curve_cost.py --out results/benchmarks
 """
@@ -20,79 +23,114 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from lossfloor.data import load_dataset
-from lossfloor.estimators import Estimator, EstimatorConfig
-from lossfloor.files import atomic_write_text
-from lossfloor.formulation import get_objective
-
 GRID = np.geomspace(0.002, 80.0, 32)  # the CLI's default grid
+REPO = Path(__file__).resolve().parents[1]
 
 
-def run(rows, config: EstimatorConfig, seed: int) -> dict:
-    """One curve: seconds, queries, levels and the EDM total."""
-    est = Estimator(rows, config)
+def run(config: dict, seed: int) -> dict:
+    """One curve with `EstimatorConfig(**config)` of whichever lossfloor is imported."""
+    from lossfloor.data import load_dataset
+    from lossfloor.estimators import Estimator, EstimatorConfig
+    from lossfloor.formulation import get_objective
+
+    rows = load_dataset("fashion-mnist").rows()
     load = os.getloadavg()[0]
     start = time.perf_counter()
-    curve = est.curve(GRID, seed=seed)
+    curve = Estimator(rows, EstimatorConfig(**config)).curve(GRID, seed=seed)
     seconds = time.perf_counter() - start
     total = curve.total(get_objective("edm"))
-    var = curve.data_variance
-    return {"seconds": seconds, "load_before": load, "load_after": os.getloadavg()[0],
-            "queries": int(sum(curve.settings["queries_used"])),
-            "queries_used": curve.settings["queries_used"],
+    control = curve.settings.get("control_queries_used", [0] * len(GRID))
+    return {"seconds": seconds, "load_before": load, "load_after": os.getloadavg()[0], "config": config,
+            "queries": int(sum(curve.settings["queries_used"])), "control_queries": int(sum(control)),
+            "queries_used": curve.settings["queries_used"], "control_queries_used": control,
             "loss": curve.loss.tolist(), "stderr": curve.stderr.tolist(),
-            "worst_stderr_over_variance": float(np.max(curve.stderr) / var),
+            "worst_stderr_over_variance": float(np.max(curve.stderr) / curve.data_variance),
             "edm_total": total.value, "edm_total_stderr": total.stderr}
+
+
+def run_before(commit: str, config: dict, seed: int) -> dict:
+    """`run` with the package as it was at `commit` (git archive of its src/), in a subprocess."""
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "src"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
+        worker = [sys.executable, __file__, "--worker", json.dumps({"config": config, "seed": seed})]
+        done = subprocess.run(worker, env=env, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _line(name: str, r: dict) -> str:
+    return (f"| {name} | {r['seconds']:.1f} | {r['queries']} | {r['control_queries']} | "
+            f"{r['worst_stderr_over_variance']:.2e} | {r['edm_total']:.5f} ± {r['edm_total_stderr']:.5f} | "
+            f"{r['load_before']:.1f} -> {r['load_after']:.1f} |")
+
+
+def max_level_z(a: dict, b: dict) -> float:
+    """The largest |difference| of two curves' levels in units of their combined standard error."""
+    pairs = zip(a["loss"], b["loss"], a["stderr"], b["stderr"], strict=True)
+    z = [abs(x - y) / math.hypot(e, f) for x, y, e, f in pairs if math.hypot(e, f) > 0]
+    return max(z) if z else 0.0
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=float, default=2e-3, help="stderr goal / variance at every level")
-    parser.add_argument("--queries", type=int, default=1024, help="round size of today's method")
-    parser.add_argument("--min-queries", type=int, default=64, help="first round of the adaptive method")
+    parser.add_argument("--queries", type=int, default=1024, help="round size of the rounds methods")
+    parser.add_argument("--min-queries", type=int, default=64, help="first round of the adaptive methods")
+    parser.add_argument("--control-subset", type=int, default=2048, help="L of the control variate")
+    parser.add_argument("--before", default="f312c20", help="commit of the baseline method")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="folder for curve_cost.json / curve_cost.md")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON {config, seed}: run one curve, print JSON
     args = parser.parse_args(argv)
-    rows = load_dataset("fashion-mnist").rows()
-    print(f"Fashion-MNIST {tuple(rows.shape)}, {torch.get_num_threads()} threads, "
-          f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    today = EstimatorConfig("full", queries=args.queries, target_stderr=args.target)
-    new = EstimatorConfig("full", queries=args.queries, target_stderr=args.target,
-                          min_queries=args.min_queries)
+    if args.worker:
+        job = json.loads(args.worker)
+        print(json.dumps(run(job["config"], job["seed"])))
+        return
+    from lossfloor.files import atomic_write_text
+
+    print(f"Fashion-MNIST, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}",
+          flush=True)
+    rounds = {"estimator": "full", "queries": args.queries, "target_stderr": args.target}
+    adaptive = {**rounds, "min_queries": args.min_queries}
+    methods = {f"before ({args.before})": lambda: run_before(args.before, rounds, args.seed),
+               "rounds": lambda: run(rounds, args.seed),
+               "adaptive": lambda: run(adaptive, args.seed),
+               "control variates": lambda: run({**adaptive, "control_subset": args.control_subset,
+                                                "prune": True}, args.seed)}
     given = argv if argv is not None else sys.argv[1:]
     result = {"command": "python benchmarks/curve_cost.py " + " ".join(given), "grid": GRID.tolist(),
-              "target": args.target}
-    for name, config in (("adaptive", new), ("rounds", today)):
-        result[name] = run(rows, config, args.seed)
-        r = result[name]
-        print(f"{name:9s} {r['seconds']:7.1f} s  {r['queries']:6d} queries  worst stderr/var "
-              f"{r['worst_stderr_over_variance']:.2e}  EDM total {r['edm_total']:.5f} ± "
-              f"{r['edm_total_stderr']:.5f}  (load {r['load_before']:.1f} -> {r['load_after']:.1f})",
-              flush=True)
-    a, b = result["adaptive"], result["rounds"]
-    pairs = zip(a["loss"], b["loss"], a["stderr"], b["stderr"], strict=True)
-    z = [abs(x - y) / math.hypot(e, f) for x, y, e, f in pairs if math.hypot(e, f) > 0]
-    result["speedup"] = b["seconds"] / a["seconds"]
-    result["query_ratio"] = b["queries"] / a["queries"]
-    result["max_level_z"] = max(z) if z else 0.0
+              "target": args.target, "methods": {}}
+    for name, fn in methods.items():
+        result["methods"][name] = r = fn()
+        print(f"{name:22s} {r['seconds']:7.1f} s  {r['queries']:6d} + {r['control_queries']:6d} control "
+              f"queries  worst stderr/var {r['worst_stderr_over_variance']:.2e}  EDM total "
+              f"{r['edm_total']:.5f} ± {r['edm_total_stderr']:.5f}  (load {r['load_before']:.1f} -> "
+              f"{r['load_after']:.1f})", flush=True)
+    found = result["methods"]
+    base, new = found[f"before ({args.before})"], found["control variates"]
+    result["speedup_vs_before"] = base["seconds"] / new["seconds"]
+    result["speedup_vs_rounds"] = found["rounds"]["seconds"] / new["seconds"]
+    result["max_level_z_vs_rounds"] = {k: max_level_z(v, found["rounds"]) for k, v in found.items()}
     lines = [f"Fashion-MNIST full curve, 32 levels, every level's stderr <= {args.target:g} x variance; "
-             f"{torch.get_num_threads()} threads; one process, adaptive first.", "",
-             "| method | seconds | queries | worst stderr/var | EDM total | load avg before -> after |",
-             "|---|---|---|---|---|---|"]
-    for name in ("rounds", "adaptive"):
-        r = result[name]
-        lines.append(f"| {name} | {r['seconds']:.1f} | {r['queries']} | "
-                     f"{r['worst_stderr_over_variance']:.2e} | {r['edm_total']:.5f} ± "
-                     f"{r['edm_total_stderr']:.5f} | {r['load_before']:.1f} -> {r['load_after']:.1f} |")
-    lines += ["", f"speed-up (seconds) {result['speedup']:.2f}x, queries {result['query_ratio']:.2f}x; "
-              f"largest level difference {result['max_level_z']:.2f} combined standard errors."]
+             f"{torch.get_num_threads()} threads; one run, in this order.", "",
+             "| method | seconds | full queries | control queries | worst stderr/var | EDM total | "
+             "load avg before -> after |", "|---|---|---|---|---|---|---|"]
+    lines += [_line(name, r) for name, r in found.items()]
+    z = ", ".join(f"{k} {v:.2f}" for k, v in result["max_level_z_vs_rounds"].items() if k != "rounds")
+    lines += ["", f"control variates: {result['speedup_vs_before']:.2f}x faster than {args.before}'s rounds, "
+              f"{result['speedup_vs_rounds']:.2f}x faster than today's rounds; largest level difference from "
+              f"today's rounds: {z} combined standard errors."]
     print("\n".join(lines))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -388,8 +388,9 @@ def zero_level_bound(data: DataMatrix, sources: Tensor, sigma: float,
     tr Var(x0 | x~) <= sum_n w_n ||x_n - x_s||^2 and E_eps[min(1, w_n / w_s)] = 2 Phi(-d_n / 2 sigma) for a
     query x~ = x_s + sigma eps, so J* <= E_s sum_{n != s} d_sn^2 2 Phi(-d_sn / 2 sigma) / D.
 
-    A float32 GEMM screens the pairs (with a margin for its rounding); the terms of the pairs within reach are
-    computed in float64.  A pair out of reach has erfc(d / 2 sqrt(2) sigma) < erfc(26.5) ~ 1e-307: together
+    The pairs are screened by their projected distance (a lower bound) where pruning built a projection, else
+    by a float32 GEMM (with a margin for its rounding); the terms of the pairs within reach are computed in
+    float64.  A pair out of reach has erfc(d / 2 sqrt(2) sigma) < erfc(26.5) ~ 1e-307: together
     they change the bound by less than N max d^2 1e-307, below float64's resolution of any bound we report."""
     rows, shift = data.kernel_rows  # centred once in memory (with their norms, `row_sq`), on disk per chunk
     row_sq = data.row_sq
@@ -399,6 +400,10 @@ def zero_level_bound(data: DataMatrix, sources: Tensor, sigma: float,
     scale = 1.0 / (2 * math.sqrt(2) * sigma)  # 2 Phi(-d / 2 sigma) = erfc(d scale); ndtr is 0 below -9
     reach = (26.5 / scale) ** 2
     rounding = (data.dim + 4) * torch.finfo(x_s.dtype).eps  # of the screen's d^2, relative to sq_s + sq
+    proj = data.projection if isinstance(data.rows, Tensor) else None  # built by pruning, if it ran
+    if proj is not None:
+        z_s = proj.projected[sources.to(proj.projected.device)].to(x_s.device)
+        z_s_sq = z_s.pow(2).sum(1)
     total = torch.zeros(len(sources), dtype=torch.float64, device=x_s.device)
     screening = True  # until a chunk shows that most pairs are within reach (large sigma)
     for start in range(0, data.n, chunk_size):
@@ -409,10 +414,15 @@ def zero_level_bound(data: DataMatrix, sources: Tensor, sigma: float,
         sq = x.double().pow(2).sum(1) if row_sq is None else row_sq[start:start + len(x)].to(x.device)
         norms = sq_s[:, None] + sq[None, :]
         near = torch.arange(len(x), device=x.device)
-        if screening:
+        if screening and proj is not None:  # the projected distance, a lower bound (`kernel.Projection`)
+            z = proj.projected[start:start + len(x)].to(x.device)
+            z_sq = z.pow(2).sum(1)
+            lower = torch.addmm(z_s_sq[:, None] + z_sq[None, :], z_s, z.T, alpha=-2)
+            near = torch.nonzero((lower - 1e-9 * (z_s_sq[:, None] + z_sq[None, :]) <= reach).any(0)).flatten()
+        elif screening:
             screen = torch.addmm(norms.to(x.dtype), x_s, x.T, alpha=-2).double()
             near = torch.nonzero((screen - rounding * norms <= reach).any(0)).flatten()
-            screening = len(near) < len(x) // 2
+        screening = screening and len(near) < len(x) // 2
         if len(near):
             d2 = torch.addmm(norms[:, near], x_s64, x[near].double().T, alpha=-2).clamp_min_(0)
             total += (d2 * torch.special.erfc(d2.sqrt().mul_(scale))).sum(1)

@@ -182,12 +182,14 @@ class Projection:
 
     @classmethod
     def of(cls, data: Tensor, shift: Tensor | None = None, k: int = 32, seed: int = 0) -> Projection:
-        """The top-k principal directions of the (shifted) rows, by a randomised SVD."""
+        """The top-k principal directions of the (shifted) rows, by a randomised SVD in float32 (any
+        directions serve; orthonormalised in float64, which is what the bound needs)."""
         x = (data if shift is None else data - shift).double()
         k = min(k, x.shape[1], x.shape[0])
-        torch.manual_seed(seed)  # pca_lowrank draws from the global generator
-        _, _, v = torch.pca_lowrank(x, q=k, center=False)
-        basis, _ = torch.linalg.qr(v)
+        with torch.random.fork_rng(devices=[]):  # pca_lowrank draws from the global generator
+            torch.manual_seed(seed)
+            _, _, v = torch.pca_lowrank(x.float(), q=k, center=False)
+        basis, _ = torch.linalg.qr(v.double())
         return cls(basis, x @ basis)
 
 
