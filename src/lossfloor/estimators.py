@@ -38,6 +38,9 @@ Tensor = torch.Tensor
 ESTIMATORS = ("full", "cdol", "dol", "snis")
 FORMS = ("rb", "global")
 DEFAULT_QUERIES = 4096  # queries per sigma level; the CLI caps it at N (one query per data point)
+# Adaptive rounds aim at MARGIN x the queries the measured spread says the target needs, half of the rest at a
+# time, so that the last rounds are sized from a well-measured spread.
+MARGIN = 1.1
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
                 or (all_zero and used >= config.queries)):
             return LevelEstimate(float(sigma), _clamped(pooled.mean().item(), sigma, config.form), se, used)
         if adaptive and pooled.any():  # half of what the measured spread says is missing, at a time
-            needed = math.ceil(1.2 * (pooled.std().item() / target) ** 2)
+            needed = math.ceil(MARGIN * (pooled.std().item() / target) ** 2)
             size = min(max(math.ceil((needed - used) / 2), config.min_queries), config.max_queries - used)
         elif adaptive:
             size = min(used, config.queries - used)  # all zero, bound too loose: double the sources
@@ -334,15 +337,16 @@ def _features(x_src: Tensor, eps: Tensor, data: DataMatrix) -> Tensor:
 def _control_split(sd_plain: float | None, sd_diff: float, sd_control: float, cost: float,
                    target: float) -> tuple[int, int] | None:
     """Full and control queries for a stderr `target` at the least cost (n ~ sd_diff / sqrt(1 + cost),
-    n_c ~ |beta_c| sd_c / sqrt(cost)), with the plain method's 20% margin; None where plain rounds, needing
+    n_c ~ |beta_c| sd_c / sqrt(cost)), with the plain method's `MARGIN`; None where plain rounds, needing
     (sd_plain / target)^2 full queries, would cost less than 1.25 times as much (`sd_plain` None: no test)."""
     if cost == 0 or sd_control == 0:
-        n_full, n_control = math.ceil(1.2 * (sd_diff / target) ** 2), 0
+        n_full, n_control = math.ceil(MARGIN * (sd_diff / target) ** 2), 0
     else:
         scale = (sd_diff * math.sqrt(1 + cost) + sd_control * math.sqrt(cost)) / target**2
-        n_full = math.ceil(1.2 * scale * sd_diff / math.sqrt(1 + cost))
-        n_control = math.ceil(1.2 * scale * sd_control / math.sqrt(cost))
-    if sd_plain is not None and 1.25 * _plan_cost((n_full, n_control), cost) > 1.2 * (sd_plain / target)**2:
+        n_full = math.ceil(MARGIN * scale * sd_diff / math.sqrt(1 + cost))
+        n_control = math.ceil(MARGIN * scale * sd_control / math.sqrt(cost))
+    plain = MARGIN * (sd_plain / target) ** 2 if sd_plain is not None else math.inf
+    if 1.25 * _plan_cost((n_full, n_control), cost) > plain:
         return None
     return n_full, n_control
 
@@ -659,7 +663,7 @@ class Estimator:
                 grid = sorted(set(grid) | {math.sqrt(grid[i] * grid[i + 1]) for i in worst})
                 curve = self.curve(grid, seed, done, on_level, progress)
             else:
-                room = total_stderr**2 - total.interpolation_error**2
+                room = total_stderr**2 - total.interpolation_stderr**2
                 target = math.sqrt(max(room, (0.5 * total_stderr) ** 2))
                 queries = _neyman_queries(curve, objective, 0.95 * target, base)
                 grown = [i for i, q in enumerate(queries) if q > curve.settings["queries_used"][i]]
