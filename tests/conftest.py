@@ -28,3 +28,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """The path of a real 3-step checkpoint of a tiny MLP on 2-D points."""
+    from lossfloor.models import ModelConfig
+    from lossfloor.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("run")
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    train(x, "edm", ModelConfig("mlp", (2,), 16, 1), TrainConfig(steps=3, batch_size=8, log_every=1),
+          out=out, progress=False)
+    return out / "checkpoint.pt"

@@ -255,18 +255,11 @@ class WritesAFile:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tiny_checkpoint):
     """A real 3-step checkpoint of a tiny MLP on 2-D points, and its state dict."""
     import torch
 
-    from lossfloor.models import ModelConfig
-    from lossfloor.training import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("run")
-    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
-    train(x, "edm", ModelConfig("mlp", (2,), 16, 1), TrainConfig(steps=3, batch_size=8, log_every=1),
-          out=out, progress=False)
-    return out / "checkpoint.pt", torch.load(out / "checkpoint.pt", weights_only=True)
+    return tiny_checkpoint, torch.load(tiny_checkpoint, weights_only=True)
 
 
 @pytest.mark.parametrize("container", ["raw-pickle", "torch-zip"])

@@ -4,7 +4,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 from lossfloor.cli import main
 from lossfloor.data import load_dataset
@@ -13,16 +12,9 @@ from lossfloor.workflow import DiagnoseSettings, load_test_split, prepare_diagno
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
+def checkpoint(tiny_checkpoint):
     """A 3-step checkpoint of a tiny MLP on 2-D points."""
-    from lossfloor.models import ModelConfig
-    from lossfloor.training import TrainConfig, train
-
-    out = tmp_path_factory.mktemp("run")
-    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
-    train(x, "edm", ModelConfig("mlp", (2,), 16, 1), TrainConfig(steps=3, batch_size=8, log_every=1),
-          out=out, progress=False)
-    return out / "checkpoint.pt"
+    return tiny_checkpoint
 
 
 def _points(seed):
