@@ -113,24 +113,3 @@ def test_cli_records_control_queries_and_resumes_to_the_same_numbers(tmp_path, c
     for key in ("loss", "stderr", "total", "total_stderr"):
         assert resumed[key] == doc[key]
     assert resumed["settings"]["control_queries_used"] == doc["settings"]["control_queries_used"]
-
-
-def test_a_level_with_few_nonzero_queries_reports_at_least_the_bound(clusters, monkeypatch):
-    """Fewer than FEW_NONZERO non-zero queries: the sample spread of a heavy-tailed quantity says little, so
-    the stderr is at least the zero-level bound of J* (here the values are planted: 3 non-zero of 64)."""
-    import lossfloor.estimators as estimators_module
-    from lossfloor.estimators import FEW_NONZERO, zero_level_bound
-
-    def planted(data, sigma, config, generator, progress, control=None):
-        values = torch.zeros(config.queries, dtype=torch.float64)
-        values[:3] = 1e-12
-        return values, torch.arange(config.queries)
-
-    monkeypatch.setattr(estimators_module, "_full_values", planted)
-    data = DataMatrix(clusters, dtype=torch.float64)
-    cfg = EstimatorConfig("full", queries=64)
-    level = estimators_module.estimate_level(data, 0.3, cfg, torch.Generator().manual_seed(0))
-    bound = zero_level_bound(data, torch.arange(64), 0.3)
-    sample_se = torch.cat([torch.full((3,), 1e-12), torch.zeros(61)]).std().item() / 8
-    assert 3 < FEW_NONZERO and bound > sample_se
-    assert level.stderr == pytest.approx(bound, rel=1e-12)

@@ -208,8 +208,7 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
     data variance (or `max_queries` is reached): rounds of `config.queries`, or, with `min_queries` (full
     estimator), a first round of `min_queries` and then as many as the measured spread says are needed.
     A level where every query of the full estimator gives exactly 0 (the memorised regime) gets as standard
-    error an upper bound of J* from (up to 256 of) its sources' neighbours (`zero_level_bound`), not 0; one
-    where fewer than `FEW_NONZERO` queries are non-zero gets at least that bound.
+    error an upper bound of J* from (up to 256 of) its sources' neighbours (`zero_level_bound`), not 0.
     With `config.control_subset` (and `min_queries`) a level may use control variates
     (`control_variate_level`).
     """
@@ -242,16 +241,14 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
         used += len(values)
         pooled = torch.cat(units)
         se = pooled.std().item() / math.sqrt(len(pooled))
-        nonzero = int(torch.count_nonzero(pooled)) if config.estimator == "full" else FEW_NONZERO
-        sparse = nonzero < FEW_NONZERO
-        if sparse:  # every query 0, or a handful not: their spread says little, the bound caps J* itself
-            bound = zero_level_bound(data, _spread_sample(torch.cat(sources), ZERO_BOUND_SOURCES), sigma,
-                                     config.chunk_size)
-            se = max(se, bound) if nonzero else bound
-        # A sparse level whose bound stays above the target stops at `queries` (the bound, not the
+        all_zero = config.estimator == "full" and not pooled.any()
+        if all_zero:  # every query exactly 0: a bound stands in for the stderr
+            se = zero_level_bound(data, _spread_sample(torch.cat(sources), ZERO_BOUND_SOURCES), sigma,
+                                  config.chunk_size)
+        # An all-zero level whose bound stays above the target stops at `queries` (the bound, not the
         # queries, limits it): it reports the bound.
         if (target is None or se <= target or used >= config.max_queries
-                or (sparse and used >= config.queries)):
+                or (all_zero and used >= config.queries)):
             return LevelEstimate(float(sigma), _clamped(pooled.mean().item(), sigma, config.form), se, used)
         if adaptive and pooled.any():  # half of what the measured spread says is missing, at a time
             needed = math.ceil(MARGIN * (pooled.std().item() / target) ** 2)
@@ -382,10 +379,6 @@ def _subset_posterior_values(queries: Tensor, blocks: list[Tensor], sigma: float
 
 
 ZERO_BOUND_SOURCES = 256  # sources behind an all-zero level's bound (each costs a pass over the data)
-# A level of the full estimator with fewer non-zero queries than this reports at least the bound as its
-# stderr: a spread measured from a few non-zero values of a heavy-tailed quantity understates the error (a
-# 64-query level with one non-zero query was 2.4 of its stderrs from a 1,024-query estimate).
-FEW_NONZERO = 10
 
 
 def _spread_sample(idx: Tensor, k: int) -> Tensor:
