@@ -11,8 +11,10 @@ standard error is at most `--target` x the data variance:
 - ``control variates``: adaptive, with control variates (`--control-subset`) and exact pruning
   (`estimate --min-queries 64 --control-subset 2048 --prune`).
 
-It prints the seconds, the full-dataset and the control (subset) queries, the worst stderr / variance, the EDM
-total and the largest level difference from ``rounds`` in combined standard errors, with the load average.
+Every method runs `--repeats` times, interleaved (same seed, so the same numbers; only the time varies). It
+prints the median seconds with each run's, the full-dataset and the control (subset) queries, the worst
+stderr / variance, the EDM total and the largest level difference from ``rounds`` in combined standard
+errors, with the load average.
 
     flock /tmp/lossfloor-heavy.lock python benchmarks/curve_cost.py --out results/benchmarks
 """
@@ -23,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,7 +73,8 @@ def run_before(commit: str, config: dict, seed: int) -> dict:
 
 
 def _line(name: str, r: dict) -> str:
-    return (f"| {name} | {r['seconds']:.1f} | {r['queries']} | {r['control_queries']} | "
+    runs = ", ".join(f"{t:.1f}" for t in r["seconds_all"])
+    return (f"| {name} | {r['seconds']:.1f} ({runs}) | {r['queries']} | {r['control_queries']} | "
             f"{r['worst_stderr_over_variance']:.2e} | {r['edm_total']:.5f} ± {r['edm_total_stderr']:.5f} | "
             f"{r['load_before']:.1f} -> {r['load_after']:.1f} |")
 
@@ -89,6 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--min-queries", type=int, default=64, help="first round of the adaptive methods")
     parser.add_argument("--control-subset", type=int, default=2048, help="L of the control variate")
     parser.add_argument("--before", default="f312c20", help="commit of the baseline method")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds over all methods, interleaved")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="folder for curve_cost.json / curve_cost.md")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # JSON {config, seed}: run one curve, print JSON
@@ -111,24 +116,30 @@ def main(argv=None) -> None:
     given = argv if argv is not None else sys.argv[1:]
     result = {"command": "python benchmarks/curve_cost.py " + " ".join(given), "grid": GRID.tolist(),
               "target": args.target, "methods": {}}
-    for name, fn in methods.items():
-        result["methods"][name] = r = fn()
-        print(f"{name:22s} {r['seconds']:7.1f} s  {r['queries']:6d} + {r['control_queries']:6d} control "
-              f"queries  worst stderr/var {r['worst_stderr_over_variance']:.2e}  EDM total "
-              f"{r['edm_total']:.5f} ± {r['edm_total_stderr']:.5f}  (load {r['load_before']:.1f} -> "
-              f"{r['load_after']:.1f})", flush=True)
+    for _ in range(args.repeats):  # the same seed: every repeat gives the same numbers, only the time varies
+        for name, fn in methods.items():
+            r = fn()
+            seen = result["methods"].setdefault(name, {**r, "seconds_all": []})
+            seen["seconds_all"].append(r["seconds"])
+            seen["seconds"] = statistics.median(seen["seconds_all"])
+            print(f"{name:22s} {r['seconds']:7.1f} s  {r['queries']:6d} + {r['control_queries']:6d} control "
+                  f"queries  worst stderr/var {r['worst_stderr_over_variance']:.2e}  EDM total "
+                  f"{r['edm_total']:.5f} ± {r['edm_total_stderr']:.5f}  (load {r['load_before']:.1f} -> "
+                  f"{r['load_after']:.1f})", flush=True)
     found = result["methods"]
     base, new = found[f"before ({args.before})"], found["control variates"]
     result["speedup_vs_before"] = base["seconds"] / new["seconds"]
     result["speedup_vs_rounds"] = found["rounds"]["seconds"] / new["seconds"]
     result["max_level_z_vs_rounds"] = {k: max_level_z(v, found["rounds"]) for k, v in found.items()}
     lines = [f"Fashion-MNIST full curve, 32 levels, every level's stderr <= {args.target:g} x variance; "
-             f"{torch.get_num_threads()} threads; one run, in this order.", "",
-             "| method | seconds | full queries | control queries | worst stderr/var | EDM total | "
-             "load avg before -> after |", "|---|---|---|---|---|---|---|"]
+             f"{torch.get_num_threads()} threads; one process, the methods interleaved in this order, "
+             f"{args.repeats} rounds.", "",
+             "| method | seconds (median; each run) | full queries | control queries | worst stderr/var | "
+             "EDM total | load avg before -> after |", "|---|---|---|---|---|---|---|"]
     lines += [_line(name, r) for name, r in found.items()]
     z = ", ".join(f"{k} {v:.2f}" for k, v in result["max_level_z_vs_rounds"].items() if k != "rounds")
-    lines += ["", f"control variates: {result['speedup_vs_before']:.2f}x faster than {args.before}'s rounds, "
+    lines += ["", f"control variates (medians): {result['speedup_vs_before']:.2f}x faster than "
+              f"{args.before}'s rounds, "
               f"{result['speedup_vs_rounds']:.2f}x faster than today's rounds; largest level difference from "
               f"today's rounds: {z} combined standard errors."]
     print("\n".join(lines))

@@ -337,7 +337,7 @@ def run_estimate(run: EstimateRun, progress: bool = True) -> EstimateResult | No
     curve.fingerprint = run.dataset.fingerprint
     curve.settings["device"] = str(est.data.device)
     obj = run.objective
-    total = curve.total(obj)
+    total = curve.total(obj, warn=False)  # the report prints the coverage warning on stderr, once
     files = [out / name for name in ESTIMATE_FILES]
     title = (f"{s.data} ({s.split}, N = {curve.n}, D = {curve.dim}): {s.estimator} estimator, "
              f"objective {obj.name}")
