@@ -285,7 +285,7 @@ def control_variate_level(data: DataMatrix, sigma: float, config: EstimatorConfi
         beta = _least_squares(x, v)
         cost = 0.0 if k < 0 else sizes[k] / data.n  # a query against S, relative to one against all rows
         sd_control = 0.0 if k < 0 else abs(beta[0].item()) * cs[k].std().item()
-        plan = _control_split(v.std().item(), (v - x @ beta).std().item(), sd_control, cost, target)
+        plan = _control_split(v.std().item(), (v - (x * beta).sum(1)).std().item(), sd_control, cost, target)
         if plan is not None and (best is None or _plan_cost(plan, cost) < _plan_cost(best[2], best[1])):
             best = (k, cost, plan, beta)
     if best is None:
@@ -303,7 +303,7 @@ def control_variate_level(data: DataMatrix, sigma: float, config: EstimatorConfi
         if n_full >= 1 or not diffs:
             rnd = replace(config, queries=max(n_full, 2))
             v, _, cs, f = _full_values(data, sigma, rnd, generator, progress, control=blocks)
-            diffs.append(v - (f if k < 0 else torch.cat((cs[-1][:, None], f), 1)) @ beta)
+            diffs.append(v - ((f if k < 0 else torch.cat((cs[-1][:, None], f), 1)) * beta).sum(1))
             used += len(v)
         if k >= 0 and (n_control >= 1 or not controls):
             controls.append(_control_values(data, blocks, sigma, max(n_control, 2), config, generator))
@@ -321,10 +321,12 @@ def control_variate_level(data: DataMatrix, sigma: float, config: EstimatorConfi
 
 
 def _least_squares(x: Tensor, y: Tensor) -> Tensor:
-    """beta minimising the variance of y - x beta (columns centred; float64)."""
-    x, y = x.double(), y.double()
-    xc, yc = x - x.mean(0), y - y.mean()
-    return torch.linalg.lstsq(xc, yc[:, None]).solution[:, 0]
+    """beta minimising the variance of y - x beta (columns centred; float64), by the normal equations summed
+    without threaded BLAS, so that the same samples give the same bits."""
+    xc = (x - x.mean(0)).double().numpy()
+    yc = (y - y.mean()).double().numpy()
+    gram, rhs = np.einsum("ni,nj->ij", xc, xc), np.einsum("ni,n->i", xc, yc)
+    return torch.from_numpy(np.linalg.lstsq(gram, rhs, rcond=None)[0])
 
 
 def _features(x_src: Tensor, eps: Tensor, data: DataMatrix) -> Tensor:
