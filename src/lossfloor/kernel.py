@@ -186,7 +186,9 @@ class Projection:
         directions serve; orthonormalised in float64, which is what the bound needs)."""
         x = (data if shift is None else data - shift).double()
         k = min(k, x.shape[1], x.shape[0])
-        with torch.random.fork_rng(devices=[]):  # pca_lowrank draws from the global generator
+        index = torch.cuda.current_device() if x.is_cuda and x.device.index is None else x.device.index
+        cuda = [index] if x.is_cuda else []
+        with torch.random.fork_rng(devices=cuda):  # pca_lowrank draws from the global generators
             torch.manual_seed(seed)
             _, _, v = torch.pca_lowrank(x.float(), q=k, center=False)
         basis, _ = torch.linalg.qr(v.double())
