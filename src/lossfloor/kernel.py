@@ -117,7 +117,7 @@ def posterior_stats(
             logits[hit, local[hit]] += self_log_weight
         cmax = logits.amax(1)  # amax: max(1) also builds indices, and was ms per call on small tensors
         safe = torch.where(torch.isfinite(cmax), cmax, torch.zeros_like(cmax))
-        # The floor keeps exp's arguments in the normal range: torch's CPU exp is ~15x slower where its
+        # The floor keeps exp's arguments in the normal range: torch's CPU exp is ~17x slower where its
         # result underflows (below -87 in float32), which at small sigma is nearly every logit and cost as
         # much as the GEMMs.  A weight raised from below e^floor to e^floor changes each sum by at most
         # N e^floor of its largest term (< 1e-33 in float32).
