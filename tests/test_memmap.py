@@ -120,3 +120,15 @@ def test_cli_out_of_core_rejects_in_memory_options(images, capsys):
     code, captured = _estimate(args, capsys)
     assert code == 2 and "--out-of-core" in captured.err and len(captured.err.strip().splitlines()) == 1
     assert not (images / "o").exists()
+
+
+def test_zero_level_bound_is_the_same_for_rows_on_disk(tmp_path):
+    """The bound reads in-memory rows centred once and memmap rows centred per chunk: same numbers."""
+    from lossfloor.estimators import DataMatrix, zero_level_bound
+    x = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    on_disk = np.load(tmp_path / "x.npy", mmap_mode="r")
+    sources = torch.arange(50)
+    a = zero_level_bound(DataMatrix(torch.from_numpy(x)), sources, 0.3)
+    b = zero_level_bound(DataMatrix(on_disk), sources, 0.3)
+    assert a > 0 and abs(a - b) <= 1e-12 * a

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .curve import OptimalLossCurve
 from .distributed import sharded_posterior_stats
-from .kernel import DEFAULT_CHUNK, Projection, candidate_rows, posterior_stats, row_square_norms
+from .kernel import DEFAULT_CHUNK, Projection, as_rows, candidate_rows, posterior_stats, row_square_norms
 from .storage import take_rows
 
 Tensor = torch.Tensor
@@ -413,8 +413,7 @@ def zero_level_bound(data: DataMatrix, sources: Tensor, sigma: float,
     total = torch.zeros(len(sources), dtype=torch.float64, device=x_s.device)
     screening = True  # until a chunk shows that most pairs are within reach (large sigma)
     for start in range(0, data.n, chunk_size):
-        chunk = rows[start:start + chunk_size]
-        x = (chunk if isinstance(chunk, Tensor) else torch.from_numpy(np.array(chunk))).to(x_s)
+        x = as_rows(rows[start:start + chunk_size], x_s.device, x_s.dtype)
         if shift is not None:
             x = x - shift.to(x)
         sq = x.double().pow(2).sum(1) if row_sq is None else row_sq[start:start + len(x)].to(x.device)

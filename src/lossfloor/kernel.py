@@ -54,7 +54,8 @@ class PosteriorStats:
         return (self.second_moment() - self.mean().pow(2).sum(1)).clamp_min(0)
 
 
-def _as_tensor(rows, device, dtype) -> Tensor:
+def as_rows(rows, device, dtype) -> Tensor:
+    """A block of rows (a tensor, or an array such as a memmap slice) as a tensor on `device` in `dtype`."""
     if isinstance(rows, np.ndarray):  # a copy: memmap slices are read-only, and read once anyway
         rows = torch.from_numpy(np.array(rows, order="C"))
     return rows.to(device=device, dtype=dtype)
@@ -103,7 +104,7 @@ def posterior_stats(
     logit_buffer = torch.empty(m * rows, device=device, dtype=dtype)
     w_buffer = torch.empty(m * rows, device=device, dtype=F64)
     for start in range(0, len(data), chunk_size):
-        x = _as_tensor(data[start:start + chunk_size], device, dtype)
+        x = as_rows(data[start:start + chunk_size], device, dtype)
         if shift is not None:
             x = torch.sub(x, shift, out=centred[:len(x)])
         sq = _square_norms(x, block) if row_sq is None else row_sq[start:start + len(x)].to(device)
