@@ -41,9 +41,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(config: dict, seed: int) -> dict:
     """One curve with `EstimatorConfig(**config)` of whichever lossfloor is imported."""
-    from lossfloor.data import load_dataset
-    from lossfloor.estimators import Estimator, EstimatorConfig
-    from lossfloor.formulation import get_objective
+    from lossfloor.data.load import load_dataset
+    from lossfloor.floor.config import EstimatorConfig
+    from lossfloor.floor.estimator import Estimator
+    from lossfloor.objective.objective import get_objective
 
     rows = load_dataset("fashion-mnist").rows()
     load = os.getloadavg()[0]
@@ -102,7 +103,7 @@ def main(argv=None) -> None:
         job = json.loads(args.worker)
         print(json.dumps(run(job["config"], job["seed"])))
         return
-    from lossfloor.files import atomic_write_text
+    from lossfloor.core.files import atomic_write_text
 
     print(f"Fashion-MNIST, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}",
           flush=True)

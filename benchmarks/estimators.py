@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lossfloor.data import load_dataset
-from lossfloor.estimators import Estimator, EstimatorConfig
-from lossfloor.files import atomic_write_text
+from lossfloor.core.files import atomic_write_text
+from lossfloor.data.load import load_dataset
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.floor.estimator import Estimator
 
 GRID = np.geomspace(0.002, 80.0, 32)  # the CLI's default grid
 LEVELS = (GRID[18], GRID[20], GRID[22], GRID[24])  # sigma 0.94, 1.86, 3.69, 7.31: J*/var from 1e-3 to 0.6

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from lossfloor.files import atomic_write_text
-from lossfloor.kernel import DEFAULT_CHUNK, exp_floor
+from lossfloor.core.files import atomic_write_text
+from lossfloor.floor.kernel import DEFAULT_CHUNK, exp_floor
 
 
 def main(argv=None) -> None:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from lossfloor.estimators import DataMatrix
-from lossfloor.files import atomic_write_text
-from lossfloor.kernel import DEFAULT_CHUNK, posterior_stats
+from lossfloor.core.files import atomic_write_text
+from lossfloor.floor.kernel import DEFAULT_CHUNK, posterior_stats
+from lossfloor.floor.matrix import DataMatrix
 
 SHAPES = ((60000, 784), (50000, 3072))
 

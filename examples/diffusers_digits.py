@@ -23,11 +23,7 @@ import torch
 from diffusers.training_utils import compute_snr
 
 from lossfloor.integrations.diffusers import objective_from_scheduler
-
-try:  # helper B is moving GapMonitor into lossfloor.monitor
-    from lossfloor.monitor import GapMonitor
-except ImportError:
-    from lossfloor.diagnosis import GapMonitor
+from lossfloor.train import GapMonitor
 
 
 def build_unet(shape, channels=(16, 32)) -> torch.nn.Module:
@@ -100,8 +96,9 @@ def main(argv=None) -> None:
 
     from tqdm.auto import tqdm
 
-    from lossfloor import Estimator, EstimatorConfig
-    from lossfloor.data import load_dataset
+    from lossfloor.data.load import load_dataset
+    from lossfloor.floor.config import EstimatorConfig
+    from lossfloor.floor.estimator import Estimator
 
     torch.set_num_threads(1)  # a 100k-parameter model is fastest on one thread, and the machine is shared
     torch.manual_seed(args.seed)

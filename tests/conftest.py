@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lossfloor.data import FASHION_DIR
+from lossfloor.data.dataset import FASHION_DIR
 
 FASHION_FILES = [FASHION_DIR / f"{split}-{kind}-ubyte.gz" for split in ("train", "t10k")
                  for kind in ("images-idx3", "labels-idx1")]
@@ -33,8 +33,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """The path of a real 3-step checkpoint of a tiny MLP on 2-D points."""
-    from lossfloor.models import ModelConfig
-    from lossfloor.training import TrainConfig, train
+    from lossfloor.nets.networks import ModelConfig
+    from lossfloor.train.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp("run")
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lossfloor.cli import main
-from lossfloor.data import load_dataset
-from lossfloor.storage import load_rows_dataset
-from lossfloor.validation import InputError
+from lossfloor.app.cli import main
+from lossfloor.core.errors import InputError
+from lossfloor.data.load import load_dataset
+from lossfloor.data.rows import load_rows_dataset
 
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
@@ -148,7 +148,7 @@ def test_bad_file_in_an_image_folder(tmp_path, name):
 
 
 def test_damaged_idx_files(tmp_path):
-    from lossfloor.data import read_idx
+    from lossfloor.data.images import read_idx
 
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     with pytest.raises(InputError, match="t10k-images-idx3-ubyte.gz: cannot read"):
@@ -268,7 +268,7 @@ def test_crafted_pickle_checkpoint_is_refused_without_running(tmp_path, containe
 
     import torch
 
-    from lossfloor.training import load_checkpoint
+    from lossfloor.train.checkpoint import load_checkpoint
 
     # The payload is live: plain unpickling creates the file.
     pickle.loads(pickle.dumps(WritesAFile(tmp_path / "proof")))
@@ -330,7 +330,7 @@ def _bad_checkpoints(state):
 def test_checkpoint_schema_names_the_file_and_field(tmp_path, checkpoint, case):
     import torch
 
-    from lossfloor.training import load_checkpoint
+    from lossfloor.train.checkpoint import load_checkpoint
 
     state, phrase = _bad_checkpoints(checkpoint[1])[case]
     path = tmp_path / f"{case}.pt"
@@ -343,7 +343,7 @@ def test_checkpoint_schema_names_the_file_and_field(tmp_path, checkpoint, case):
 @pytest.mark.parametrize("content", [b"", b"{}", b'{"format": "lossfloor-checkpoint-1"}', b"\x00" * 64,
                                      "truncated"])
 def test_foreign_or_damaged_checkpoint_files(tmp_path, checkpoint, content):
-    from lossfloor.training import load_checkpoint
+    from lossfloor.train.checkpoint import load_checkpoint
 
     raw = checkpoint[0].read_bytes()
     path = tmp_path / "c.pt"
@@ -355,7 +355,7 @@ def test_foreign_or_damaged_checkpoint_files(tmp_path, checkpoint, content):
 
 
 def test_good_checkpoint_still_loads(checkpoint):
-    from lossfloor.training import load_checkpoint
+    from lossfloor.train.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint[0])
     assert ckpt.step == 3 and ckpt.denoiser() is not None
@@ -411,7 +411,7 @@ CURVE = {"sigma": [0.1, 1.0, 10.0], "loss": [0.01, 0.3, 0.9], "stderr": [0.001, 
 def test_curve_json_schema(tmp_path, doc, phrase):
     import json
 
-    from lossfloor.curve import OptimalLossCurve
+    from lossfloor.floor.curve import OptimalLossCurve
 
     path = tmp_path / "curve.json"
     path.write_text(json.dumps(doc))
@@ -422,7 +422,7 @@ def test_curve_json_schema(tmp_path, doc, phrase):
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"\xff\xfe\x00", b"[" * 100000])
 def test_curve_file_that_is_not_json(tmp_path, raw):
-    from lossfloor.curve import OptimalLossCurve
+    from lossfloor.floor.curve import OptimalLossCurve
 
     (tmp_path / "c.json").write_bytes(raw)
     with pytest.raises(InputError, match="c.json: not a curve JSON file"):
@@ -430,7 +430,7 @@ def test_curve_file_that_is_not_json(tmp_path, raw):
 
 
 def test_good_curve_round_trips(tmp_path):
-    from lossfloor.curve import OptimalLossCurve
+    from lossfloor.floor.curve import OptimalLossCurve
 
     curve = OptimalLossCurve.from_dict(CURVE)
     curve.save(tmp_path / "c.json")
@@ -482,8 +482,8 @@ def test_absurd_options_name_the_option_and_range(tmp_path, capsys, args, option
 
 
 def test_library_configs_refuse_absurd_values():
-    from lossfloor.models import ModelConfig
-    from lossfloor.training import TrainConfig
+    from lossfloor.nets.networks import ModelConfig
+    from lossfloor.train.trainer import TrainConfig
 
     for bad in [dict(lr=float("inf")), dict(lr=float("nan")), dict(warmup=-5), dict(grad_clip=-1.0),
                 dict(grad_clip=float("nan")), dict(ema=1.0)]:
@@ -509,11 +509,11 @@ def test_extreme_but_allowed_sigmas_give_finite_samples(tmp_path, capsys, sigma_
 def test_non_finite_samples_are_never_written(tmp_path, capsys, monkeypatch):
     import torch
 
-    from lossfloor import sampling
+    from lossfloor.app import sample as sample_command
 
     run = tmp_path / "run"
     assert run_cli([*TRAIN_BASE, "--out", run], capsys)[0] == 0
-    monkeypatch.setattr(sampling, "sample", lambda denoiser, shape, *a, **k: torch.full(shape, float("nan")))
+    monkeypatch.setattr(sample_command, "draw", lambda denoiser, shape, *a, **k: torch.full(shape, torch.nan))
     code, _, err = run_cli(["sample", "--checkpoint", run, "--n", "4", "--npy", "--out", tmp_path / "s.png",
                             "--no-progress"], capsys)
     assert_one_line_error(code, err)
@@ -560,7 +560,7 @@ def test_sample_into_a_read_only_folder_is_refused_before_sampling(tmp_path, cap
     import os
     import tempfile
 
-    from lossfloor import sampling
+    from lossfloor.app import sample as sample_command
 
     run = tmp_path / "run"
     assert run_cli([*TRAIN_BASE, "--out", run], capsys)[0] == 0
@@ -572,7 +572,7 @@ def test_sample_into_a_read_only_folder_is_refused_before_sampling(tmp_path, cap
         monkeypatch.setattr(tempfile, "TemporaryFile", denied)
     else:
         folder.chmod(0o555)
-    monkeypatch.setattr(sampling, "sample", lambda *a, **k: pytest.fail("sampled before checking --out"))
+    monkeypatch.setattr(sample_command, "draw", lambda *a, **k: pytest.fail("sampled before checking --out"))
     code, _, err = run_cli(["sample", "--checkpoint", run, "--out", folder / "s.png", "--no-progress"],
                            capsys)
     folder.chmod(0o755)
@@ -604,14 +604,26 @@ def test_queries_per_point_beyond_the_query_cap(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("error", [ValueError("first line\nsecond line"), ValueError(""),
+@pytest.mark.parametrize("error", [InputError("first line\nsecond line"), InputError(""),
                                    OSError(28, "No space left on device")])
 def test_entry_point_prints_any_user_error_on_one_line(monkeypatch, capsys, error):
-    from lossfloor import workflow
+    from lossfloor.app import cli
 
     def fail(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(workflow, "prepare_estimate", fail)
+    monkeypatch.setattr(cli, "prepare_estimate", fail)
     code, _, err = run_cli(["estimate"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+
+
+def test_an_internal_error_is_not_reported_as_a_user_error(monkeypatch, capsys):
+    """A plain ValueError inside lossfloor is a bug: it surfaces with its traceback, not as exit 2."""
+    from lossfloor.app import cli
+
+    def fail(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(cli, "prepare_estimate", fail)
+    with pytest.raises(ValueError, match="an internal bug"):
+        cli.main(["estimate"])

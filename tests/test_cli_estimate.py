@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lossfloor.cli import main
-from lossfloor.curve import OptimalLossCurve
-from lossfloor.data import load_dataset
-from lossfloor.estimators import Estimator, EstimatorConfig
-from lossfloor.formulation import get_objective, objective_names
-from lossfloor.workflow import SIGMA_GRID, parse_sigmas
+from lossfloor.app.cli import main
+from lossfloor.app.common import SIGMA_GRID, parse_sigmas
+from lossfloor.data.load import load_dataset
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.estimator import Estimator
+from lossfloor.objective.objective import get_objective, objective_names
 
 SIGMAS = "0.05,0.3,1,3"
 JSON_KEYS = {"sigma", "loss", "stderr", "data_variance", "n", "dim", "estimator", "objective", "total",
@@ -245,7 +246,7 @@ def test_every_command_and_option_is_described():
     import click
     from click.testing import CliRunner
 
-    from lossfloor.cli import cli
+    from lossfloor.app.cli import cli
 
     def commands(group, prefix=()):
         for name, cmd in group.commands.items():
@@ -266,6 +267,6 @@ def test_every_command_and_option_is_described():
 def test_two_dimensional_toys_default_to_a_size_that_finishes():
     """The toys' default N keeps `lossfloor estimate --data ring` at about a minute (issue 14): the work
     is N x min(N, 4096) queries x 32 levels; 10,000 points took 56 s of CPU on the 2-core machine."""
-    from lossfloor.data import TOY_SIZE
+    from lossfloor.data.toys import TOY_SIZE
 
     assert len(load_dataset("ring")) == TOY_SIZE <= 10_000

@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from lossfloor.cli import main
-from lossfloor.training import load_checkpoint
+from lossfloor.app.cli import main
+from lossfloor.train.checkpoint import load_checkpoint
 
 TRAIN = ["train", "--no-progress", "--data", "ring", "--n", "400", "--objective", "edm", "--model", "mlp",
          "--width", "32", "--depth", "1", "--batch-size", "32", "--log-every", "5",
@@ -195,7 +195,8 @@ def test_study_diagnose_quick_budget(tmp_path, capsys):
 
 
 def test_study_diagnose_says_up_front_how_long_it_takes(tmp_path, capsys, monkeypatch):
-    from lossfloor import cli, studies
+    from lossfloor import studies
+    from lossfloor.app import cli
 
     calls = []
     fake = lambda *args, **kwargs: calls.append(args) or {"datasets": {}}  # noqa: E731

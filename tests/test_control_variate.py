@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.cli import main
-from lossfloor.estimators import DataMatrix, Estimator, EstimatorConfig, _features, _noisy, stratified_sources
+from lossfloor.app.cli import main
+from lossfloor.floor.config import EstimatorConfig, stratified_sources
+from lossfloor.floor.estimator import Estimator
+from lossfloor.floor.matrix import DataMatrix
+from lossfloor.floor.values import _features, _noisy
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def test_unbiased_with_an_honest_stderr(clusters, sigma):
 def test_cheaper_than_plain_rounds_where_the_posterior_spreads(clusters, monkeypatch):
     """At the same stderr target the control variate costs fewer full-query equivalents: each full query also
     evaluates the subset (1 + |S|/N) and each control query costs |S|/N, with |S| as chosen (a spy)."""
-    import lossfloor.estimators as estimators_module
+    import lossfloor.floor.control as estimators_module
     rows, original = [], estimators_module._control_values
 
     def spy(data, blocks, *args, **kwargs):

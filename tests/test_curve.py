@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.curve import UNIFORM_SD_RATIO, OptimalLossCurve, interpolate_loss
-from lossfloor.formulation import get_objective
-from lossfloor.reference import gaussian_optimal_loss, two_point_optimal_loss
+from lossfloor.floor.curve import UNIFORM_SD_RATIO, OptimalLossCurve, interpolate_loss
+from lossfloor.floor.reference import gaussian_optimal_loss, two_point_optimal_loss
+from lossfloor.objective.objective import get_objective
 
 GRID = np.geomspace(1e-3, 1e3, 61)
 

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from lossfloor.curve import ZERO_FLOOR, OptimalLossCurve, _from_z, _to_z
-from lossfloor.data import load_dataset
-from lossfloor.estimators import Estimator, EstimatorConfig
-from lossfloor.formulation import get_objective
-from lossfloor.reference import two_point_optimal_loss
+from lossfloor.data.load import load_dataset
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.floor.curve import ZERO_FLOOR, OptimalLossCurve, _from_z, _to_z
+from lossfloor.floor.estimator import Estimator
+from lossfloor.floor.reference import two_point_optimal_loss
+from lossfloor.objective.objective import get_objective
 
 EPS = np.finfo(float).eps
 STEP = 1e-3  # finite-difference step in z = logit(J/V) (or log J), times the gap to the nearer neighbour
@@ -81,7 +82,7 @@ def test_the_tail_scale_matters_here():
     fine, _ = _central(curve, obj, i, STEP / 2)
     coarse, _ = _central(curve, obj, i, STEP)
     assert abs(grad[i] - fine) <= abs(coarse - fine)
-    import lossfloor.curve as module
+    import lossfloor.floor.curve as module
 
     try:
         saved, module.tail_scale_gradient = module.tail_scale_gradient, lambda g, j, v: np.zeros(len(g))

@@ -9,7 +9,10 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from lossfloor.data import FASHION_DIR, TOYS, fingerprint, load_dataset, read_idx
+from lossfloor.data.dataset import FASHION_DIR, fingerprint
+from lossfloor.data.images import read_idx
+from lossfloor.data.load import load_dataset
+from lossfloor.data.toys import TOYS
 
 
 def sorted_rows(x) -> np.ndarray:

@@ -5,10 +5,10 @@ import zipfile
 import numpy as np
 import pytest
 
-from lossfloor.cli import main
-from lossfloor.data import load_dataset
-from lossfloor.validation import InputError
-from lossfloor.workflow import DiagnoseSettings, load_test_split, prepare_diagnose
+from lossfloor.app.cli import main
+from lossfloor.app.diagnose import DiagnoseSettings, load_test_split, prepare_diagnose
+from lossfloor.core.errors import InputError
+from lossfloor.data.load import load_dataset
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.curve import OptimalLossCurve
-from lossfloor.data import load_dataset
-from lossfloor.diagnosis import (
-    VIOLATION_SE,
-    GapMonitor,
-    LevelGap,
-    diagnose,
-    plot_diagnosis,
-    violation_message,
-)
-from lossfloor.estimators import Estimator, EstimatorConfig
-from lossfloor.formulation import get_objective, make_target, prediction_from_x0
-from lossfloor.kernel import posterior_stats
+from lossfloor.data.load import load_dataset
+from lossfloor.evaluate.diagnosis import VIOLATION_SE, LevelGap, diagnose, violation_message
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.estimator import Estimator
+from lossfloor.floor.kernel import posterior_stats
+from lossfloor.objective.objective import get_objective
+from lossfloor.objective.targets import make_target, prediction_from_x0
+from lossfloor.plots import plot_diagnosis
+from lossfloor.train.monitor import GapMonitor
 
 SIGMAS = np.geomspace(0.05, 20.0, 7)
 

@@ -12,8 +12,8 @@ import torch
 diffusers = pytest.importorskip("diffusers",
                                 reason="diffusers is not installed: pip install 'lossfloor[diffusers]'")
 
-from lossfloor.formulation import make_target, target_error_factor, x0_from_prediction  # noqa: E402
 from lossfloor.integrations import diffusers as lfd  # noqa: E402
+from lossfloor.objective.targets import make_target, target_error_factor, x0_from_prediction  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 F64 = torch.float64
@@ -316,7 +316,7 @@ def test_gap_monitor_in_a_diffusers_training_loop(prediction, snr_gamma):
     directly: x0 loss from step().pred_original_sample (float64), sigma from alphas_cumprod, bins by
     np.histogram on the monitor's edges, lambda from the x0-to-target conversion by hand."""
     example = _example()
-    from lossfloor.curve import OptimalLossCurve
+    from lossfloor.floor.curve import OptimalLossCurve
 
     sched = example.build_scheduler(prediction)
     obj = lfd.objective_from_scheduler(sched)
@@ -400,7 +400,7 @@ def add_velocity(sched, batch):
 
 def run_cli(args, capsys) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of `lossfloor ARGS`, in process."""
-    from lossfloor.cli import main
+    from lossfloor.app.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([str(a) for a in args])
@@ -411,7 +411,7 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
     """Tiny UNet2DModels trained on digits with diffusers' scheduler and loss (eps, v), as pipelines."""
-    from lossfloor.data import load_dataset
+    from lossfloor.data.load import load_dataset
 
     example, data = _example(), load_dataset("digits")
     root = tmp_path_factory.mktemp("pipelines")
@@ -428,7 +428,7 @@ def pipelines(tmp_path_factory):
 def _direct_losses(folder, x, sigmas, timesteps, queries, seed):
     """Per-level x0 loss from diffusers alone: add_noise, the UNet, step().pred_original_sample, with the
     noise diagnose draws (level_generator(seed + 1, sigma), stratified sources, batches of 512)."""
-    from lossfloor.estimators import level_generator, stratified_sources
+    from lossfloor.floor.config import level_generator, stratified_sources
 
     model = diffusers.UNet2DModel.from_pretrained(folder / "unet", low_cpu_mem_usage=False).eval()
     sched = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
@@ -451,7 +451,7 @@ def _direct_losses(folder, x, sigmas, timesteps, queries, seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_diagnose_diffusers_equals_diffusers_own_x0_loss(pipelines, prediction, tmp_path, capsys):
-    from lossfloor.data import load_dataset
+    from lossfloor.data.load import load_dataset
 
     out = tmp_path / "diag"
     code, stdout, err = run_cli(["diagnose", "--diffusers", pipelines[prediction], "--data", "digits",
@@ -503,7 +503,7 @@ def test_diagnose_diffusers_refuses_mismatched_data(pipelines, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_diagnose_diffusers_with_a_curve_evaluates_at_training_levels(pipelines, tmp_path, capsys):
-    from lossfloor.curve import OptimalLossCurve
+    from lossfloor.floor.curve import OptimalLossCurve
 
     floor = tmp_path / "floor" / "optimal_loss.json"
     code, _, err = run_cli(["estimate", "--data", "digits", "--sigmas", "0.05,0.3,1,3,10,40", "--queries",

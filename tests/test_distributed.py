@@ -9,10 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lossfloor.distributed import RowWindow, rank_device, shard_bounds, sharded_posterior_stats, world
-from lossfloor.estimators import Estimator, EstimatorConfig
-from lossfloor.kernel import posterior_stats
-from lossfloor.storage import open_rows
+from lossfloor.data.rows import open_rows
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.floor.distributed import RowWindow, rank_device, shard_bounds, sharded_posterior_stats, world
+from lossfloor.floor.estimator import Estimator
+from lossfloor.floor.kernel import posterior_stats
 
 SIGMAS = (0.15, 0.6, 3.0)
 CONFIGS = {

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.curve import OptimalLossCurve
-from lossfloor.estimators import Estimator, EstimatorConfig, stratified_sources
-from lossfloor.formulation import get_objective
-from lossfloor.reference import (
+from lossfloor.floor.config import EstimatorConfig, stratified_sources
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.estimator import Estimator
+from lossfloor.floor.reference import (
     gaussian_optimal_loss,
     optimal_loss_1d,
     optimal_loss_1d_curve,
     two_point_optimal_loss,
 )
+from lossfloor.objective.objective import get_objective
 
 POINTS = np.array([-1.0, -0.7, 0.2, 1.5, 1.6])
 SIGMAS_1D = [0.05, 0.1, 0.2, 0.4, 1.0, 3.0, 10.0]  # J* from 5e-4 to 0.99 of the variance
@@ -295,7 +296,8 @@ def test_min_queries_adapts_rounds_and_bounds_zero_levels(clusters, full_curve):
 
 def test_zero_level_bound_is_above_the_truth():
     # The two-point dataset: the bound sum_n d^2 2 Phi(-d / 2 sigma) / D is 4 * 2 Phi(-1 / sigma) per source.
-    from lossfloor.estimators import DataMatrix, zero_level_bound
+    from lossfloor.floor.bound import zero_level_bound
+    from lossfloor.floor.matrix import DataMatrix
     data = DataMatrix(torch.tensor([[-1.0], [1.0]]), dtype=torch.float64)
     for s in (0.1, 0.2, 0.3, 0.5):
         bound = zero_level_bound(data, torch.tensor([0, 1]), s)
@@ -307,7 +309,7 @@ def test_pruning_equals_the_unpruned_estimate(clusters, sigma, monkeypatch):
     """Exact pruning skips points whose weight is provably < e^-(log N + 40) of the source's: the values
     equal the unpruned ones to float64 rounding (same queries, same generator).  The spy makes sure rows
     were in fact pruned (at larger sigma pruning keeps half the rows or more and does not apply)."""
-    import lossfloor.estimators as estimators_module
+    import lossfloor.floor.values as estimators_module
 
     x, _ = clusters
     kept, original = [], estimators_module._pruned_rows
@@ -329,7 +331,7 @@ def test_pruning_equals_the_unpruned_estimate(clusters, sigma, monkeypatch):
 
 
 def test_pruning_keeps_few_rows_at_small_sigma(clusters):
-    from lossfloor.kernel import Projection, candidate_rows
+    from lossfloor.floor.kernel import Projection, candidate_rows
     x, _ = clusters
     x = x.double()
     proj = Projection.of(x, x.mean(0))

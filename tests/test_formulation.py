@@ -7,14 +7,12 @@ import pytest
 import torch
 from scipy import integrate, stats
 
-from lossfloor.formulation import (
+from lossfloor.objective.objective import get_objective, objective_names
+from lossfloor.objective.processes import Cosine, Flow
+from lossfloor.objective.targets import (
     TARGETS,
-    Cosine,
-    Flow,
     Preconditioning,
-    get_objective,
     make_target,
-    objective_names,
     prediction_from_x0,
     target_error_factor,
     x0_from_prediction,

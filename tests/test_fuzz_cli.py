@@ -2,7 +2,7 @@
 traceback, and nothing created or changed under --out.
 
 The invalid values are drawn per option from its click type: every numeric option carries its range
-(`lossfloor.validation.Integer`, `Real`, `RealList`), and a value is kept only if that type refuses it, so
+(`lossfloor.app.options.Integer`, `Real`, `RealList`), and a value is kept only if that type refuses it, so
 new options are fuzzed as soon as they are declared.
 """
 
@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lossfloor.cli import cli, main
-from lossfloor.validation import Integer, Real, RealList
+from lossfloor.app.cli import cli, main
+from lossfloor.app.options import Integer, Real, RealList
 
 COMMANDS = ("estimate", "train", "sample", "diagnose")
 FUZZ = settings(max_examples=40, deadline=None, derandomize=True, database=None,

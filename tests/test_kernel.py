@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.kernel import PosteriorStats, posterior_stats
+from lossfloor.floor.kernel import PosteriorStats, posterior_stats
 
 
 def _data(n=300, d=5, seed=0):
@@ -120,7 +120,7 @@ def test_rejects_nonpositive_sigma():
 
 
 def test_precomputed_row_norms_give_the_same_stats():
-    from lossfloor.kernel import row_square_norms
+    from lossfloor.floor.kernel import row_square_norms
     g = torch.Generator().manual_seed(5)
     x, q = torch.randn(300, 6, generator=g), torch.randn(20, 6, generator=g)
     shift = x.double().mean(0)
@@ -134,7 +134,7 @@ def test_precomputed_row_norms_give_the_same_stats():
 
 def test_exp_floor_changes_sums_by_less_than_its_bound(monkeypatch):
     # Small sigma: nearly every logit is far below float32's normal range, where the floor applies.
-    import lossfloor.kernel as kernel
+    import lossfloor.floor.kernel as kernel
     g = torch.Generator().manual_seed(6)
     data = torch.rand(3000, 16, generator=g) * 2 - 1
     queries = data[:32] + 0.05 * torch.randn(32, 16, generator=g)
@@ -151,6 +151,6 @@ def test_exp_floor_changes_sums_by_less_than_its_bound(monkeypatch):
 
 
 def test_exp_floor_only_where_it_is_negligible():
-    from lossfloor.kernel import exp_floor
+    from lossfloor.floor.kernel import exp_floor
     assert exp_floor(torch.float32) < -86 and exp_floor(torch.float64) < -707
     assert exp_floor(torch.float16) is None  # e^floor would be ~1e-4 of the largest weight

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
-from lossfloor.formulation import get_objective, prediction_from_x0
-from lossfloor.likelihood import nelbo, rescaled_loss, x0_error_curve
-from lossfloor.models import Denoiser
+from lossfloor.evaluate.likelihood import nelbo, rescaled_loss, x0_error_curve
+from lossfloor.nets.denoiser import Denoiser
+from lossfloor.objective.objective import get_objective
+from lossfloor.objective.targets import prediction_from_x0
 
 
 class ExactPrediction(Denoiser):

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.cli import main
-from lossfloor.data import load_dataset
-from lossfloor.estimators import Estimator, EstimatorConfig
-from lossfloor.storage import IndexedRows, NpyRows, ShardedRows, fingerprint_rows, open_rows, take_rows
+from lossfloor.app.cli import main
+from lossfloor.data.load import load_dataset
+from lossfloor.data.rows import IndexedRows, NpyRows, ShardedRows, fingerprint_rows, open_rows, take_rows
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.floor.estimator import Estimator
 
 
 @pytest.fixture
@@ -124,7 +125,8 @@ def test_cli_out_of_core_rejects_in_memory_options(images, capsys):
 
 def test_zero_level_bound_is_the_same_for_rows_on_disk(tmp_path):
     """The bound reads in-memory rows centred once and memmap rows centred per chunk: same numbers."""
-    from lossfloor.estimators import DataMatrix, zero_level_bound
+    from lossfloor.floor.bound import zero_level_bound
+    from lossfloor.floor.matrix import DataMatrix
     x = np.random.default_rng(0).normal(size=(3000, 16)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     on_disk = np.load(tmp_path / "x.npy", mmap_mode="r")

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from lossfloor.metrics import (
+from lossfloor.evaluate.metrics import (
     classifier_accuracy,
     covariance_distance,
     energy_distance,
@@ -115,7 +115,7 @@ def test_point_metrics_fields():
 
 
 def test_feature_classifier_learns_digits():
-    from lossfloor.data import load_dataset
+    from lossfloor.data.load import load_dataset
 
     train, test = load_dataset("digits"), load_dataset("digits", split="test")
     net = train_classifier(train.x, train.labels, steps=150, batch_size=64, seed=0)

@@ -7,23 +7,14 @@ import math
 import pytest
 import torch
 
-from lossfloor.formulation import (
-    COMPONENTS,
-    TARGETS,
-    Component,
-    Discrete,
-    DiscreteUniformT,
-    Objective,
-    TimeDistribution,
-    UniformT,
-    component_from_dict,
-    get_objective,
-    load_objective,
-    objective_names,
-    register_component,
-)
-from lossfloor.models import ModelConfig
-from lossfloor.training import TrainConfig, Trainer, load_checkpoint, train
+from lossfloor.nets.networks import ModelConfig
+from lossfloor.objective.components import COMPONENTS, Component, component_from_dict, register_component
+from lossfloor.objective.densities import DiscreteUniformT, TimeDistribution, UniformT
+from lossfloor.objective.objective import Objective, get_objective, load_objective, objective_names
+from lossfloor.objective.processes import Discrete
+from lossfloor.objective.targets import TARGETS
+from lossfloor.train.checkpoint import load_checkpoint
+from lossfloor.train.trainer import TrainConfig, Trainer, train
 
 DISCRETE = [n for n in objective_names() if get_objective(n).is_discrete]
 COMBINATIONS = [f"{n}-{t}-{w}" for n in objective_names() for t in TARGETS for w in ("simple", "nelbo")
@@ -195,7 +186,7 @@ def test_a_checkpoint_that_stores_only_a_name_still_loads(tmp_path):
 
 
 def _default_components():
-    import lossfloor.schedules  # noqa: F401  (registers the schedules' weights and densities)
+    import lossfloor.train.schedules  # noqa: F401  (registers the schedules' weights and densities)
 
     for kind, factory in sorted(COMPONENTS.items()):
         try:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.cli import main
+from lossfloor.app.cli import main
 
 # A tiny run: 40 steps, logs every 5, checkpoints every 15 (not aligned with the logs) and at the end.
 TRAIN = ["train", "--data", "ring", "--n", "256", "--model", "mlp", "--width", "16", "--depth", "1",
@@ -26,8 +26,8 @@ LOGS = ("log.csv", "binned.csv")
 DRIVER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from lossfloor import training
-    from lossfloor.cli import main
+    from lossfloor.train import trainer as training
+    from lossfloor.app.cli import main
 
     where, at = sys.argv[1], int(sys.argv[2])
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
@@ -194,7 +194,7 @@ def test_old_crlf_logs_are_normalised_on_resume(tmp_path, reference):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, bad):
-    from lossfloor import training
+    from lossfloor.train import trainer as training
 
     losses = training.Trainer.losses
 
@@ -216,7 +216,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch, capsys):
     """A finite loss whose update leaves NaN weights (the loss is computed before the update)."""
-    from lossfloor import training
+    from lossfloor.train import trainer as training
 
     step = training.Trainer.train_step
 
@@ -236,7 +236,7 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch, capsys
 
 
 def test_divergence_before_any_checkpoint(tmp_path, monkeypatch, capsys):
-    from lossfloor import training
+    from lossfloor.train import trainer as training
 
     monkeypatch.setattr(training.Trainer, "losses",
                         lambda self, x0, t, eps: (torch.full((len(x0),), float("nan"), requires_grad=True),

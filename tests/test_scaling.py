@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from lossfloor import scaling
+from lossfloor.evaluate import scaling
 
 ALPHA, BETA, FLOOR = -0.3, 4.0, 0.05
 NOISE = 0.03  # standard deviation of the multiplicative (log) noise on the power-law term

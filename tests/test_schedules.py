@@ -12,32 +12,17 @@ import pytest
 import scipy.stats
 import torch
 
-from lossfloor.curve import OptimalLossCurve
-from lossfloor.formulation import (
-    VE,
-    VP,
-    Flow,
-    Objective,
-    Preconditioning,
-    get_objective,
-    make_target,
-    per_sample,
-    x0_from_prediction,
-)
-from lossfloor.models import ModelConfig
-from lossfloor.schedules import (
-    SCHEDULES,
-    AdaptiveDensity,
-    LogSigmaLaplace,
-    LogSigmaLogistic,
-    LogSigmaNormal,
-    OptimalLossWeight,
-    ScheduleSampler,
-    apply_schedule,
-    logit_normal,
-    schedule_names,
-)
-from lossfloor.training import TrainConfig, Trainer, load_checkpoint, train
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.nets.networks import ModelConfig
+from lossfloor.objective.densities import LogSigmaLaplace, LogSigmaLogistic, LogSigmaNormal, logit_normal
+from lossfloor.objective.objective import Objective, get_objective
+from lossfloor.objective.processes import VE, VP, Flow
+from lossfloor.objective.targets import Preconditioning, make_target, per_sample, x0_from_prediction
+from lossfloor.train.adaptive import AdaptiveDensity, OptimalLossWeight
+from lossfloor.train.checkpoint import load_checkpoint
+from lossfloor.train.sampler import ScheduleSampler
+from lossfloor.train.schedules import SCHEDULES, apply_schedule, schedule_names
+from lossfloor.train.trainer import TrainConfig, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig("mlp", (2,), width=32, depth=1)
@@ -361,7 +346,7 @@ def test_readme_schedule_example_runs(tmp_path):
 
 @pytest.mark.slow
 def test_train_schedule_from_the_command_line_resumes_and_reloads(tmp_path, capsys):
-    from lossfloor.cli import main
+    from lossfloor.app.cli import main
 
     def run(*args):
         with pytest.raises(SystemExit) as err:

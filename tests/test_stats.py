@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.metrics import energy_distance
-from lossfloor.stats import Estimate
+from lossfloor.core.stats import Estimate
+from lossfloor.evaluate.metrics import energy_distance
 from lossfloor.studies import common
 
 VALUES = [0.3, 1.7, 2.2, -0.4, 5.0]

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from lossfloor.data import load_dataset
-from lossfloor.estimators import EstimatorConfig
+from lossfloor.data.load import load_dataset
+from lossfloor.floor.config import EstimatorConfig
 from lossfloor.studies import common
 
 SIGMAS = np.geomspace(0.05, 5.0, 3)
@@ -89,7 +89,7 @@ def test_diagnose_terminal_table_lists_every_variant():
     """What `lossfloor study diagnose` prints, from the committed report."""
     from pathlib import Path
 
-    from lossfloor.studies import diagnose_terminal_table
+    from lossfloor.studies.diagnose import diagnose_terminal_table
 
     report = json.loads((Path(__file__).parents[1] / "results/diagnose/diagnose_study.json").read_text())
     lines = diagnose_terminal_table(report).splitlines()

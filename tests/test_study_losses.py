@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lossfloor import studies
-from lossfloor.cli import main
+from lossfloor.app.cli import main
 
 
 def test_nelbo_objective_is_the_exact_vdm_weight_above_sigma_min():

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.cli import main
-from lossfloor.formulation import get_objective
-from lossfloor.models import ModelConfig, build_model, parameter_count
+from lossfloor.app.cli import main
+from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
+from lossfloor.objective.objective import get_objective
 from lossfloor.studies import scaling as study
-from lossfloor.training import TrainConfig
+from lossfloor.train.trainer import TrainConfig
 
 
 def _data(n=40, d=6, seed=0):
@@ -83,7 +83,7 @@ def test_eval_draws_are_fixed_by_the_seed():
 def test_step_flops_count_forward_and_backward_of_every_linear_layer():
     """Each Linear costs 2 B in out FLOPs forward, as much for its weight gradient and as much for its input
     gradient (skipped where the input needs none), so one step is between 4 and 6 B sum(in out)."""
-    from lossfloor.data import load_dataset
+    from lossfloor.data.load import load_dataset
 
     train = load_dataset("digits")
     config = TrainConfig(batch_size=16)

@@ -7,7 +7,7 @@ import math
 import pytest
 import scipy.stats
 
-from lossfloor.cli import main
+from lossfloor.app.cli import main
 from lossfloor.studies import schedule as study
 
 

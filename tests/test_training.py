@@ -7,10 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.formulation import get_objective, objective_names, x0_from_prediction
-from lossfloor.models import Denoiser, ModelConfig, build_model, parameter_count
-from lossfloor.sampling import karras_sigmas, sample
-from lossfloor.training import BinnedLoss, TrainConfig, Trainer, load_checkpoint, per_sample_x0_loss, train
+from lossfloor.evaluate.sampling import karras_sigmas, sample
+from lossfloor.nets.denoiser import Denoiser, per_sample_x0_loss
+from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
+from lossfloor.objective.objective import get_objective, objective_names
+from lossfloor.objective.targets import x0_from_prediction
+from lossfloor.train.checkpoint import load_checkpoint
+from lossfloor.train.monitor import BinnedLoss
+from lossfloor.train.trainer import TrainConfig, Trainer, train
 
 TINY = ModelConfig("mlp", (2,), width=32, depth=1)
 

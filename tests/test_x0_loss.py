@@ -3,8 +3,10 @@
 import pytest
 import torch
 
-from lossfloor.formulation import PRESETS, get_objective, make_target
-from lossfloor.models import Denoiser, ModelConfig, build_model, x0_loss, x0_loss_from_target
+from lossfloor.nets.denoiser import Denoiser, x0_loss, x0_loss_from_target
+from lossfloor.nets.networks import ModelConfig, build_model
+from lossfloor.objective.objective import PRESETS, get_objective
+from lossfloor.objective.targets import make_target
 
 
 def shrink(x_tilde, sigma):

@@ -1,8 +1,9 @@
 """lossfloor: the exact optimal training loss of diffusion models on a finite dataset."""
 
-from .curve import OptimalLossCurve, TotalLoss
-from .estimators import Estimator, EstimatorConfig, LevelEstimate
-from .formulation import Objective, get_objective, objective_names
+from lossfloor.floor.config import EstimatorConfig, LevelEstimate
+from lossfloor.floor.curve import OptimalLossCurve, TotalLoss
+from lossfloor.floor.estimator import Estimator
+from lossfloor.objective.objective import Objective, get_objective, objective_names
 
 __all__ = [
     "Estimator", "EstimatorConfig", "LevelEstimate", "Objective", "OptimalLossCurve", "TotalLoss",

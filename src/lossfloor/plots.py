@@ -6,15 +6,17 @@ import io
 import math
 
 import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from .curve import OptimalLossCurve  # noqa: E402
-from .files import atomic_write_bytes  # noqa: E402
-from .formulation import Objective  # noqa: E402
+from lossfloor.core.files import atomic_write_bytes
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.objective.objective import Objective, get_objective
+
+matplotlib.use("Agg")
+
+
 
 WEIGHT_DYNAMIC_RANGE = 1e12  # the lambda * p axis stops this many orders below its maximum
 ATOM_BINS_PER_DECADE = 10  # discrete objectives: atoms are counted in bins this wide
@@ -156,7 +158,6 @@ def plot_losses(out, cells: list[dict], floor_curves: dict, targets, weights) ->
     through the shared sampler (samples.png) and the seed's own samplers (native_samples.png)."""
     from pathlib import Path
 
-    from .formulation import get_objective
 
     out = Path(out)
     cosine = get_objective("cosine").process

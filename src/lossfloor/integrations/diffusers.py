@@ -45,29 +45,26 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers / huggingface_hub read it: never contact the hub
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from ..formulation import (  # noqa: E402
-    VE,
-    Discrete,
-    DiscreteUniformT,
-    Flow,
-    LogitNormalT,
-    LogNormalT,
-    Objective,
-    Preconditioning,
-    UniformT,
-    per_sample,
-    process_input,
-    x0_from_prediction,
+from torch import (
+    Tensor,
+    nn,  # noqa: E402
 )
 
-Tensor = torch.Tensor
+from lossfloor.core.errors import InputError
+from lossfloor.objective.densities import DiscreteUniformT, LogitNormalT, LogNormalT, UniformT
+from lossfloor.objective.objective import Objective
+from lossfloor.objective.processes import VE, Discrete, Flow
+from lossfloor.objective.targets import Preconditioning, per_sample, process_input, x0_from_prediction
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers / huggingface_hub read it: never contact the hub
+
+
 TARGET_OF_PREDICTION = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
 ZERO_SNR_ALPHA_BAR = 2.0**-24  # diffusers' Euler / DPM-Solver / UniPC stand-in for alpha_bar_T = 0
 FLOW_WEIGHTING = ("logit_normal", "none")
@@ -75,7 +72,7 @@ MODEL_FOLDERS = ("unet", "transformer", ".")
 SUPPORTED_MODELS = ("UNet2DModel",)
 
 
-class UnsupportedScheduler(ValueError):
+class UnsupportedScheduler(InputError):
     """A scheduler configuration lossfloor cannot map onto an objective."""
 
 
@@ -281,7 +278,7 @@ def sigma_grid(denoiser: DiffusersDenoiser, sigma_min: float, sigma_max: float, 
     if trained is not None:
         inside = trained[(trained >= sigma_min) & (trained <= sigma_max)]
         if len(inside) == 0:
-            raise ValueError(f"no training noise level of {denoiser.objective.name} in [{sigma_min:g}, "
+            raise InputError(f"no training noise level of {denoiser.objective.name} in [{sigma_min:g}, "
                              f"{sigma_max:g}]; its levels span [{trained.min():.3g}, {trained.max():.3g}]")
         sigma_min, sigma_max = float(inside.min()), float(inside.max())
     return snap_to_training_levels(denoiser, np.geomspace(sigma_min, sigma_max, levels))
@@ -329,30 +326,30 @@ def load_diffusers(path, **objective_options) -> DiffusersModel:
     save_pretrained, read from disk only; ValueError with a one-line reason otherwise."""
     root = Path(path)
     if not root.is_dir():
-        raise ValueError(f"--diffusers {path}: not a folder")
+        raise InputError(f"--diffusers {path}: not a folder")
     scheduler_dir = _folder_with(root, ("scheduler", "."), "scheduler_config.json")
     model_dir = _folder_with(root, MODEL_FOLDERS, "config.json")
     if scheduler_dir is None or model_dir is None:
         missing = "scheduler/scheduler_config.json" if scheduler_dir is None else "unet/config.json"
-        raise ValueError(f"--diffusers {path}: no {missing}; expected a save_pretrained pipeline folder "
+        raise InputError(f"--diffusers {path}: no {missing}; expected a save_pretrained pipeline folder "
                          "or a unet/ + scheduler/ pair")
     scheduler = load_scheduler(scheduler_dir)
     objective = objective_from_scheduler(scheduler, **objective_options)
     try:
         name = json.loads((model_dir / "config.json").read_text()).get("_class_name")
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"--diffusers {model_dir / 'config.json'}: not valid JSON ({err})") from None
+        raise InputError(f"--diffusers {model_dir / 'config.json'}: not valid JSON ({err})") from None
     if name not in SUPPORTED_MODELS:
-        raise ValueError(f"--diffusers {model_dir}: model class {name!r} is not supported; lossfloor calls "
+        raise InputError(f"--diffusers {model_dir}: model class {name!r} is not supported; lossfloor calls "
                          f"unconditional models as model(x_t, timestep): {', '.join(SUPPORTED_MODELS)}")
     try:
         model = getattr(_diffusers(), name).from_pretrained(model_dir, local_files_only=True,
                                                             low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"--diffusers {model_dir}: could not load the {name} weights ({first})") from None
+        raise InputError(f"--diffusers {model_dir}: could not load the {name} weights ({first})") from None
     if model.config.get("num_class_embeds") or model.config.get("class_embed_type"):
-        raise ValueError(f"--diffusers {model_dir}: a class-conditional {name}; lossfloor diagnoses "
+        raise InputError(f"--diffusers {model_dir}: a class-conditional {name}; lossfloor diagnoses "
                          "unconditional models")
     return DiffusersModel(root, model, scheduler, objective, model_dir, scheduler_dir)
 
@@ -366,125 +363,14 @@ def check_data(loaded: DiffusersModel, shape, x: Tensor, option: str = "--data")
     size = None if size is None else (tuple(size) if isinstance(size, (list, tuple)) else (size, size))
     expected = (config.get("in_channels"), *(size or ("H", "W")))
     if len(shape) != 3 or shape[0] != config.get("in_channels") or (size and shape[1:] != size):
-        raise ValueError(f"{where} expects images of shape {expected}, but the data has shape {shape}")
+        raise InputError(f"{where} expects images of shape {expected}, but the data has shape {shape}")
     out = config.get("out_channels", shape[0])
     if out not in (shape[0], 2 * shape[0]):
-        raise ValueError(f"{where} outputs {out} channels for {shape[0]} input channels")
+        raise InputError(f"{where} outputs {out} channels for {shape[0]} input channels")
     scheduler_config = loaded.scheduler.config
     r = float(scheduler_config.get("clip_sample_range", 1.0)) if scheduler_config.get("clip_sample") else 1.0
     lo, hi = float(x.min()), float(x.max())
     if lo < -r * (1 + 1e-4) or hi > r * (1 + 1e-4) or lo >= 0:
-        raise ValueError(f"{where} was trained on images scaled to [-{r:g}, {r:g}] (diffusers' convention), "
+        raise InputError(f"{where} was trained on images scaled to [-{r:g}, {r:g}] (diffusers' convention), "
                          f"but the data spans [{lo:.3g}, {hi:.3g}]; rescale it to [-{r:g}, {r:g}]")
 
-
-def diagnose_diffusers(denoiser: DiffusersDenoiser, optimal, train_x: Tensor, sigmas, *,
-                       test_x: Tensor | None = None, queries: int = 1024, seed: int = 0, progress=None):
-    """`diagnosis.Diagnosis` of a diffusers denoiser at `sigmas` (its training levels) against J*, which is
-    interpolated where the curve's grid differs."""
-    from ..diagnosis import diagnose
-
-    return diagnose(denoiser, denoiser.objective, optimal, train_x, test_x=test_x, queries=queries, seed=seed,
-                    progress=progress, sigmas=sigmas)
-
-
-# --------------------------------------------------------------------------------------------
-# `lossfloor diagnose --diffusers DIR --data D` (called by workflow.prepare_diagnose / run_diagnose).
-# --------------------------------------------------------------------------------------------
-
-TIMESTEP_CONVENTION = {
-    "vp": "model(sqrt(alpha_bar) x~, t T - 1): levels snapped to the scheduler's integer timesteps",
-    "flow": "model((1 - t) x~, t T), t = sigma / (1 + sigma): levels snapped to the scheduler's sigmas",
-    "edm": "model(c_in x~, precondition_noise(sigma)), x0 = precondition_outputs",
-}
-
-
-@dataclass
-class DiffusersDiagnoseRun:
-    """A checked `diagnose --diffusers`: the loaded folder, its denoiser, the data and the sigma grid."""
-
-    settings: object  # workflow.DiagnoseSettings
-    loaded: DiffusersModel
-    objective: Objective
-    denoiser: DiffusersDenoiser
-    train_set: object
-    test_set: object | None
-    curve: object | None  # OptimalLossCurve of --curve; None: estimated at `sigmas`
-    sigmas: np.ndarray
-    device: torch.device
-    out: Path
-
-    def header(self) -> list[str]:
-        """What is evaluated: model, data, objective, grid (one line each)."""
-        from ..workflow import describe_objective
-
-        d, parameters = self.loaded.describe(), sum(p.numel() for p in self.loaded.model.parameters())
-        test = f"; test N = {len(self.test_set)}" if self.test_set is not None else "; no test split"
-        curve = (f"{self.settings.curve}, interpolated to the model's levels" if self.curve is not None
-                 else f"estimated here at {len(self.sigmas)} levels, {self.settings.queries} queries each")
-        return [f"model:     {d['path']} ({d['model_class']}, {parameters:,} parameters; "
-                f"{d['scheduler_class']})",
-                f"data:      {self.train_set.name} (train N = {len(self.train_set)}{test})",
-                f"objective: {describe_objective(self.objective)}",
-                f"levels:    {len(self.sigmas)} from {self.sigmas[0]:.4g} to {self.sigmas[-1]:.4g}; "
-                f"{TIMESTEP_CONVENTION[self.denoiser.family]}",
-                f"curve:     {curve}"]
-
-    def execute(self, progress: bool = True):
-        """Estimate J* if needed, evaluate the model on train (and test) data, write JSON, CSV and PNG."""
-        from ..workflow import execute_diagnosis
-
-        s = self.settings
-
-        def evaluate(curve, test_x, bars):
-            return diagnose_diffusers(self.denoiser, curve, self.train_set.x, self.sigmas, test_x=test_x,
-                                      queries=s.queries, seed=s.seed, progress=bars)
-
-        model = type(self.loaded.model).__name__
-        head = {"diffusers": self.loaded.describe(), "timesteps": TIMESTEP_CONVENTION[self.denoiser.family]}
-        title = f"{self.train_set.name}: {self.objective.name} (diffusers {model}) vs optimal loss"
-        return execute_diagnosis(evaluate, self, self.sigmas, head=head, tail={}, title=title,
-                                 progress=progress)
-
-
-def prepare_diffusers_diagnose(s) -> DiffusersDiagnoseRun:
-    """Check `diagnose --diffusers` options, load the folder, the data and the curve; writes nothing."""
-    from ..data import load_dataset
-    from ..workflow import (
-        DIAGNOSE_FILES,
-        _matching_curve,
-        check_coverage,
-        check_diagnose_grid,
-        check_out_dir,
-        load_test_split,
-        resolve_device,
-    )
-
-    if s.checkpoint:
-        raise ValueError("give either --checkpoint or --diffusers, not both")
-    if s.data is None:
-        raise ValueError("--diffusers needs --data: the data the model was trained on (scaled to [-1, 1])")
-    if s.raw_weights:
-        raise ValueError("--raw-weights applies to lossfloor checkpoints; a diffusers folder has one set of "
-                         "weights (save the EMA model with save_pretrained to diagnose it)")
-    check_diagnose_grid(s)
-    try:
-        _diffusers()
-    except ImportError as err:
-        raise ValueError(f"--diffusers: {err}") from None
-    device, out = resolve_device(s.device), Path(s.out)
-    check_out_dir(out, DIAGNOSE_FILES, force=s.force)
-    loaded = load_diffusers(s.diffusers)
-    train_set = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
-    check_data(loaded, train_set.shape, train_set.x)
-    test_set = load_test_split(lambda: load_dataset(s.data, data_dir=s.data_dir, split="test",
-                                                    seed=s.data_seed))
-    curve = None if s.curve is None else _matching_curve(s.curve, train_set)
-    denoiser = loaded.denoiser(device)
-    if curve is None:
-        sigmas = sigma_grid(denoiser, s.sigma_min, s.sigma_max, s.levels)
-    else:
-        sigmas = snap_to_training_levels(denoiser, curve.sigma)
-    check_coverage(denoiser.objective, sigmas if curve is None else curve.sigma)
-    return DiffusersDiagnoseRun(s, loaded, denoiser.objective, denoiser, train_set, test_set, curve,
-                                np.asarray(sigmas, dtype=float), device, out)

@@ -5,50 +5,56 @@
 working.  To add a study, see `lossfloor.studies.common` and docs/ARCHITECTURE.md.
 """
 
-from ..formulation import get_objective
-from ..sampling import seed_native_sample
-from .common import (
-                     cached_classifier,
-                     cached_floor,
-                     check_choice,
-                     load_cells,
-                     load_floor,
-                     mean_se,
-                     paired_difference,
-                     run_cells,
-                     seeded,
-                     train_run,
+from lossfloor.evaluate.sampling import seed_native_sample
+from lossfloor.objective.objective import get_objective
+from lossfloor.studies.common import (
+    cached_classifier,
+    cached_floor,
+    check_choice,
+    load_cells,
+    load_floor,
+    mean_se,
+    paired_difference,
+    run_cells,
+    seeded,
+    train_run,
 )
-from .diagnose import (
-                     COMMON_OBJECTIVE,
-                     DIAGNOSE_BUDGET_TIMES,
-                     DIAGNOSE_BUDGETS,
-                     DIAGNOSE_DATASETS,
-                     DIAGNOSE_VARIANTS,
-                     DiagnoseBudget,
-                     diagnose_floor,
-                     diagnose_gaps_csv,
-                     diagnose_terminal_table,
-                     diagnose_totals_csv,
-                     diagnose_variant,
-                     run_diagnose_study,
+from lossfloor.studies.diagnose import (
+    COMMON_OBJECTIVE,
+    DIAGNOSE_BUDGET_TIMES,
+    DIAGNOSE_BUDGETS,
+    DIAGNOSE_DATASETS,
+    DIAGNOSE_VARIANTS,
+    DiagnoseBudget,
+    diagnose_floor,
+    diagnose_gaps_csv,
+    diagnose_terminal_table,
+    diagnose_totals_csv,
+    diagnose_variant,
+    run_diagnose_study,
 )
-from .losses import (
-                     FASHION_PRESETS,
-                     IMAGE_DATASETS,
-                     IMAGE_PRESETS,
-                     LOSS_TARGETS,
-                     LOSS_WEIGHTS,
-                     POINT_DATASETS,
-                     POINTS_PRESETS,
-                     PRESET_NAMES,
-                     LossesPreset,
-                     cell_name,
-                     losses_objective,
-                     losses_preset,
-                     run_losses_study,
+from lossfloor.studies.losses import run_losses_study
+from lossfloor.studies.losses_design import (
+    FASHION_PRESETS,
+    IMAGE_DATASETS,
+    IMAGE_PRESETS,
+    LOSS_TARGETS,
+    LOSS_WEIGHTS,
+    POINT_DATASETS,
+    POINTS_PRESETS,
+    PRESET_NAMES,
+    LossesPreset,
+    cell_name,
+    losses_objective,
+    losses_preset,
 )
-from .losses_report import SEED_2D_TABLE, aggregate, paired_rows, terminal_table, write_losses_report
+from lossfloor.studies.losses_report import (
+    SEED_2D_TABLE,
+    aggregate,
+    paired_rows,
+    terminal_table,
+    write_losses_report,
+)
 
 __all__ = [
     "COMMON_OBJECTIVE", "DIAGNOSE_BUDGET_TIMES", "DIAGNOSE_BUDGETS", "DIAGNOSE_DATASETS", "DIAGNOSE_VARIANTS",

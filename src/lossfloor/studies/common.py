@@ -43,9 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..curve import OptimalLossCurve
-from ..files import atomic_write_bytes, atomic_write_text
-from ..stats import Estimate
+from lossfloor.core.errors import InputError
+from lossfloor.core.files import atomic_write_bytes, atomic_write_text
+from lossfloor.core.stats import Estimate
+from lossfloor.evaluate.metrics import FeatureClassifier, classifier_accuracy, train_classifier
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.estimator import Estimator
+from lossfloor.train.trainer import train as run_training
 
 # -- the floor -------------------------------------------------------------------------------------
 
@@ -75,7 +79,6 @@ def cached_floor(path, train, sigmas, config, *, seed: int = 0, progress: bool =
                  extra: Callable[[OptimalLossCurve], dict] | None = None) -> OptimalLossCurve:
     """J*(sigma) of `train` on `sigmas` with `config` (an EstimatorConfig), reused from `path` only if
     `floor_matches`; otherwise estimated and saved with `extra(curve)` added to the file."""
-    from ..estimators import Estimator
 
     path = Path(path)
     sigmas = np.asarray(sigmas, dtype=float)
@@ -108,7 +111,7 @@ def check_choice(kind: str, value, allowed: Iterable) -> None:
     """ValueError naming the allowed values unless `value` is one of them."""
     allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(f"unknown {kind} {value!r}; choose from {', '.join(map(str, allowed))}")
+        raise InputError(f"unknown {kind} {value!r}; choose from {', '.join(map(str, allowed))}")
 
 
 def run_cells(cells: Sequence, path_of: Callable[[object], Path], compute: Callable[[object], dict], *,
@@ -136,7 +139,6 @@ def run_cells(cells: Sequence, path_of: Callable[[object], Path], compute: Calla
 def train_run(train, objective, model, config, run_dir, *, data_info: dict | None = None,
               progress: bool = False):
     """Train one cell's model in `run_dir`, resuming from its checkpoint; returns the Trainer."""
-    from ..training import train as run_training
 
     return run_training(train.x, objective, model, config, out=run_dir, resume=True, progress=progress,
                         data_info=train.describe() if data_info is None else data_info)
@@ -206,7 +208,6 @@ def write_json(path, obj, indent: int | None = 1) -> None:
 
 def cached_classifier(path, train, test, steps: int):
     """(classifier, test accuracy): trained once on labelled images, then reloaded from `path`."""
-    from ..metrics import FeatureClassifier, classifier_accuracy, train_classifier
 
     path = Path(path)
     if path.exists():

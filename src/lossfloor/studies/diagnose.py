@@ -13,9 +13,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import atomic_write_text
-from ..formulation import get_objective
-from .common import cached_floor, check_choice, csv_text, run_cells, text_table, train_run, write_json
+from lossfloor.core.files import atomic_write_text
+from lossfloor.data.load import load_dataset
+from lossfloor.evaluate.diagnosis import diagnose, totals
+from lossfloor.evaluate.sampling import sample
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.nets.networks import ModelConfig
+from lossfloor.objective.objective import get_objective
+from lossfloor.studies.common import (
+    cached_floor,
+    check_choice,
+    csv_text,
+    run_cells,
+    text_table,
+    train_run,
+    write_json,
+)
+from lossfloor.train.trainer import TrainConfig, data_info
 
 DIAGNOSE_VARIANTS = ("vp", "ve", "edm", "flow")  # VP-eps, VE-eps, EDM-F, flow matching (velocity)
 DIAGNOSE_DATASETS = ("digits", "fashion-mnist")
@@ -60,7 +74,6 @@ def diagnose_sigmas(budget: DiagnoseBudget) -> np.ndarray:
 
 def diagnose_floor(train, budget: DiagnoseBudget, path: Path, seed: int, progress: bool):
     """J*(sigma) of the training set on the study's grid (reused from `path` if data and settings match)."""
-    from ..estimators import EstimatorConfig
 
     return cached_floor(path, train, diagnose_sigmas(budget), EstimatorConfig(queries=budget.floor_queries),
                         seed=seed, progress=progress)
@@ -69,10 +82,6 @@ def diagnose_floor(train, budget: DiagnoseBudget, path: Path, seed: int, progres
 def diagnose_variant(train, test, variant: str, budget: DiagnoseBudget, curve, run_dir: Path, seed: int,
                      progress: bool) -> dict:
     """Train one variant (resumable in `run_dir`), diagnose it on both splits and draw samples."""
-    from ..diagnosis import diagnose, totals
-    from ..models import ModelConfig
-    from ..sampling import sample
-    from ..training import TrainConfig, data_info
 
     config = TrainConfig(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr, seed=seed,
                          log_every=max(1, budget.steps // 10), checkpoint_every=max(1, budget.steps // 4))
@@ -94,8 +103,7 @@ def diagnose_variant(train, test, variant: str, budget: DiagnoseBudget, curve, r
 def run_diagnose_study(datasets, variants, budget_name: str, out, *, seed: int = 0, data_dir=None,
                        progress: bool = True) -> dict:
     """Train every variant on every dataset, diagnose each against J*, write JSON/CSV and figures."""
-    from ..data import load_dataset
-    from ..plots import plot_diagnose_study, plot_variant_samples
+    from lossfloor.plots import plot_diagnose_study, plot_variant_samples
 
     check_choice("budget", budget_name, DIAGNOSE_BUDGETS)
     for v in variants:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..files import atomic_write_text
-from .common import (
+from lossfloor.core.errors import InputError
+from lossfloor.core.files import atomic_write_text
+from lossfloor.studies.common import (
     csv_text,
     fmt_pm,
     load_cells,
@@ -18,7 +19,7 @@ from .common import (
     text_table,
     write_json,
 )
-from .losses import IMAGE_DATASETS, LOSS_TARGETS, LOSS_WEIGHTS, POINT_DATASETS
+from lossfloor.studies.losses_design import IMAGE_DATASETS, LOSS_TARGETS, LOSS_WEIGHTS, POINT_DATASETS
 
 SEED_2D_TABLE = {  # the seed paper's 2-D table (NELBO column: its clipped training loss, not a bound)
     ("clusters", "x0"): (0.6777, 0.1754, 0.5746, 0.4754, 0.4300, 0.2715),
@@ -165,12 +166,12 @@ def terminal_table(summary: dict) -> str:
 
 def write_losses_report(out) -> dict:
     """Aggregate the finished cells into table.md, table.csv, summary.json and the figures."""
-    from ..plots import plot_losses
+    from lossfloor.plots import plot_losses
 
     out = Path(out)
     cells = load_cells(out, "*/cells/*.json")
     if not cells:
-        raise ValueError(f"{out}: no finished cells to report")
+        raise InputError(f"{out}: no finished cells to report")
     floors = {p.parent.name: load_floor(p)[1] for p in out.glob("*/floor.json")}
     rows = aggregate(cells, floors)
     seeds = sorted({c["seed"] for c in cells})

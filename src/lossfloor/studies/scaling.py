@@ -31,9 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..formulation import get_objective
-from .common import cached_floor, check_choice, mean_se, run_cells, write_json
-from .scaling_report import scaling_terminal_table, write_scaling_report
+from lossfloor.data.load import load_dataset
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.floor.kernel import posterior_stats
+from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
+from lossfloor.objective.objective import get_objective
+from lossfloor.studies.common import cached_floor, check_choice, mean_se, run_cells, write_json
+from lossfloor.studies.scaling_report import scaling_terminal_table, write_scaling_report
+from lossfloor.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from lossfloor.train.trainer import TrainConfig, Trainer, data_info
+from lossfloor.train.trainer import train as run_training
 
 OBJECTIVE = "edm"
 
@@ -134,7 +141,6 @@ def posterior_moments(train_rows: torch.Tensor, x0, sigma, eps, batch_size: int 
     """The optimal denoiser on the same draws: the posterior mean E[x0 | x~] over the training rows,
     shape (M, D), and tr Var(x0 | x~) / D, shape (M,) (its expected loss given x~), in float64.
     sigma is one level or one per draw (then one kernel call per draw)."""
-    from ..kernel import posterior_stats
 
     rows = train_rows.double()
     center = rows.mean(0)
@@ -201,7 +207,6 @@ def step_flops(train, objective, model, config, device="cpu") -> int:
     """FLOPs of one training step (forward + backward of one batch) counted by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ..training import Trainer
 
     trainer = Trainer(train.x, objective, model, config, device=device)
     with FlopCounterMode(display=False) as counter:
@@ -211,8 +216,6 @@ def step_flops(train, objective, model, config, device="cpu") -> int:
 
 def _train_to(train, objective, model, config, run_dir: Path, step: int, device, info) -> object:
     """The run's trainer at exactly `step`, resuming from its checkpoint (restarting if it is past it)."""
-    from ..training import CHECKPOINT_NAME, load_checkpoint
-    from ..training import train as run_training
 
     path = run_dir / CHECKPOINT_NAME
     if path.exists() and load_checkpoint(path).step > step:  # a later cell's state: start this run over
@@ -232,10 +235,6 @@ def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, de
                       progress: bool = True, report: bool = True) -> dict:
     """Train every model size to every checkpoint (resumable per cell), evaluate, then (unless `report`
     is False) fit and write the report."""
-    from ..data import load_dataset
-    from ..estimators import EstimatorConfig
-    from ..models import ModelConfig, build_model, parameter_count
-    from ..training import TrainConfig, data_info
 
     check_choice("preset", preset_name, SCALING_PRESETS)
     preset = SCALING_PRESETS[preset_name]

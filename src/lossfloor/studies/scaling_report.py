@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import scaling
-from ..files import atomic_write_text
-from ..formulation import get_objective
-from .common import csv_text, load_cells, markdown_table, write_json
+from lossfloor.core.files import atomic_write_text
+from lossfloor.evaluate import scaling
+from lossfloor.objective.objective import get_objective
+from lossfloor.studies.common import csv_text, load_cells, markdown_table, text_table, write_json
 
 TRAINED_QUANTILE = 0.99  # the rho figure shades sigma above this quantile of the objective's p(sigma)
 
@@ -210,7 +210,7 @@ def plot_scaling_total(p: dict, j_train: np.ndarray, report: dict, path) -> None
     fits; the held-out loss minus the training J*."""
     import matplotlib.pyplot as plt
 
-    from ..plots import save_figure
+    from lossfloor.plots import save_figure
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     fig.subplots_adjust(wspace=0.32)
@@ -271,7 +271,7 @@ def plot_scaling_sigma(p: dict, sigmas, report: dict, path, variance: float) -> 
     """Per-sigma x0-loss gaps to J*(sigma) against compute, with the corrected and plain fits."""
     import matplotlib.pyplot as plt
 
-    from ..plots import save_figure
+    from lossfloor.plots import save_figure
 
     levels = _highlight(report, variance)
     fig, axes = plt.subplots(2, len(levels), figsize=(5 * len(levels), 8), squeeze=False)
@@ -316,7 +316,7 @@ def plot_scaling_rho(report: dict, path, objective) -> None:
     objective's p(sigma) rarely trains are shaded."""
     import matplotlib.pyplot as plt
 
-    from ..plots import save_figure
+    from lossfloor.plots import save_figure
 
     rows = [r for r in report["per_sigma"] if "plain" in r]
     sig = np.array([r["sigma"] for r in rows])
@@ -344,7 +344,6 @@ def plot_scaling_rho(report: dict, path, objective) -> None:
 
 def scaling_terminal_table(report: dict) -> str:
     """The frontier fits and the per-sigma rho comparison as plain text for the terminal."""
-    from .common import text_table
 
     lines = ["total EDM loss on the compute-optimal frontier (training data):",
              text_table(HEAD, _form_rows(report["frontier"]["fits"]))]

@@ -19,10 +19,16 @@ import numpy as np
 import scipy.stats
 import torch
 
-from ..files import atomic_write_text
-from ..formulation import get_objective
-from ..schedules import apply_schedule
-from .common import (
+from lossfloor.core.files import atomic_write_text
+from lossfloor.data.load import load_dataset
+from lossfloor.evaluate.diagnosis import model_curve, totals
+from lossfloor.evaluate.likelihood import nelbo
+from lossfloor.evaluate.metrics import frechet_distance
+from lossfloor.evaluate.sampling import karras_sigmas, sample
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.nets.networks import ModelConfig
+from lossfloor.objective.objective import get_objective
+from lossfloor.studies.common import (
     cached_classifier,
     cached_floor,
     check_choice,
@@ -38,6 +44,8 @@ from .common import (
     train_run,
     write_json,
 )
+from lossfloor.train.schedules import apply_schedule
+from lossfloor.train.trainer import TrainConfig
 
 # Which schedules each objective is trained under (the first is the reference for paired differences).
 SCHEDULE_STUDY = {
@@ -98,7 +106,6 @@ def cell_name(objective: str, schedule: str, seed: int) -> str:
 
 
 def _data(preset: SchedulePreset, data_dir=None):
-    from ..data import load_dataset
 
     kw = {"data_dir": data_dir} if preset.dataset == "fashion-mnist" else {}
     train = load_dataset(preset.dataset, n=preset.n_train, **kw)
@@ -107,7 +114,6 @@ def _data(preset: SchedulePreset, data_dir=None):
 
 
 def _floor(train, preset: SchedulePreset, out: Path):
-    from ..estimators import EstimatorConfig
 
     config = EstimatorConfig("full", queries=min(preset.floor_queries, len(train)))
     sigmas = np.geomspace(1e-3, 1e2, 26)
@@ -123,10 +129,6 @@ def study_objective(objective: str, schedule: str, curve, preset: SchedulePreset
 
 def _evaluate(trainer, train, test, curve, classifier, preset: SchedulePreset, seed: int) -> dict:
     """Fréchet distance, NELBO, total EDM-weighted gap and per-sigma gap, samples for the grid."""
-    from ..diagnosis import model_curve, totals
-    from ..likelihood import nelbo
-    from ..metrics import frechet_distance
-    from ..sampling import karras_sigmas, sample
 
     denoiser = trainer.denoiser()
     gen = torch.Generator().manual_seed(10_000 + seed)
@@ -181,8 +183,6 @@ def run_schedule_study(preset_name: str = "default", out="results/schedule", *, 
     settings = asdict(preset)
 
     def compute(cell) -> dict:
-        from ..models import ModelConfig
-        from ..training import TrainConfig
 
         objective, schedule, seed = cell
         obj = study_objective(objective, schedule, curve, preset)
@@ -299,7 +299,7 @@ def plot_density_history(results: list[dict], curve, path) -> None:
     """How the adaptive p(log sigma) moves during training (seed 0), against J*(sigma)."""
     import matplotlib.pyplot as plt
 
-    from ..plots import save_figure
+    from lossfloor.plots import save_figure
 
     cells = [r for r in results
              if r["schedule"] == "optimal-loss" and r["seed"] == 0 and r["density_history"]]
@@ -331,7 +331,7 @@ def plot_gaps(results: list[dict], curve, path) -> None:
     """Per-sigma gap J(theta) - J* (mean over seeds) for every schedule, one panel per objective."""
     import matplotlib.pyplot as plt
 
-    from ..plots import save_figure
+    from lossfloor.plots import save_figure
 
     objectives = list(dict.fromkeys(r["objective"] for r in results))
     fig, axes = plt.subplots(1, len(objectives), figsize=(6 * len(objectives), 4), squeeze=False)
@@ -352,7 +352,7 @@ def plot_schedule_samples(results: list[dict], path) -> None:
     """64 samples (seed 0) per (objective, schedule), same sampler and noise."""
     import matplotlib.pyplot as plt
 
-    from ..plots import _show_samples, save_figure
+    from lossfloor.plots import _show_samples, save_figure
 
     cells = [r for r in results if r["seed"] == 0]
     objectives = list(dict.fromkeys(r["objective"] for r in cells))

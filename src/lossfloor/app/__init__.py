@@ -1,0 +1,1 @@
+"""The `lossfloor` command: option types and checks, one module per command, model sources and the cli."""

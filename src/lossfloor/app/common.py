@@ -1,0 +1,80 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lossfloor.app.checks import check_out_path
+from lossfloor.core.errors import InputError
+from lossfloor.floor.curve import sigma_grid_coverage
+from lossfloor.objective.objective import Objective
+
+SIGMA_GRID = (0.002, 80.0, 32)  # EDM's range; curve.total covers 6 more decades each side for every preset
+DTYPES = ("float32", "float64")
+
+
+# -- shared checks ----------------------------------------------------------------------------
+
+
+def parse_sigmas(sigmas: str | None, sigma_min: float | None = None, sigma_max: float | None = None,
+                 num_sigmas: int | None = None) -> list[float]:
+    """The sigma grid: an explicit comma list, or geometric from --sigma-min to --sigma-max."""
+    if sigmas is not None:
+        if (sigma_min, sigma_max, num_sigmas) != (None, None, None):
+            raise InputError("give either --sigmas or --sigma-min/--sigma-max/--num-sigmas, not both")
+        try:
+            grid = [float(s) for s in sigmas.split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--sigmas: expected comma-separated numbers, got {sigmas!r}") from None
+        if not grid:
+            raise InputError("--sigmas: no noise levels given")
+    else:
+        lo, hi, num = (d if v is None else v for v, d in zip((sigma_min, sigma_max, num_sigmas), SIGMA_GRID,
+                                                              strict=True))
+        if num < 2 or not 0 < lo < hi or not math.isfinite(hi):
+            raise InputError(f"need 0 < --sigma-min < --sigma-max and --num-sigmas >= 2, got {lo}, {hi}, "
+                             f"{num}")
+        grid = np.geomspace(lo, hi, num).tolist()
+    bad = [s for s in grid if not (s > 0 and math.isfinite(s))]
+    if bad:
+        raise InputError(f"noise levels must be positive and finite, got {bad[0]}")
+    return sorted(set(grid))
+
+
+def check_out_dir(out, names, *, resume: bool = False, force: bool = False) -> None:
+    """--out must be a writable folder (or creatable); existing results need --resume or --force."""
+    out = Path(out)
+    if resume and force:
+        raise InputError("give either --resume or --force, not both")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder")
+    check_out_path(out)  # writable, no dangling symbolic link on the way
+    existing = [n for n in names if (out / n).exists()]
+    if existing and not (resume or force):
+        raise InputError(f"--out {out} already holds {', '.join(existing)}; pass --resume to continue "
+                         "or --force to overwrite")
+
+
+def resolve_device(device: str) -> torch.device:
+    """--device as a torch.device, refusing CUDA where there is none."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"--device: unknown device {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device}: expected cpu, cuda or cuda:K")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+    return dev
+
+
+def check_coverage(objective: Objective, sigmas) -> None:
+    """Raise ValueError unless a curve on `sigmas` (with its tails) covers the objective's noise levels."""
+
+    sigma_grid_coverage(objective, sigmas)

@@ -1,0 +1,248 @@
+"""The runs behind the command line: estimate, train, sample and diagnose.
+
+Each run has a settings dataclass (keyword fields whose defaults are the CLI's defaults), a ``prepare_*``
+that checks every option and loads what the run needs before anything is written, and a ``run_*`` that
+computes and writes the outputs atomically (temporary file, then rename).  Bad input raises ValueError
+(or FileNotFoundError) with one line naming the option; `lossfloor.cli` turns that into exit code 2.
+
+    from lossfloor.workflow import EstimateSettings, prepare_estimate, run_estimate
+    run = prepare_estimate(EstimateSettings(data="ring", n=2000, objective="flow", out="out/ring"))
+    result = run_estimate(run)              # result.curve, result.total, result.files
+
+Resume: ``estimate`` saves every finished sigma level to ``optimal_loss.partial.json`` and, with
+``resume``, reuses the levels saved with the same settings and data fingerprint; ``train`` continues
+``checkpoint.pt`` bit for bit (`lossfloor.training`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lossfloor.app.common import SIGMA_GRID, check_coverage, check_out_dir, resolve_device
+from lossfloor.app.sources import SOURCES, DenoiserSource
+from lossfloor.core.errors import InputError
+from lossfloor.core.files import atomic_write_text
+from lossfloor.data.dataset import Dataset, NoTestSplit
+from lossfloor.data.load import load_dataset
+from lossfloor.evaluate.diagnosis import Diagnosis, diagnose
+from lossfloor.floor.config import EstimatorConfig
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.estimator import Estimator
+from lossfloor.objective.objective import Objective
+
+DIAGNOSE_FILES = ("diagnosis.json", "diagnosis.csv", "diagnosis.png")
+DIAGNOSE_QUERIES = 1024  # noisy queries per level for the model's loss (and J* when it is estimated)
+
+
+# -- diagnose -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiagnoseSettings:
+    """`lossfloor diagnose`: the model (checkpoint or diffusers folder), data, curve and output options."""
+
+    checkpoint: str = ""
+    diffusers: str | None = None  # a diffusers save_pretrained folder instead (`app.sources.open_diffusers`)
+    data: str | None = None  # default: the checkpoint's data, reloaded
+    data_dir: str | None = None
+    n: int | None = None
+    data_seed: int = 0
+    flip: bool = False
+    curve: str | None = None  # default: estimated here
+    levels: int = 16
+    sigma_min: float = SIGMA_GRID[0]
+    sigma_max: float = SIGMA_GRID[1]
+    queries: int = DIAGNOSE_QUERIES
+    seed: int = 0
+    raw_weights: bool = False
+    device: str = "cpu"
+    out: str = "out/diagnose"
+    force: bool = False
+
+    def source_kind(self) -> str:
+        """Which `SOURCES` entry the options name."""
+        if self.diffusers is not None and self.checkpoint:
+            raise InputError("give either --checkpoint or --diffusers, not both")
+        if self.diffusers is not None:
+            return "diffusers"
+        if not self.checkpoint:
+            raise InputError("give --checkpoint (a lossfloor checkpoint) or --diffusers (a diffusers folder)")
+        return "checkpoint"
+
+
+@dataclass
+class DiagnoseRun:
+    """A checked diagnosis: the model's source, the data splits, J* (or how to estimate it) and the levels."""
+
+    settings: DiagnoseSettings
+    source: DenoiserSource
+    train_set: Dataset
+    test_set: Dataset | None
+    curve: OptimalLossCurve | None  # None: estimated by run_diagnose at `sigmas`
+    sigmas: np.ndarray
+    device: torch.device
+    out: Path
+
+    @property
+    def objective(self) -> Objective:
+        return self.source.objective
+
+    def header(self) -> list[str]:
+        """What is evaluated: model, data, objective, levels and curve (one line each)."""
+        s = self.settings
+        test = f"; test N = {len(self.test_set)}" if self.test_set is not None else "; no test split"
+        if self.curve is not None:
+            estimator = self.curve.settings.get("estimator", "?")
+            curve = f"{s.curve} ({len(self.curve.sigma)} levels, {estimator} estimator)"
+        else:
+            curve = (f"estimated here: {len(self.sigmas)} levels from {self.sigmas[0]:.4g} to "
+                     f"{self.sigmas[-1]:.4g}, {s.queries} queries each")
+        return ([f"model:     {self.source.model_line}",
+                 f"data:      {self.train_set.name} (train N = {len(self.train_set)}{test})",
+                 f"objective: {describe_objective(self.objective)}"]
+                + [f"levels:    {note}" for note in self.source.notes]
+                + [f"curve:     {curve}"])
+
+
+@dataclass
+class DiagnoseResult:
+    diagnosis: Diagnosis
+    files: list[Path]
+
+    def report(self) -> list[str]:
+        """Per level: model loss, J*, gap ± SE, gap/variance (and test); then the objective's totals."""
+        d = self.diagnosis
+        lines = [f"{'sigma':>9} {'model':>10} {'J*':>10} {'gap':>10} {'± SE':>8} {'gap/var':>8}"
+                 + (f" {'test':>10} {'test gap':>10}" if d.test else "")]
+        for i, g in enumerate(d.train):
+            lines.append(f"{g.sigma:9.4g} {g.model_loss:10.4g} {g.optimal_loss:10.4g} {g.gap:10.4g} "
+                         f"{g.gap_stderr:8.2g} {g.relative_gap:8.4f}"
+                         + (f" {d.test[i].model_loss:10.4g} {d.test[i].gap:10.4g}" if d.test else ""))
+        for split, t in d.totals.items():
+            lines.append(f"total {d.objective} loss ({split}): model {t['model']:.5g} "
+                         f"± {t['model_stderr']:.2g}, optimal {t['optimal']:.5g} "
+                         f"± {t['optimal_stderr']:.2g}, gap {t['gap']:.5g} ± {t['gap_stderr']:.2g}")
+        return lines
+
+
+def describe_objective(obj: Objective) -> str:
+    """One line: name, process, target, weight and noise distribution."""
+    weight = obj.weight if isinstance(obj.weight, str) else obj.weight.to_dict().get("kind", "?")
+    return (f"{obj.name} (process {obj.process.name}, target {obj.target}, weight {weight}, "
+            f"noise {obj.time_dist!r})")
+
+
+def check_diagnose_grid(s: DiagnoseSettings) -> None:
+    """The queries and the sigma grid of a diagnosis."""
+    if s.queries < 2:
+        raise InputError(f"--queries must be at least 2, got {s.queries}")
+    if s.curve is None and (s.levels < 2 or not 0 < s.sigma_min < s.sigma_max):
+        raise InputError(f"need --levels >= 2 and 0 < --sigma-min < --sigma-max, got {s.levels}, "
+                         f"{s.sigma_min}, {s.sigma_max}")
+
+
+def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
+    """Check the options, open the model, load the data and the curve; nothing is written."""
+    kind = s.source_kind()
+    if kind == "diffusers" and s.data is None:
+        raise InputError("--diffusers needs --data: the data the model was trained on (scaled to [-1, 1])")
+    if s.data is None and (s.data_dir, s.n, s.flip, s.data_seed) != (None, None, False, 0):
+        raise InputError("--data-dir, --n, --data-seed and --flip apply with --data (without it the "
+                         "checkpoint's own data is reloaded as it was trained)")
+    check_diagnose_grid(s)
+    device, out = resolve_device(s.device), Path(s.out)
+    check_out_dir(out, DIAGNOSE_FILES, force=s.force)
+    source = SOURCES[kind](s, device)
+    if s.data is None:
+        train_set = source.own_data("train")
+        test_load = lambda: source.own_data("test")  # noqa: E731
+    else:
+        train_set = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
+        test_load = lambda: load_dataset(s.data, data_dir=s.data_dir, split="test", seed=s.data_seed)  # noqa: E731
+    source.check_data(train_set)
+    test_set = load_test_split(test_load)
+    curve = None if s.curve is None else matching_curve(s.curve, train_set)
+    if curve is None:
+        sigmas = source.levels(s.sigma_min, s.sigma_max, s.levels)
+    else:
+        sigmas = source.snap(curve.sigma)
+    check_coverage(source.objective, sigmas if curve is None else curve.sigma)
+    return DiagnoseRun(s, source, train_set, test_set, curve, np.asarray(sigmas, dtype=float), device, out)
+
+
+def load_test_split(load):
+    """`load()`'s test split, or None where the dataset has none (`data.NoTestSplit`, or Fashion-MNIST's
+    t10k files absent); a damaged test file raises its one-line InputError like any other input."""
+
+    try:
+        return load()
+    except (NoTestSplit, FileNotFoundError):
+        return None
+
+
+def matching_curve(path, train_set) -> OptimalLossCurve:
+    curve = OptimalLossCurve.load(path)
+    if curve.fingerprint != train_set.fingerprint:
+        raise InputError(f"--curve {path} was computed on other data than {train_set.name} "
+                         f"(fingerprint {curve.fingerprint[:12] or 'missing'} vs "
+                         f"{train_set.fingerprint[:12]}); recompute it with `lossfloor estimate`")
+    if curve.settings.get("class_conditional"):
+        raise InputError(f"--curve {path} is class-conditional; the model is unconditional")
+    return curve
+
+
+class SplitBars:
+    """Progress callback over splits: one bar of `levels` sigma levels per split, opened in turn."""
+
+    def __init__(self, splits: list[str], levels: int, enabled: bool = True, desc: str = "model loss"):
+        self.splits, self.levels, self.enabled, self.desc = list(splits), levels, enabled, desc
+        self.bar = None
+
+    def __call__(self, k: int = 1) -> None:
+        for _ in range(k):
+            if self.bar is None or self.bar.n >= self.levels:
+                self.close()
+                split = self.splits.pop(0) if self.splits else "extra"
+                self.bar = tqdm(total=self.levels, desc=f"{self.desc} ({split})", unit="level",
+                                disable=not self.enabled)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
+    """Estimate J* at the run's levels if needed, evaluate the model on train (and test) data and write
+    JSON, CSV and PNG."""
+    s, out, curve, source = run.settings, Path(run.out), run.curve, run.source
+    out.mkdir(parents=True, exist_ok=True)
+    if curve is None:
+        est = Estimator(run.train_set.rows(), EstimatorConfig(queries=s.queries), device=run.device)
+        curve = est.curve(run.sigmas, seed=s.seed, progress=progress)
+        curve.fingerprint = run.train_set.fingerprint
+    test_x = None if run.test_set is None else run.test_set.x
+    bars = SplitBars(["train"] + ([] if test_x is None else ["test"]), len(run.sigmas), progress)
+    try:
+        result = diagnose(source.denoiser, run.objective, curve, run.train_set.x, test_x=test_x,
+                          queries=s.queries, seed=s.seed, progress=bars, sigmas=run.sigmas)
+    finally:
+        bars.close()
+    meta = {**source.head, "data": run.train_set.describe(),
+            "test_data": None if run.test_set is None else run.test_set.describe(),
+            "objective_spec": run.objective.to_dict(), "queries": s.queries, "seed": s.seed, **source.tail,
+            "data_variance": curve.data_variance}
+    files = [out / name for name in DIAGNOSE_FILES]
+    from lossfloor.plots import plot_diagnosis  # matplotlib only when drawing: a fast start-up
+
+    title = f"{run.train_set.name}: {run.objective.name} ({source.title}) vs optimal loss"
+    plot_diagnosis(result, files[2], title)
+    atomic_write_text(files[1], result.csv_text())
+    atomic_write_text(files[0], json.dumps({**meta, **result.to_dict()}, indent=1))
+    return DiagnoseResult(result, files)

@@ -1,0 +1,119 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from lossfloor.app.checks import check_model_size
+from lossfloor.app.common import check_out_dir, resolve_device
+from lossfloor.core.errors import InputError
+from lossfloor.data.load import load_dataset
+from lossfloor.data.toys import TOYS
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
+from lossfloor.objective.objective import get_objective
+from lossfloor.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from lossfloor.train.schedules import apply_schedule
+from lossfloor.train.trainer import TrainConfig, Trainer, data_info
+
+TRAIN_FILES = ("checkpoint.pt", "log.csv", "binned.csv")
+
+
+# -- train --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """`lossfloor train`: data, objective, network, optimisation and output options."""
+
+    data: str = "digits"
+    data_dir: str | None = None
+    n: int | None = None
+    data_seed: int = 0
+    flip: bool = False
+    objective: str = "edm"
+    schedule: str = "native"  # a name of lossfloor.schedules.SCHEDULES
+    curve: str | None = None  # optimal_loss.json of the training data (the optimal-loss schedules)
+    model: str | None = None  # default: unet for images, mlp otherwise
+    width: int | None = None
+    depth: int | None = None
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 1e-3
+    warmup: int = 100
+    ema: float = 0.999
+    grad_clip: float = 1.0  # 0 disables clipping
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 500
+    device: str = "cpu"
+    out: str = "out/train"
+    resume: bool = False
+    force: bool = False
+
+
+@dataclass
+class TrainRun:
+    """A checked training run: the trainer (resumed if asked) and what it trains on."""
+
+    settings: TrainSettings
+    trainer: object  # training.Trainer
+    dataset: object
+    model_kind: str
+    parameters: int
+    resumed: bool
+    out: Path
+    files: list[Path] = field(default_factory=list)
+
+    def header(self) -> str:
+        """One line: the data, the objective and the network (and the step a resumed run continues at)."""
+        obj, s, data = self.trainer.objective, self.settings, self.dataset
+        return (f"{s.data}: N = {len(data)}, shape {tuple(data.shape)}; objective {obj.name} "
+                f"(target {obj.target}, weight {obj.weight}); {self.model_kind} with {self.parameters:,} "
+                "parameters" + (f"; resuming at step {self.trainer.step}" if self.resumed else ""))
+
+
+def prepare_train(s: TrainSettings) -> TrainRun:
+    """Check the options, load the data and build (or resume) the trainer; nothing is written."""
+
+    curve = OptimalLossCurve.load(s.curve) if s.curve else None
+    obj = apply_schedule(get_objective(s.objective), s.schedule, curve)
+    config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, warmup=s.warmup, ema=s.ema,
+                         grad_clip=s.grad_clip or None, seed=s.seed, log_every=s.log_every,
+                         checkpoint_every=s.checkpoint_every)
+    dev = resolve_device(s.device)
+    out = Path(s.out)
+    check_out_dir(out, TRAIN_FILES, resume=s.resume, force=s.force)
+    dataset = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
+    kind = s.model or ("unet" if dataset.is_image else "mlp")
+    model_config = ModelConfig(kind, dataset.shape, s.width, s.depth)
+    check_model_size(model_config)  # counted on the meta device: a huge --width/--depth is refused first
+    net = build_model(model_config)  # raises for a UNet on non-image data
+    ckpt = load_checkpoint(out / CHECKPOINT_NAME) if s.resume and (out / CHECKPOINT_NAME).exists() else None
+    if ckpt is not None:
+        changed = [k for k, v in asdict(config).items() if k not in ("steps", "log_every", "checkpoint_every")
+                   and ckpt.train.get(k) != v]
+        if changed:
+            raise InputError(f"--resume: {out} was trained with different {', '.join(changed)}; pass the "
+                             "same options or use another --out")
+    # A toy's size is recorded even when defaulted, so the checkpoint reloads its data if TOY_SIZE changes.
+    n = len(dataset) if s.n is None and s.data in TOYS else s.n
+    load = {"name": s.data, "data_dir": s.data_dir, "n": n, "seed": s.data_seed, "flip": s.flip}
+    trainer = Trainer(dataset.x, obj, model_config, config, out=out, data_info=data_info(dataset, load),
+                      device=dev)
+    if ckpt is not None:
+        trainer.load_state(ckpt)
+        if trainer.step >= s.steps:
+            raise InputError(f"--resume: {out} is already at step {trainer.step}; raise --steps")
+    return TrainRun(s, trainer, dataset, kind, parameter_count(net), ckpt is not None, out,
+                    [out / name for name in TRAIN_FILES])
+
+
+def run_train(run: TrainRun, progress: bool = True):
+    """Train to --steps, checkpointing and logging into --out; returns the trainer."""
+    run.out.mkdir(parents=True, exist_ok=True)
+    if run.settings.force and not run.resumed:
+        for path in run.files:
+            path.unlink(missing_ok=True)
+    return run.trainer.run(progress=progress)

@@ -1,0 +1,45 @@
+"""`Registry`: name -> factory plus a one-line description; every CLI choice list comes from one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Registry:
+    """Named factories of one kind (objectives, schedules, estimators, ...), in the order added."""
+
+    kind: str
+    entries: dict[str, tuple[Callable, str]] = field(default_factory=dict)
+
+    def add(self, name: str, factory: Callable, description: str = "") -> Callable:
+        """Register `factory` under `name`; a name is registered once."""
+        if name in self.entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self.entries[name] = (factory, description)
+        return factory
+
+    def register(self, name: str, description: str = "") -> Callable[[Callable], Callable]:
+        """Decorator form of `add`."""
+        return lambda factory: self.add(name, factory, description)
+
+    def __getitem__(self, name: str) -> Callable:
+        if name not in self.entries:
+            raise KeyError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.entries)}")
+        return self.entries[name][0]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def description(self, name: str) -> str:
+        return self.entries[name][1]

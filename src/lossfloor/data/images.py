@@ -1,0 +1,109 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from lossfloor.core.errors import InputError, reason
+from lossfloor.data.dataset import FASHION_HINT, UINT8_SCALING
+
+DIGITS_TEST_FRACTION = 0.2
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+
+
+# -- real images ----------------------------------------------------------------------------------
+
+
+def _from_uint8(pixels: np.ndarray) -> np.ndarray:
+    """x / 127.5 - 1 rounded once to float32 (a lookup table: exact and light on memory)."""
+    return (np.arange(256) / 127.5 - 1.0).astype(np.float32)[pixels]
+
+
+def _digits(split):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.images))
+    n_test = round(DIGITS_TEST_FRACTION * len(order))
+    idx = np.sort(order[n_test:] if split == "train" else order[:n_test])
+    x = digits.images[idx, None].astype(np.float32) / 8.0 - 1.0
+    scaling = {"kind": "affine", "formula": "x / 8 - 1", "scale": 0.125, "offset": -1.0,
+               "input_range": [0, 16], "output_range": [-1.0, 1.0]}
+    source = "sklearn.datasets.load_digits (80/20 split, numpy seed 0)"
+    return x, digits.target[idx], scaling, source, [str(d) for d in range(10)]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX array (optionally gzipped): 2 zero bytes, type 0x08, rank, big-endian dims."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise InputError(f"{path}: cannot read this IDX file ({reason(err)})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise InputError(f"{path}: not an unsigned-byte IDX file")
+    rank = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(rank)]
+    offset = 4 + 4 * rank
+    if len(raw) - offset != math.prod(dims):
+        raise InputError(f"{path}: IDX header says {dims} but holds {len(raw) - offset} bytes")
+    return np.frombuffer(raw, np.uint8, offset=offset).reshape(dims)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for candidate in (folder / f"{stem}.gz", folder / stem):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"Fashion-MNIST file {stem}[.gz] not found in {folder}; {FASHION_HINT}")
+
+
+def _fashion(folder: Path, split):
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
+    if images.ndim != 3 or labels.shape != (len(images),):
+        raise InputError(f"{folder}: Fashion-MNIST images {images.shape} and labels {labels.shape} differ")
+    return _from_uint8(images[:, None]), labels, UINT8_SCALING, str(folder), list(FASHION_CLASSES)
+
+
+def _image_folder(folder: Path):
+
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise InputError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    # ImageFolder convention: when every image sits in a first-level subfolder, that folder is its class.
+    parents = [p.relative_to(folder).parts for p in files]
+    classes = sorted({parts[0] for parts in parents}) if all(len(parts) >= 2 for parts in parents) else []
+    images = [_read_image(p) for p in files]
+    grey = all(im.mode in ("1", "L", "LA") for im in images)
+    arrays = [np.asarray(im.convert("L" if grey else "RGB")) for im in images]
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        listed = ", ".join(map(str, sorted(sizes)))
+        raise InputError(f"{folder}: images differ in size ({listed}); resize them first")
+    x = np.stack(arrays)
+    x = x[:, None] if grey else x.transpose(0, 3, 1, 2)
+    labels = np.array([classes.index(parts[0]) for parts in parents]) if classes else None
+    scaling = {**UINT8_SCALING, "mode": "L" if grey else "RGB"}
+    return _from_uint8(x), labels, scaling, str(folder), classes
+
+
+def _read_image(path: Path):
+    """One decoded image (file closed); InputError naming the file if it is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable image (empty, damaged or an unknown format)") from None
+    except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... on damaged files
+        raise InputError(f"{path}: not a readable image ({reason(err)})") from None

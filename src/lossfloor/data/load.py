@@ -1,0 +1,73 @@
+"""Datasets: the embedded digits, Fashion-MNIST, .npy/.npz arrays, image folders and 2-D toys.
+
+Every loader returns a `Dataset` whose rows are float32 and finite.  Images are (N, C, H, W) in
+[-1, 1] and the preprocessing that was applied is recorded in `Dataset.scaling`.  Splits:
+
+- ``digits``: scikit-learn's 1,797 8x8 digits, a fixed permutation (numpy seed 0) split 80/20:
+  1,438 train and 359 test images.
+- ``fashion-mnist``: the 60,000 train and 10,000 t10k images of the IDX files.
+- 2-D toys: ``train`` and ``test`` are independent draws (different seeds, no shared points), both
+  standardised with the per-coordinate mean and std of the train draw.
+- arrays: an .npz may hold a test split as ``x_test`` (and ``labels_test``); folders have no test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lossfloor.core.errors import InputError
+from lossfloor.data.arrays import _npz, _scaled_array, read_npy
+from lossfloor.data.dataset import FASHION_DIR, SPLITS, Dataset, NoTestSplit, _flipped, _make, _subsample
+from lossfloor.data.images import _digits, _fashion, _image_folder
+from lossfloor.data.toys import TOY_SIZE, TOYS, _toy
+
+BUILTIN = ("digits", "fashion-mnist", *TOYS)
+
+
+def load_dataset(name: str = "digits", *, data_dir=None, split: str = "train", flip: bool = False,
+                 n: int | None = None, seed: int = 0) -> Dataset:
+    """A dataset by name or path, optionally subsampled to `n` points (seeded) and x-flipped.
+
+    For the 2-D toys `n` is the number of points drawn (default TOY_SIZE = 10,000) and `seed` seeds the draw;
+    for everything else `n` picks a random subset (numpy seed `seed`).  `flip` appends the horizontal
+    mirror image of every (subsampled) image, doubling the dataset.
+    """
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    if n is not None and n < 1:
+        raise InputError(f"the number of points must be positive, got {n}")
+    if data_dir is not None and name != "fashion-mnist":
+        raise InputError("--data-dir applies to fashion-mnist only")
+    if name in TOYS:
+        ds = _toy(name, split, n if n is not None else TOY_SIZE, seed)
+    else:
+        if name == "digits":
+            x, labels, scaling, source, classes = _digits(split)
+        elif name == "fashion-mnist":
+            x, labels, scaling, source, classes = _fashion(Path(data_dir) if data_dir else FASHION_DIR, split)
+        else:
+            x, labels, scaling, source, classes = _from_path(name, split)
+        x, labels = _subsample(x, labels, n, seed)
+        ds = _make(name, split, x, labels, scaling, source, classes)
+    return _flipped(ds) if flip else ds
+
+
+def _from_path(name, split):
+    if not str(name).strip():
+        raise InputError("--data: empty name; give a dataset name, a .npy/.npz file or a folder of images")
+    path = Path(name)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"unknown dataset {name!r}: not one of {', '.join(BUILTIN)} and no such file or folder")
+    if path.is_dir():
+        if split != "train":
+            raise NoTestSplit(f"{path}: an image folder has no test split")
+        return _image_folder(path)
+    if path.suffix == ".npy":
+        if split != "train":
+            raise NoTestSplit(f"{path}: a .npy file has no test split (use an .npz with x_test)")
+        x, scaling = _scaled_array(read_npy(path), path)
+        return x, None, scaling, str(path), []
+    if path.suffix == ".npz":
+        return _npz(path, split)
+    raise InputError(f"{path}: expected a .npy or .npz file or a folder of images")

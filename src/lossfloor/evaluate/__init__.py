@@ -1,0 +1,1 @@
+"""Evaluating models: the diagnosis against J*, NELBO, sample metrics, samplers and power-law fits."""

@@ -1,0 +1,180 @@
+"""Diagnose a denoiser against the optimal loss J*(sigma) (`GapMonitor`, for users' own loops, is in monitor).
+
+The model's x0 loss at a noise level is E ||D(x0 + sigma eps, sigma) - x0||^2 / D over the data, the same
+normalisation as J*; on the training data it can never be below J* (the posterior mean is optimal), so a
+value below J* beyond 3 standard errors means a bug in the evaluation or the data pipeline.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lossfloor.floor.config import LevelEstimate, level_generator, stratified_sources
+from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.nets.denoiser import x0_loss
+from lossfloor.objective.objective import Objective
+
+VIOLATION_SE = 3.0  # standard errors below J* that count as impossible
+ROUND_OFF = 1e-6  # gaps smaller than this fraction of the data variance are float32 round-off, never flagged
+
+
+@dataclass(frozen=True)
+class LevelGap:
+    """Model loss and optimal loss at one sigma, per dimension, with standard errors."""
+
+    sigma: float
+    model_loss: float
+    model_stderr: float
+    optimal_loss: float
+    optimal_stderr: float
+    data_variance: float
+
+    @property
+    def gap(self) -> float:
+        return self.model_loss - self.optimal_loss
+
+    @property
+    def gap_stderr(self) -> float:
+        return math.hypot(self.model_stderr, self.optimal_stderr)
+
+    @property
+    def relative_gap(self) -> float:
+        """The gap as a fraction of the per-dimension data variance."""
+        return self.gap / self.data_variance
+
+    @property
+    def below_floor(self) -> bool:
+        """True when the model beats J* by more than VIOLATION_SE standard errors (impossible on train)."""
+        return self.gap < -(VIOLATION_SE * self.gap_stderr + ROUND_OFF * self.data_variance)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "gap": self.gap, "gap_stderr": self.gap_stderr,
+                "relative_gap": self.relative_gap, "below_floor": self.below_floor}
+
+
+def _device_of(denoiser, fallback) -> torch.device:
+    """Where a module's parameters live (the fallback for plain callables)."""
+    params = list(denoiser.parameters()) if isinstance(denoiser, torch.nn.Module) else []
+    return params[0].device if params else fallback
+
+
+@torch.no_grad()
+def model_level(denoiser, x: Tensor, sigma: float, queries: int, generator: torch.Generator,
+                batch_size: int = 512) -> LevelEstimate:
+    """The denoiser's per-dimension x0 loss at sigma on data x, from `queries` noisy copies (stratified)."""
+    device = _device_of(denoiser, x.device)
+    sources = stratified_sources(len(x), queries, generator)
+    losses = []
+    for idx in sources.split(batch_size):
+        x0 = x[idx].to(device)
+        eps = torch.randn(x0.shape, generator=generator).to(device)
+        losses.append(x0_loss(denoiser, x0, sigma, eps).cpu())
+    values = torch.cat(losses)
+    return LevelEstimate(float(sigma), values.mean().item(), values.std().item() / math.sqrt(len(values)),
+                         len(values))
+
+
+def model_curve(denoiser, x: Tensor, sigmas, queries: int, seed: int = 0, progress=None) -> OptimalLossCurve:
+    """The denoiser's x0 loss on a sigma grid, in the optimal-loss curve's container (for `total`)."""
+    levels = []
+    for s in sigmas:
+        levels.append(model_level(denoiser, x, float(s), queries, level_generator(seed + 1, float(s))))
+        if progress is not None:
+            progress(1)
+    rows = x.reshape(len(x), -1).double()
+    variance = rows.var(0, unbiased=False).mean().item()
+    return OptimalLossCurve([e.sigma for e in levels], [e.loss for e in levels], [e.stderr for e in levels],
+                            variance, len(x), rows.shape[1], settings={"queries": queries, "seed": seed})
+
+
+def compare(model: OptimalLossCurve, optimal: OptimalLossCurve) -> list[LevelGap]:
+    """Per-level gaps of a model curve against J* (interpolated where the grids differ)."""
+    exact = len(model.sigma) == len(optimal.sigma) and np.allclose(model.sigma, optimal.sigma, rtol=1e-9)
+    j_star = optimal.loss if exact else optimal(model.sigma)
+    j_se = optimal.stderr if exact else np.interp(np.log(model.sigma), np.log(optimal.sigma), optimal.stderr)
+    return [LevelGap(float(s), float(m), float(me), float(j), float(je), optimal.data_variance)
+            for s, m, me, j, je in zip(model.sigma, model.loss, model.stderr, j_star, j_se, strict=True)]
+
+
+@dataclass
+class Diagnosis:
+    """A model against the optimal loss: per-level gaps (train, optionally test) and objective totals."""
+
+    objective: str
+    train: list[LevelGap]
+    totals: dict  # split -> {model, model_stderr, optimal, optimal_stderr, gap, gap_stderr, extrapolated}
+    test: list[LevelGap] | None = None
+    model_curves: dict = field(default_factory=dict, repr=False)  # split -> the model's loss curve
+
+    @property
+    def violations(self) -> list[LevelGap]:
+        """Training-data levels where the model is below J* beyond VIOLATION_SE standard errors."""
+        return [g for g in self.train if g.below_floor]
+
+    def to_dict(self) -> dict:
+        return {"objective": self.objective, "train": [g.to_dict() for g in self.train],
+                "test": None if self.test is None else [g.to_dict() for g in self.test],
+                "totals": self.totals, "floor_violation": bool(self.violations),
+                "violation_sigmas": [g.sigma for g in self.violations]}
+
+    def csv_text(self) -> str:
+        """One row per (split, sigma)."""
+        buf = io.StringIO()
+        fields = ["split", *self.train[0].to_dict()]
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for split, gaps in (("train", self.train), ("test", self.test or [])):
+            for g in gaps:
+                writer.writerow({"split": split, **g.to_dict()})
+        return buf.getvalue()
+
+
+def totals(model: OptimalLossCurve, optimal: OptimalLossCurve, objective: Objective) -> dict:
+    """The objective's total model loss, total optimal loss and total gap, per dimension."""
+    m, o = model.total(objective), optimal.total(objective)
+    return {"model": m.value, "model_stderr": m.stderr, "optimal": o.value, "optimal_stderr": o.stderr,
+            "gap": m.value - o.value, "gap_stderr": math.hypot(m.stderr, o.stderr),
+            "model_extrapolated": m.extrapolated, "optimal_extrapolated": o.extrapolated}
+
+
+def diagnose(denoiser, objective: Objective, optimal: OptimalLossCurve, train_x: Tensor, *,
+             test_x: Tensor | None = None, queries: int = 1024, seed: int = 0, progress=None,
+             sigmas=None) -> Diagnosis:
+    """Evaluate the denoiser on the training (and test) data at `sigmas` (default: J*'s levels; J* is
+    interpolated elsewhere) and compare."""
+    sigmas = optimal.sigma if sigmas is None else sigmas
+    model = model_curve(denoiser, train_x, sigmas, queries, seed, progress)
+    result = Diagnosis(objective.name, compare(model, optimal), {"train": totals(model, optimal, objective)},
+                       model_curves={"train": model})
+    if test_x is not None:
+        held_out = model_curve(denoiser, test_x, sigmas, queries, seed, progress)
+        result.test = compare(held_out, optimal)
+        result.totals["test"] = totals(held_out, optimal, objective)
+        result.model_curves["test"] = held_out
+    return result
+
+
+def violation_message(diagnosis: Diagnosis) -> str:
+    """The loud warning printed when the model beats the floor on its training data."""
+    where = ", ".join(f"sigma={g.sigma:.3g} (gap {g.gap:.3g} ± {g.gap_stderr:.2g})"
+                      for g in diagnosis.violations)
+    return ("IMPOSSIBLE: the model's loss is below the optimal loss J* on the training data at " + where
+            + ". No denoiser can beat the posterior mean, so the model evaluation or the data pipeline is "
+              "wrong (different normalisation, data subset, flip or dataset than J* was computed on?).")
+
+
+
+def __getattr__(name: str):
+    """`plot_diagnosis` lives in `plots` now (imported lazily: matplotlib only when drawing)."""
+    if name == "plot_diagnosis":
+        from lossfloor.plots import plot_diagnosis
+
+        return plot_diagnosis
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

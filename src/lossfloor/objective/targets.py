@@ -1,0 +1,94 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lossfloor.core.errors import InputError
+from lossfloor.objective.components import Component, _t64, register_component
+from lossfloor.objective.processes import Process
+
+# --------------------------------------------------------------------------------------------
+# Targets: each is affine in x0 for fixed x_t, target = a x_t + b x0.
+# --------------------------------------------------------------------------------------------
+
+TARGETS = ("x0", "eps", "v", "score", "velocity", "F")
+
+
+@register_component("edm_precond")
+@dataclass(frozen=True)
+class Preconditioning(Component):
+    """EDM preconditioning in VE coordinates; the network sees c_in * x~ and c_noise."""
+
+    sigma_data: float = 0.5
+
+    def c_skip(self, s):
+        return self.sigma_data**2 / (s**2 + self.sigma_data**2)
+
+    def c_out(self, s):
+        return s * self.sigma_data / torch.sqrt(s**2 + self.sigma_data**2)
+
+    def c_in(self, s):
+        return 1 / torch.sqrt(s**2 + self.sigma_data**2)
+
+    def c_noise(self, s):
+        return torch.log(s) / 4
+
+
+def target_coefficients(target: str, process: Process, t: Tensor,
+                        precond: Preconditioning = Preconditioning()) -> tuple[Tensor, Tensor]:
+    """(a, b) with target = a * x_t + b * x0 at time t."""
+    t = _t64(t)
+    al, si = process.alpha(t), process.sigma(t)
+    if target == "x0":
+        return torch.zeros_like(t), torch.ones_like(t)
+    if target == "eps":  # eps = (x_t - alpha x0) / sigma
+        return 1 / si, -al / si
+    if target == "v":  # v = alpha eps - sigma x0 (Salimans & Ho)
+        return al / si, -(al**2 + si**2) / si
+    if target == "score":  # grad log p(x_t | x0) = -eps / sigma
+        return -1 / si**2, al / si**2
+    if target == "velocity":  # d x_t / dt = alpha' x0 + sigma' eps
+        da, ds = process.derivatives(t)
+        return ds / si, da - ds * al / si
+    if target == "F":  # x0 = c_skip x~ + c_out F, x~ = x_t / alpha
+        s = si / al
+        c_out = precond.c_out(s)
+        return -precond.c_skip(s) / (al * c_out), 1 / c_out
+    raise InputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+
+
+def per_sample(c: Tensor, like: Tensor) -> Tensor:
+    """Per-sample scalars (B,) broadcast against a batch (B, ...), on its device and in its dtype."""
+    return c.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def process_input(process: Process, x_tilde: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """(t, x_t) for a VE-coordinate input x~ = x0 + sigma * eps: t = t(sigma) and x_t = alpha_t * x~."""
+    t = process.t_of_sigma(sigma)
+    return t, per_sample(process.alpha(t), x_tilde) * x_tilde
+
+
+def make_target(target, process, t, x_t, x0, precond=Preconditioning()) -> Tensor:
+    """The regression target of `target` for clean data x0 noised to x_t at time t."""
+    a, b = target_coefficients(target, process, t, precond)
+    return per_sample(a, x_t) * x_t + per_sample(b, x0) * x0
+
+
+def x0_from_prediction(target, process, t, x_t, pred, precond=Preconditioning()) -> Tensor:
+    """Invert the target's affine map: the x0 estimate implied by a prediction of `target`."""
+    a, b = target_coefficients(target, process, t, precond)
+    return (pred - per_sample(a, x_t) * x_t) / per_sample(b, pred)
+
+
+def prediction_from_x0(target, process, t, x_t, x0_hat, precond=Preconditioning()) -> Tensor:
+    """The prediction of `target` that corresponds to the x0 estimate x0_hat."""
+    return make_target(target, process, t, x_t, x0_hat, precond)
+
+
+def target_error_factor(target, process, t, precond=Preconditioning()) -> Tensor:
+    """||pred - target||^2 = factor * ||x0_hat - x0||^2 (the b^2 of the affine map)."""
+    return target_coefficients(target, process, t, precond)[1] ** 2
