@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Checks before any work starts: the model's size (counted on the meta device) and writable output paths."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `lossfloor` command line: parses flags, calls `lossfloor.workflow`, prints.
+"""The `lossfloor` command line: parses flags, calls `lossfloor.app`, prints.
 
 Bad input gets one line on stderr and exit code 2.  Every choice list comes from the library's registries
 and every default from the workflow's settings dataclasses.

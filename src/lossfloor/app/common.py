@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Checks shared by the commands: the sigma grid, the output folder, the device and the grid's coverage."""
 
 from __future__ import annotations
 

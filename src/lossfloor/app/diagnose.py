@@ -1,18 +1,5 @@
-"""The runs behind the command line: estimate, train, sample and diagnose.
-
-Each run has a settings dataclass (keyword fields whose defaults are the CLI's defaults), a ``prepare_*``
-that checks every option and loads what the run needs before anything is written, and a ``run_*`` that
-computes and writes the outputs atomically (temporary file, then rename).  Bad input raises ValueError
-(or FileNotFoundError) with one line naming the option; `lossfloor.cli` turns that into exit code 2.
-
-    from lossfloor.workflow import EstimateSettings, prepare_estimate, run_estimate
-    run = prepare_estimate(EstimateSettings(data="ring", n=2000, objective="flow", out="out/ring"))
-    result = run_estimate(run)              # result.curve, result.total, result.files
-
-Resume: ``estimate`` saves every finished sigma level to ``optimal_loss.partial.json`` and, with
-``resume``, reuses the levels saved with the same settings and data fingerprint; ``train`` continues
-``checkpoint.pt`` bit for bit (`lossfloor.training`).
-"""
+"""`lossfloor diagnose`: any model (`app.sources`) against J*(sigma) per level and in total; JSON, CSV,
+PNG."""
 
 from __future__ import annotations
 
@@ -239,7 +226,7 @@ def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
             "objective_spec": run.objective.to_dict(), "queries": s.queries, "seed": s.seed, **source.tail,
             "data_variance": curve.data_variance}
     files = [out / name for name in DIAGNOSE_FILES]
-    from lossfloor.plots import plot_diagnosis  # matplotlib only when drawing: a fast start-up
+    from lossfloor.plots.figures import plot_diagnosis
 
     title = f"{run.train_set.name}: {run.objective.name} ({source.title}) vs optimal loss"
     plot_diagnosis(result, files[2], title)

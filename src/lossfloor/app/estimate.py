@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`lossfloor estimate`: settings, checks, resumable per-level estimation of J*(sigma), outputs and report."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import torch
 from lossfloor.app.common import check_coverage, check_out_dir, parse_sigmas, resolve_device
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_text
+from lossfloor.data.dataset import Dataset
 from lossfloor.data.load import load_dataset
 from lossfloor.data.rows import load_rows_dataset
 from lossfloor.floor.config import DEFAULT_QUERIES, EstimatorConfig, LevelEstimate
-from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.curve import OptimalLossCurve, TotalLoss
 from lossfloor.floor.distributed import init_from_env, is_main_process, main_only, rank_device
 from lossfloor.floor.estimator import Estimator
 from lossfloor.objective.objective import Objective, get_objective
@@ -72,7 +73,7 @@ class EstimateRun:
     settings: EstimateSettings
     grid: list[float]
     objective: Objective
-    dataset: object
+    dataset: Dataset
     estimator: Estimator
     queries: int
     identity: dict
@@ -91,7 +92,7 @@ class EstimateRun:
 @dataclass
 class EstimateResult:
     curve: OptimalLossCurve
-    total: object  # curve.TotalLoss
+    total: TotalLoss
     objective: Objective
     files: list[Path]
 
@@ -225,7 +226,7 @@ def curve_csv(curve: OptimalLossCurve) -> str:
 
 def run_estimate(run: EstimateRun, progress: bool = True) -> EstimateResult | None:
     """Estimate the missing levels (saving each), then write JSON, CSV and PNG; None on ranks other than 0."""
-    from lossfloor.plots import plot_curve
+    from lossfloor.plots.figures import plot_curve
 
     s, est, out, done = run.settings, run.estimator, run.out, dict(run.done)
 

@@ -1,16 +1,4 @@
-"""Checks of everything a user hands in: files, options and output paths.
-
-A bad file or option raises `InputError` (a ValueError) with one line naming the file or option and
-what is allowed; the command line prints that line and exits with code 2.  Here:
-
-- `validate` and its spec constructors (`number`, `string`, `list_of`, `mapping`, `tensor`, ...): a small
-  explicit schema validator; `check_curve_dict` and `check_checkpoint_dict` are the schemas of the files
-  lossfloor loads back, and `check_weights` matches a state dict to its model.
-- `read_json` and `safe_torch_load` (always `weights_only=True`; never advises otherwise).
-- `check_model_size` (counted on the meta device) and `check_out_path` (no dangling symbolic link, a
-  writable folder), both before any work starts.
-- click option types `Integer`, `Real` (finite) and `RealList` with their ranges, used by `lossfloor.cli`.
-"""
+"""Click option types of the command line: `Integer`, `Real` (finite) and `RealList`, with their ranges."""
 
 from __future__ import annotations
 

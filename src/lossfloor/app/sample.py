@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`lossfloor sample`: draw images from a checkpoint with the shared x0-denoiser sampler."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class SampleResult:
 
 def run_sample(s: SampleSettings, progress: bool = True) -> SampleResult:
     """Draw samples with the checkpoint's denoiser and write a PNG (and with `npy` the array)."""
-    from lossfloor.plots import plot_samples
+    from lossfloor.plots.figures import plot_samples
 
     if s.n < 1:
         raise InputError(f"--n must be positive, got {s.n}")

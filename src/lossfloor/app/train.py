@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`lossfloor train`: settings, checks and a resumable training run of any objective and schedule."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from lossfloor.app.checks import check_model_size
 from lossfloor.app.common import check_out_dir, resolve_device
 from lossfloor.core.errors import InputError
+from lossfloor.data.dataset import Dataset
 from lossfloor.data.load import load_dataset
 from lossfloor.data.toys import TOYS
 from lossfloor.floor.curve import OptimalLossCurve
@@ -33,7 +34,7 @@ class TrainSettings:
     data_seed: int = 0
     flip: bool = False
     objective: str = "edm"
-    schedule: str = "native"  # a name of lossfloor.schedules.SCHEDULES
+    schedule: str = "native"  # a name of lossfloor.train.schedules.SCHEDULES
     curve: str | None = None  # optimal_loss.json of the training data (the optimal-loss schedules)
     model: str | None = None  # default: unet for images, mlp otherwise
     width: int | None = None
@@ -58,8 +59,8 @@ class TrainRun:
     """A checked training run: the trainer (resumed if asked) and what it trains on."""
 
     settings: TrainSettings
-    trainer: object  # training.Trainer
-    dataset: object
+    trainer: Trainer
+    dataset: Dataset
     model_kind: str
     parameters: int
     resumed: bool

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`InputError`: bad user input (a file or an option), reported as one line and exit code 2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Schemas of the files lossfloor loads back (curves, checkpoints) and their safe readers (JSON,
+weights_only)."""
 
 from __future__ import annotations
 

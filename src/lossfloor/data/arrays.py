@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""User arrays: .npy headers checked before reading, .npz members and splits, never pickled objects."""
 
 from __future__ import annotations
 

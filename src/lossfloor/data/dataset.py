@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`Dataset`: float32 rows, labels, the scaling applied and a stable fingerprint; subsets and flips."""
 
 from __future__ import annotations
 

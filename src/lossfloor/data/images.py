@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Image data: the embedded digits, Fashion-MNIST IDX files and image folders, scaled to [-1, 1]."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The 2-D toys of the comparative-study paper: gaussian, clusters, ring, swiss roll and waves."""
 
 from __future__ import annotations
 

@@ -168,13 +168,3 @@ def violation_message(diagnosis: Diagnosis) -> str:
     return ("IMPOSSIBLE: the model's loss is below the optimal loss J* on the training data at " + where
             + ". No denoiser can beat the posterior mean, so the model evaluation or the data pipeline is "
               "wrong (different normalisation, data subset, flip or dataset than J* was computed on?).")
-
-
-
-def __getattr__(name: str):
-    """`plot_diagnosis` lives in `plots` now (imported lazily: matplotlib only when drawing)."""
-    if name == "plot_diagnosis":
-        from lossfloor.plots import plot_diagnosis
-
-        return plot_diagnosis
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -98,12 +98,3 @@ def seed_native_sample(denoiser, target: str, shape, steps: int, generator: torc
             _, score_hat = predict(z, t, "score")
             z = z + s_t**2 * score_hat + math.sqrt(2) * s_t * torch.randn(shape, generator=generator)
     return z
-
-
-def __getattr__(name: str):
-    """`plot_samples` lives in `plots` now (imported lazily: matplotlib only when drawing)."""
-    if name == "plot_samples":
-        from lossfloor.plots import plot_samples
-
-        return plot_samples
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

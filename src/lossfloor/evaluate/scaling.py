@@ -36,27 +36,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize
 
 from lossfloor.core.errors import InputError
+from lossfloor.evaluate.bootstrap import LEVEL, Interval, _group_index, _interval, bootstrap_weights
 
 FORMS = ("plain", "corrected", "free")
-LEVEL = 0.95
 HUBER_DELTA = 1e-3  # Hoffmann et al.'s delta, on natural-log residuals
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A confidence interval [low, high]."""
-
-    low: float
-    high: float
-
-    def __contains__(self, value: float) -> bool:
-        return self.low <= value <= self.high
-
-    def to_list(self) -> list[float]:
-        return [self.low, self.high]
 
 
 @dataclass(frozen=True)
@@ -267,54 +253,6 @@ def _rows(form, compute, loss, floor, w, delta, starts=None) -> _Rows:
         return _linear_rows(compute, loss, floor if form == "corrected" else np.zeros(len(w)), w)
     fits = np.array([_fit_free(compute, loss, row, delta, starts) for row in w]).reshape(len(w), 3)
     return _row_stats(compute, loss, fits[:, 0], fits[:, 1], fits[:, 2], w)
-
-
-# --------------------------------------------------------------------------------------------
-# The public fit.
-# --------------------------------------------------------------------------------------------
-
-
-def _group_index(groups, n: int) -> list[np.ndarray]:
-    if groups is None:
-        return [np.array([i]) for i in range(n)]
-    groups = np.asarray(groups)
-    if len(groups) != n:
-        raise ValueError(f"{len(groups)} group labels for {n} points")
-    _, inverse = np.unique(groups, return_inverse=True)
-    return [np.nonzero(inverse == g)[0] for g in range(inverse.max() + 1)]
-
-
-def bootstrap_weights(groups, n: int, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot, n) counts: how often each point is drawn when whole groups are resampled with
-    replacement (as many draws as groups)."""
-    members = _group_index(groups, n)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(len(members), size=(n_boot, len(members)))
-    counts = np.stack([np.bincount(row, minlength=len(members)) for row in picks]) if n_boot else \
-        np.zeros((0, len(members)), dtype=int)
-    w = np.zeros((n_boot, n))
-    for g, idx in enumerate(members):
-        w[:, idx] = counts[:, g:g + 1]
-    return w
-
-
-def expanded_quantiles(groups: int, level: float = LEVEL) -> tuple[float, float]:
-    """Quantile levels of the expanded percentile interval (Hesterberg 2015): the percentile interval
-    covers below nominal with few independent units; widening it to Phi(sqrt(g/(g-1)) t_{g-1}) restores
-    the normal-theory coverage of a mean of g units."""
-    if groups < 3:
-        return (1 - level) / 2, (1 + level) / 2
-    z = math.sqrt(groups / (groups - 1)) * stats.t.ppf((1 + level) / 2, groups - 1)
-    q = float(stats.norm.cdf(z))
-    return 1 - q, q
-
-
-def _interval(samples: np.ndarray, groups: int, level: float = LEVEL) -> Interval:
-    ok = samples[np.isfinite(samples)]
-    if len(ok) == 0:
-        return Interval(math.nan, math.nan)
-    lo, hi = np.quantile(ok, expanded_quantiles(groups, level))
-    return Interval(float(lo), float(hi))
 
 
 def _check(compute, loss) -> tuple[np.ndarray, np.ndarray]:

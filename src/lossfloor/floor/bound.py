@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""An upper bound on J* at a level where every sampled query reads 0 (its reported stderr)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Estimator settings (`EstimatorConfig`), one level's result (`LevelEstimate`) and the seeding of a level."""
 
 from __future__ import annotations
 

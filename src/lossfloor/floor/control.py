@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Control variates for a level: each query's posterior variance over a fixed subset, its mean from cheap
+queries."""
 
 from __future__ import annotations
 

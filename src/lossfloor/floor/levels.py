@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""One sigma level: adaptive rounds until the target stderr, control variates where they pay, the
+zero-level bound."""
 
 from __future__ import annotations
 

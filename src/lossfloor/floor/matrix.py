@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`DataMatrix`: the dataset's rows for the kernel (centred once, norms cached, in memory or on disk)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Per-query posterior variances at one level: the full estimator (with exact pruning) and the subset
+estimators."""
 
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -57,6 +58,9 @@ from lossfloor.objective.densities import DiscreteUniformT, LogitNormalT, LogNor
 from lossfloor.objective.objective import Objective
 from lossfloor.objective.processes import VE, Discrete, Flow
 from lossfloor.objective.targets import Preconditioning, per_sample, process_input, x0_from_prediction
+
+if TYPE_CHECKING:
+    from diffusers import SchedulerMixin
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -295,7 +299,7 @@ class DiffusersModel:
 
     path: Path
     model: nn.Module
-    scheduler: object
+    scheduler: SchedulerMixin
     objective: Objective
     model_dir: Path
     scheduler_dir: Path

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""`Denoiser` (any network + objective -> an x0-denoiser) and the model's x0 loss, the one place it is
+computed."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Networks take ``(x, c_noise)`` with x in the dataset's shape and c_noise of shap
 tensor of x's shape.  The noise level enters through a Fourier embedding of c_noise (never an integer
 timestep), so one network serves every process.  `Denoiser` feeds the network ``c_in(sigma) x_t / alpha_t``
 and ``c_noise(sigma)`` and reads its output as the objective's target; all conversions come from
-`lossfloor.formulation`.
+`lossfloor.objective`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""The component registry: processes, densities, weights and preconditioning saved as {"kind": ...,
+**params}."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ def _t64(x) -> Tensor:
 
 # --------------------------------------------------------------------------------------------
 # Components as data: every process, time distribution and preconditioning (and the weights and noise
-# densities of `lossfloor.schedules`) is saved as {"kind": <stable name>, **parameters} of plain
+# densities of `lossfloor.train.schedules`) is saved as {"kind": <stable name>, **parameters} of plain
 # Python types, so it goes into JSON and into torch.load(weights_only=True) alike.
 # --------------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Noise-level distributions: over t (uniform, discrete, log-normal, log-uniform, logit-normal) and over
+log sigma."""
 
 from __future__ import annotations
 

@@ -99,7 +99,7 @@ class Objective:
     def x0_weight(self, sigma: Tensor) -> Tensor:
         """lambda(sigma): the weight on ||x0_hat - x0||^2 at VE noise level sigma."""
         s = _t64(sigma)
-        if not isinstance(self.weight, str):  # a schedule's weight object (lossfloor.schedules)
+        if not isinstance(self.weight, str):  # a schedule's weight object (lossfloor.train.schedules)
             return self.weight.x0_weight(s, self)
         t = self.process.t_of_sigma(s)
         if self.weight == "simple":

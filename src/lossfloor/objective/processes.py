@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Diffusion processes (VE, VP, cosine, flow, discrete DDPM/iDDPM): alpha_t, sigma_t and sigma =
+sigma_t/alpha_t."""
 
 from __future__ import annotations
 

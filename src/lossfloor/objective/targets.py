@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Prediction targets as affine maps target = a x_t + b x0, EDM preconditioning and every derived
+conversion."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Loss weights lambda(sigma) on the x0 loss: simple, NELBO, EDM, min-SNR and soft-min-SNR."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def diagnose_variant(train, test, variant: str, budget: DiagnoseBudget, curve, r
 def run_diagnose_study(datasets, variants, budget_name: str, out, *, seed: int = 0, data_dir=None,
                        progress: bool = True) -> dict:
     """Train every variant on every dataset, diagnose each against J*, write JSON/CSV and figures."""
-    from lossfloor.plots import plot_diagnose_study, plot_variant_samples
+    from lossfloor.plots.studies import plot_diagnose_study, plot_variant_samples
 
     check_choice("budget", budget_name, DIAGNOSE_BUDGETS)
     for v in variants:

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The loss-function study's design: targets, weights, datasets, presets and cell names."""
 
 from __future__ import annotations
 

@@ -166,7 +166,7 @@ def terminal_table(summary: dict) -> str:
 
 def write_losses_report(out) -> dict:
     """Aggregate the finished cells into table.md, table.csv, summary.json and the figures."""
-    from lossfloor.plots import plot_losses
+    from lossfloor.plots.studies import plot_losses
 
     out = Path(out)
     cells = load_cells(out, "*/cells/*.json")

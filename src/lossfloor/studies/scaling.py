@@ -19,7 +19,7 @@ update, EMA and elementwise ops are not counted).
 
 A cell is one (model width, checkpoint step): training resumes from the run's checkpoint to the cell's
 step, then the cell is evaluated and written; an interrupted study resumes at the next missing cell.
-The fits (`lossfloor.scaling`) run on the finished cells in `scaling_report.write_scaling_report`.
+The fits (`lossfloor.evaluate.scaling`) run on the finished cells in `scaling_report.write_scaling_report`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""TODO docstring."""
+"""Schedules that learn or need J*: the optimal-loss weight, EDM2's learned uncertainty, the adaptive
+density."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Checkpoints: `Checkpoint` (the run's description and state dicts) and its safe loading."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The trainer's CSV logs (log.csv, binned.csv): appended per checkpoint, truncated to it on resume."""
 
 from __future__ import annotations
 

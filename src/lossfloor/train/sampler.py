@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""`ScheduleSampler`: a schedule's noise levels and loss for a user's own training loop."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Training schedules: an x0-loss weight lambda(sigma) and a noise density p(log sigma) for an objective.
 
 A schedule changes only how noise levels are drawn and weighted; the objective's process, target and
-preconditioning stay.  Both parts are registered components of `lossfloor.formulation` (saved as
+preconditioning stay.  Both parts are registered components of `lossfloor.objective` (saved as
 {"kind": ..., **params}), so a scheduled objective is an ordinary `Objective`:
 
 - weights (`Objective.weight`): `EDMWeight`, `MinSNRWeight`, `SoftMinSNRWeight`, `OptimalLossWeight` (the

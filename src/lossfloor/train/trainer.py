@@ -6,8 +6,8 @@ weighs its squared error.  Nothing in the loop is special-cased per formulation.
 
 Programmatic API::
 
-    from lossfloor.training import TrainConfig, train, load_checkpoint
-    from lossfloor.models import ModelConfig
+    from lossfloor.train import TrainConfig, train, load_checkpoint
+    from lossfloor.nets import ModelConfig
     trainer = train(x, "edm", ModelConfig("unet", x.shape[1:]), TrainConfig(steps=2000), out="run/")
     denoiser = trainer.denoiser()          # EMA weights: callable (x_tilde, sigma) -> x0_hat
     trainer.last_interval                  # BinnedLoss of the last logging interval

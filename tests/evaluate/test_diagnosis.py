@@ -15,7 +15,7 @@ from lossfloor.floor.estimator import Estimator
 from lossfloor.floor.kernel import posterior_stats
 from lossfloor.objective.objective import get_objective
 from lossfloor.objective.targets import make_target, prediction_from_x0
-from lossfloor.plots import plot_diagnosis
+from lossfloor.plots.figures import plot_diagnosis
 from lossfloor.train.monitor import GapMonitor
 
 SIGMAS = np.geomspace(0.05, 20.0, 7)
@@ -165,7 +165,7 @@ def test_gap_monitor_tensorboard_scalars():
 
 
 def test_diagnosis_figure_has_a_symlog_gap_axis_and_the_critical_sigma(digits, monkeypatch, tmp_path):
-    from lossfloor import plots
+    from lossfloor.plots import figures as plots
 
     ds, curve = digits
     result = diagnose(lambda x, s: 0.9 * posterior_mean(ds.rows())(x, s), get_objective("edm"), curve, ds.x,
@@ -183,7 +183,7 @@ def test_diagnosis_figure_has_a_symlog_gap_axis_and_the_critical_sigma(digits, m
 
 
 def test_a_curve_that_reaches_zero_shows_where_it_leaves_zero(monkeypatch):
-    from lossfloor import plots
+    from lossfloor.plots import common as plots
 
     fig, ax = plots.plt.subplots()
     ax.set_yscale("log")

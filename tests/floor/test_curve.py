@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.floor.curve import UNIFORM_SD_RATIO, OptimalLossCurve, interpolate_loss
+from lossfloor.floor.curve import UNIFORM_SD_RATIO, OptimalLossCurve
+from lossfloor.floor.interpolation import interpolate_loss
 from lossfloor.floor.reference import gaussian_optimal_loss, two_point_optimal_loss
 from lossfloor.objective.objective import get_objective
 

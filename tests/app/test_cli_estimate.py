@@ -215,7 +215,7 @@ def test_fashion_mnist_subsample(tmp_path, capsys):
 
 
 def test_plotted_weight_density_integrates_to_the_objectives_mean_weight():
-    from lossfloor.plots import weight_density
+    from lossfloor.plots.common import weight_density
 
     # EDM: lambda = 1/sigma_data^2 + 1/sigma^2, ln sigma ~ N(-1.2, 1.2^2): E[lambda] = 4 + e^(2.4 + 2.88).
     sigma = np.geomspace(1e-6, 1e5, 20001)

@@ -91,7 +91,7 @@ def test_diagnose_terminal_table_lists_every_variant():
 
     from lossfloor.studies.diagnose import diagnose_terminal_table
 
-    report = json.loads((Path(__file__).parents[1] / "results/diagnose/diagnose_study.json").read_text())
+    report = json.loads((Path(__file__).parents[2] / "results/diagnose/diagnose_study.json").read_text())
     lines = diagnose_terminal_table(report).splitlines()
     rows = [(name, r["variant"]) for name, d in report["datasets"].items() for r in d["variants"]]
     assert len(lines) == 2 + len(rows) and lines[0].startswith("data")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from lossfloor.evaluate import scaling
+from lossfloor.evaluate import bootstrap, scaling
 
 ALPHA, BETA, FLOOR = -0.3, 4.0, 0.05
 NOISE = 0.03  # standard deviation of the multiplicative (log) noise on the power-law term
@@ -26,7 +26,7 @@ def synthetic(form: str, n: int, rng, groups: int | None = None, run_sd: float =
 def _width(samples, units, idx=None) -> float:
     """The expanded percentile interval's width of bootstrap samples (optionally re-indexed)."""
     s = samples if idx is None else samples[idx]
-    lo, hi = np.quantile(s[np.isfinite(s)], scaling.expanded_quantiles(units))
+    lo, hi = np.quantile(s[np.isfinite(s)], bootstrap.expanded_quantiles(units))
     return float(hi - lo)
 
 
@@ -53,7 +53,7 @@ def normal_theory_width(fit, compute, loss) -> float:
         jac, resid = np.c_[np.ones_like(x), x], np.log((loss - fit.floor) / power)
     s2 = np.sum(resid**2) / (len(x) - jac.shape[1])
     sd = math.sqrt(s2 * np.linalg.inv(jac.T @ jac)[1, 1])
-    return 2 * float(scipy.stats.norm.ppf(scaling.expanded_quantiles(fit.units)[1])) * sd
+    return 2 * float(scipy.stats.norm.ppf(bootstrap.expanded_quantiles(fit.units)[1])) * sd
 
 
 @pytest.mark.parametrize("form", ["plain", "corrected", pytest.param("free", marks=pytest.mark.slow)])
@@ -89,8 +89,8 @@ def test_bootstrap_intervals_cover_at_nominal_rate(form):
         compute, loss, groups, floor = synthetic(form, 40, rng, groups=20, run_sd=0.05)
         fit = scaling.fit(form, compute, loss, floor, groups=groups, n_boot=300, seed=r)
         hits += ALPHA in fit.alpha_ci
-    se = math.sqrt(scaling.LEVEL * (1 - scaling.LEVEL) / reps)
-    assert abs(hits / reps - scaling.LEVEL) <= 3 * se, hits / reps
+    se = math.sqrt(bootstrap.LEVEL * (1 - bootstrap.LEVEL) / reps)
+    assert abs(hits / reps - bootstrap.LEVEL) <= 3 * se, hits / reps
 
 
 def test_point_bootstrap_undercovers_with_run_effects():
@@ -100,7 +100,7 @@ def test_point_bootstrap_undercovers_with_run_effects():
     for r in range(reps):
         compute, loss, _, _ = synthetic("plain", 40, rng, groups=20, run_sd=0.05)
         hits += ALPHA in scaling.fit("plain", compute, loss, n_boot=300, seed=r).alpha_ci
-    assert hits / reps < scaling.LEVEL - 3 * math.sqrt(scaling.LEVEL * (1 - scaling.LEVEL) / reps)
+    assert hits / reps < bootstrap.LEVEL - 3 * math.sqrt(bootstrap.LEVEL * (1 - bootstrap.LEVEL) / reps)
 
 
 def test_rho_and_r2_by_hand():

@@ -15,7 +15,7 @@ diffusers = pytest.importorskip("diffusers",
 from lossfloor.integrations import diffusers as lfd  # noqa: E402
 from lossfloor.objective.targets import make_target, target_error_factor, x0_from_prediction  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 F64 = torch.float64
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 PREDICTIONS = ("epsilon", "v_prediction", "sample")

@@ -5,8 +5,9 @@ import pytest
 
 from lossfloor.data.load import load_dataset
 from lossfloor.floor.config import EstimatorConfig
-from lossfloor.floor.curve import ZERO_FLOOR, OptimalLossCurve, _from_z, _to_z
+from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.floor.estimator import Estimator
+from lossfloor.floor.interpolation import ZERO_FLOOR, _from_z, _to_z
 from lossfloor.floor.reference import two_point_optimal_loss
 from lossfloor.objective.objective import get_objective
 

@@ -24,7 +24,7 @@ from lossfloor.train.sampler import ScheduleSampler
 from lossfloor.train.schedules import SCHEDULES, apply_schedule, schedule_names
 from lossfloor.train.trainer import TrainConfig, Trainer, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ModelConfig("mlp", (2,), width=32, depth=1)
 V = 0.25  # variance of the synthetic data per dimension
 
