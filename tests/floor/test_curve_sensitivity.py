@@ -5,7 +5,7 @@ import pytest
 
 from lossfloor.data.load import load_dataset
 from lossfloor.floor.config import EstimatorConfig
-from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.curve import LINEAR_SE, OptimalLossCurve
 from lossfloor.floor.estimator import Estimator
 from lossfloor.floor.interpolation import ZERO_FLOOR, _from_z, _to_z
 from lossfloor.floor.reference import two_point_optimal_loss
@@ -61,11 +61,13 @@ def _central(curve, obj, i, h):
 @pytest.mark.parametrize("which", list(CURVES))
 def test_sensitivity_is_the_derivative_of_the_total(which, name):
     """Central differences at steps h and h/2 (truncation error ~h^2): the derivative lies within
-    |D(h) - D(h/2)| (three times D(h/2)'s estimated truncation error) plus the rounding of the totals."""
+    |D(h) - D(h/2)| (three times D(h/2)'s estimated truncation error) plus the rounding of the totals, at
+    every level whose stderr is at most LINEAR_SE of it (elsewhere the secant: the next test)."""
     curve, obj = CURVES[which](), get_objective(name)
     sens = curve.sensitivity(obj)
     total = curve.total(obj, warn=False).value
-    positive = np.flatnonzero(curve.loss > ZERO_FLOOR * curve.data_variance)
+    positive = np.flatnonzero((curve.loss > ZERO_FLOOR * curve.data_variance)
+                              & (curve.stderr <= LINEAR_SE * curve.loss))
     assert len(positive) >= 8
     for i in positive:
         coarse, _ = _central(curve, obj, i, STEP)
@@ -107,3 +109,35 @@ def test_zero_level_sensitivity_is_the_secant_over_its_stderr():
     se = np.where(curve.loss == 0, 0.0, curve.stderr)
     no_stderr = OptimalLossCurve(curve.sigma, curve.loss, se, 1.0, 2, 1)
     assert np.all(no_stderr.sensitivity(obj)[zero] == 0)
+
+
+@pytest.mark.parametrize("name", ["edm", "flow"])
+def test_noisy_level_sensitivity_is_the_secant_over_its_range(name):
+    # Where a level's stderr exceeds LINEAR_SE of it (digits at 64 queries: the tail levels), the sensitivity
+    # is the secant of the total over [max(J - se, 0), J + se], every total recomputed.
+    curve, obj = digits(), get_objective(name)
+    sens = curve.sensitivity(obj)
+    wide = np.flatnonzero((curve.loss > 0) & (curve.stderr > LINEAR_SE * curve.loss))
+    assert len(wide) >= 2
+    for i in wide:
+        lo, hi = max(curve.loss[i] - curve.stderr[i], 0.0), curve.loss[i] + curve.stderr[i]
+        t = [_moved(curve, i, x).total(obj, warn=False).value for x in (lo, hi)]
+        assert sens[i] == pytest.approx((t[1] - t[0]) / (hi - lo), rel=1e-9, abs=0)
+
+
+def test_sensitivity_cannot_explode_at_a_numerically_zero_level():
+    # The issue's class-conditional total: one tail level at J ~ 2.6e-17 with a stderr far above it made
+    # d total / d J ~ -5e7 through the tail scale (d a / d J ~ 1 / J), and the total's Monte-Carlo stderr 10x
+    # the unconditional one.  Its contribution to the Monte-Carlo error is now at most the change of the total
+    # over the level's range, and the total's stderr stays of the order of the clean curve's.
+    clean = two_point(33)
+    i = int(np.flatnonzero(clean.loss < 1e-12)[-1]) + 1  # the first level above 1e-12, in the tail fit
+    loss, se = clean.loss.copy(), clean.stderr.copy()
+    loss[i], se[i] = 2.6e-17, 1e-10
+    noisy = OptimalLossCurve(clean.sigma, loss, se, 1.0, 2, 1)
+    for name in ("edm", "flow"):
+        obj = get_objective(name)
+        sens = noisy.sensitivity(obj)
+        t = [_moved(noisy, i, x).total(obj, warn=False).value for x in (0.0, loss[i] + se[i])]
+        assert abs(sens[i] * se[i]) <= abs(t[1] - t[0]) * (1 + 1e-9)
+        assert noisy.total(obj, warn=False).mc_stderr <= 2 * clean.total(obj, warn=False).mc_stderr

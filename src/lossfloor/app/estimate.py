@@ -16,9 +16,10 @@ from lossfloor.data.dataset import Dataset
 from lossfloor.data.load import load_dataset
 from lossfloor.data.rows import load_rows_dataset
 from lossfloor.floor.config import DEFAULT_QUERIES, EstimatorConfig, LevelEstimate
-from lossfloor.floor.curve import OptimalLossCurve, TotalLoss
+from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.floor.distributed import init_from_env, is_main_process, main_only, rank_device
 from lossfloor.floor.estimator import Estimator
+from lossfloor.floor.totals import TotalLoss
 from lossfloor.objective.objective import Objective, get_objective
 
 ESTIMATE_FILES = ("optimal_loss.json", "optimal_loss.csv", "optimal_loss.png")
@@ -103,7 +104,8 @@ class EstimateResult:
         lines += [f"{s:10.4g} {v:12.6g} {e:10.2g} {v / curve.data_variance:8.4f}"
                   for s, v, e in zip(curve.sigma, curve.loss, curve.stderr, strict=True)]
         lines.append(f"total optimal loss of {name}: {total.value:.6g} ± {total.stderr:.2g} per dimension "
-                     f"(Monte-Carlo {total.mc_stderr:.2g}, interpolation {total.interpolation_error:.2g}; "
+                     f"(Monte-Carlo {total.mc_stderr:.2g}, interpolation {total.interpolation_error:.2g}, "
+                     f"below the grid {total.below_grid_error:.2g}; "
                      f"{total.extrapolated:.3g} of it from beyond the sigma grid)")
         coverage = curve.coverage(self.objective)
         warnings = [] if coverage.supported else [f"warning: {coverage.message}"]
@@ -263,6 +265,7 @@ def run_estimate(run: EstimateRun, progress: bool = True) -> EstimateResult | No
     curve.save(files[0], estimator=s.estimator, objective=obj.name, objective_spec=obj.to_dict(),
                total=total.value, total_stderr=total.stderr, total_extrapolated=total.extrapolated,
                total_mc_stderr=total.mc_stderr, total_interpolation_error=total.interpolation_error,
+               total_below_grid_error=total.below_grid_error,
                data=run.dataset.describe(), scaling=run.dataset.scaling)
     (out / PARTIAL_FILE).unlink(missing_ok=True)
     return EstimateResult(curve, total, obj, files)

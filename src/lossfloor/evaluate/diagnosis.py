@@ -10,14 +10,14 @@ from __future__ import annotations
 import csv
 import io
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lossfloor.floor.config import LevelEstimate, level_generator, stratified_sources
-from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.curve import MODEL_KIND, OptimalLossCurve
 from lossfloor.nets.denoiser import x0_loss
 from lossfloor.objective.objective import Objective
 
@@ -91,7 +91,8 @@ def model_curve(denoiser, x: Tensor, sigmas, queries: int, seed: int = 0, progre
     rows = x.reshape(len(x), -1).double()
     variance = rows.var(0, unbiased=False).mean().item()
     return OptimalLossCurve([e.sigma for e in levels], [e.loss for e in levels], [e.stderr for e in levels],
-                            variance, len(x), rows.shape[1], settings={"queries": queries, "seed": seed})
+                            variance, len(x), rows.shape[1],
+                            settings={"queries": queries, "seed": seed, "kind": MODEL_KIND})
 
 
 def compare(model: OptimalLossCurve, optimal: OptimalLossCurve) -> list[LevelGap]:
@@ -137,11 +138,15 @@ class Diagnosis:
 
 
 def totals(model: OptimalLossCurve, optimal: OptimalLossCurve, objective: Objective) -> dict:
-    """The objective's total model loss, total optimal loss and total gap, per dimension."""
+    """The objective's total model loss, total optimal loss and total gap, per dimension (the model's loss
+    below the grid extrapolated as a model's, ~ sigma^2: `floor.interpolation.below_grid`)."""
+    if not model.is_model:
+        model = replace(model, settings={**model.settings, "kind": MODEL_KIND})
     m, o = model.total(objective), optimal.total(objective)
     return {"model": m.value, "model_stderr": m.stderr, "optimal": o.value, "optimal_stderr": o.stderr,
             "gap": m.value - o.value, "gap_stderr": math.hypot(m.stderr, o.stderr),
-            "model_extrapolated": m.extrapolated, "optimal_extrapolated": o.extrapolated}
+            "model_extrapolated": m.extrapolated, "optimal_extrapolated": o.extrapolated,
+            "model_below_grid_error": m.below_grid_error, "optimal_below_grid_error": o.below_grid_error}
 
 
 def diagnose(denoiser, objective: Objective, optimal: OptimalLossCurve, train_x: Tensor, *,

@@ -13,7 +13,6 @@ import torch
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_text
 from lossfloor.core.schema import check_curve_dict, read_json
-from lossfloor.core.stats import Estimate
 from lossfloor.floor.interpolation import (
     ZERO_FLOOR,
     _dot,
@@ -21,9 +20,20 @@ from lossfloor.floor.interpolation import (
     _monotone_bracket,
     _to_z,
     _total_of,
+    below_grid,
     interpolate_loss,
     tail_scale,
     tail_scale_gradient,
+)
+from lossfloor.floor.totals import (
+    COVERAGE_RTOL,
+    UNIFORM_SD_RATIO,
+    GridCoverage,
+    TotalLoss,
+    _below_grid_message,
+    _below_grid_supported,
+    _coverage_message,
+    _supported,
 )
 from lossfloor.objective.objective import Objective
 
@@ -32,18 +42,36 @@ from lossfloor.objective.objective import Objective
 # equal eigenvalues (z = 2 log sigma - log V), and right in a finite dataset's small-sigma tail, where J*
 # falls like exp(-d^2 / 8 sigma^2) and z is concave in log sigma (linear z underestimated the digits EDM
 # total by 0.9% at 32 levels; PCHIP's error falls like h^3..h^4).  A level that reads exactly 0 (below
-# float64 resolution) is floored at ZERO_FLOOR x V for the transform.  Beyond the grid z continues with
-# slope 2: J ~ J(s_min) (s/s_min)^2 below and V - J ~ (V - J(s_max)) (s_max/s)^2 above (the large-noise
-# expansion J* = V - tr(Cov^2) / (D s^2) + ...).
+# float64 resolution) is floored at ZERO_FLOOR x V for the transform.  Above the grid z continues with
+# slope 2: V - J ~ (V - J(s_max)) (s_max/s)^2 (the large-noise expansion J* = V - tr(Cov^2) / (D s^2) + ...).
 #
-# A total carries two error terms.  Monte-Carlo: the levels' standard errors propagated linearly,
+# Below the grid (`below_grid`) J is extrapolated from the two lowest levels (s0, J0), (s1, J1), with local
+# log-slope k = log(J1/J0) / log(s1/s0), between the known small-sigma behaviours: r = J / s^2 constant
+# (A = J0 (s/s0)^2: a smooth density, where J* ~ s^2, and a model's x0 loss, which is ~ c s^2), and, where
+# r falls (k > 2), a finite point set's tail J ~ s^p exp(-a / s^2), fitted through both levels (the tail
+# model of `tail_scale`, p = 2, for the estimate, the midpoint of the two; and p = 0, which falls faster
+# than any point set's J* (p = 1), for the error bound).  Where r rises (k < 2) the estimate is the
+# Gaussian-like curve rho s^2 / (1 + b s^2) of slope k at s0, and J* is bounded above by the single-crossing
+# property of the MMSE (d J*/d(1/s^2) <= -J*^2, so 1/J* - 1/s^2 does not increase as s falls):
+# J* <= U = s^2 / (1 + (1/J0 - 1/s0^2) s^2), which J* of Gaussian data attains, and below by r falling back
+# as far below r0 as 1 (J* <= s^2) is above it.  Where J0 > TAIL_FRACTION V the grid has not reached the
+# small-sigma regime and the bracket is [0, U].  A model's loss has no such bound: its estimate is the
+# midpoint of A and the power law J0 (s/s0)^k, its bracket the estimate -+ their distance.
+# The bracket, integrated under lambda p, is the total's below-the-grid error: it replaces the monotone
+# bracket [0, J0], which under a weight ~ 1/s^2 (flow
+# matching) for decades below s_min was vacuous.
+#
+# A total carries three error terms.  Monte-Carlo: the levels' standard errors propagated linearly,
 # sqrt(sum_i (dT/dJ_i se_i)^2), with dT/dJ_i from `sensitivity` (the tail scale a depends on the levels
-# too; at a level of 0, where T has no derivative, the secant over its standard error).  Interpolation:
+# too), or, where a level's standard error is not small against it (above LINEAR_SE of it, a level of 0
+# included), the secant of the total over [J_i - se_i, J_i + se_i] (clipped at 0): a derivative there is
+# meaningless (the tail scale's d a / d J ~ 1 / J explodes at numerically-zero levels).  Interpolation:
 # the total on the grid minus the total on each half grid (every other level, both ends kept), the larger
 # of the two divided by HALF_GRID_SAFETY (the half grid's error is 8-16x the grid's for an h^3..h^4
 # method; 4 is the smallest ratio seen on exact curves), capped by the monotone bracket (J* is
-# non-decreasing in sigma, so between two levels it lies between their values), plus the bracket bound of
-# the part beyond the grid: a bound, which enters the standard uncertainty as bound / sqrt(3) (`TotalLoss`).
+# non-decreasing in sigma, so between two levels it lies between their values), plus the monotone bracket
+# of the part above the grid.  Below the grid: the bracket above.  The last two are bounds, which enter
+# the standard uncertainty as bound / sqrt(3) (`TotalLoss`).
 TAIL_DECADES = 6.0
 QUADRATURE_NODES = 16001
 REDUCTIONS = ("mean", "sum")
@@ -52,45 +80,8 @@ HALF_GRID_SAFETY = 4.0
 MIN_LEVELS_FOR_HALF_GRID = 5  # fewer levels: the monotone bracket alone bounds the interpolation error
 DERIVATIVE_STEP = 1e-4  # central-difference step of `sensitivity`, relative to the gaps between levels
 MIN_RELATIVE_STEP = 1e-6  # the smallest gap the step is scaled to (equal levels: a kink, no derivative)
-UNIFORM_SD_RATIO = math.sqrt(3.0)  # half-width / standard deviation of a uniform distribution
-COVERAGE_RTOL = 0.01  # a grid supports a total if its interpolation error is below this fraction (or MC)
-
-
-@dataclass(frozen=True)
-class TotalLoss(Estimate):
-    """An objective's total optimal loss E_p[lambda J*] (per dimension): an `Estimate` (value, stderr).
-
-    stderr: the combined standard uncertainty, sqrt(mc_stderr^2 + interpolation_stderr^2).
-    extrapolated: the part of the value that comes from beyond the sigma grid.
-    mc_stderr: the levels' Monte-Carlo standard errors propagated (linearly) to the total.
-    interpolation_error: a bound on |error| from interpolating between (and beyond) the grid's levels (the
-        monotone bracket, a worst case, or the half-grid difference / HALF_GRID_SAFETY, a conservative
-        estimate), not a standard error.  Nothing more being known of the error than that it lies within
-        +-bound, it enters `stderr` as a uniform distribution on [-bound, bound] (GUM's type B rule): a
-        standard uncertainty of bound / sqrt(3), `interpolation_stderr`, added in quadrature to the
-        Monte-Carlo error, which is independent of it.  value +- sqrt(3) stderr thus always contains
-        value +- interpolation_error.
-    """
-
-    extrapolated: float = 0.0
-    mc_stderr: float = 0.0
-    interpolation_error: float = 0.0
-
-    @property
-    def interpolation_stderr(self) -> float:
-        """The interpolation bound as a standard uncertainty: bound / sqrt(3) (uniform on +-bound)."""
-        return self.interpolation_error / UNIFORM_SD_RATIO
-
-
-@dataclass(frozen=True)
-class GridCoverage:
-    """Whether a curve's sigma grid supports an objective's total, and with what estimated error."""
-
-    objective: str
-    total: TotalLoss
-    relative_error: float  # interpolation_error / |total|
-    supported: bool  # interpolation error <= max(rtol |total|, Monte-Carlo stderr)
-    message: str
+LINEAR_SE = 0.1  # a level with a larger relative stderr gets the secant over +-stderr as its sensitivity
+MODEL_KIND = "model"  # settings["kind"] of a model's loss curve (`diagnosis.model_curve`): no J* bounds
 
 
 @dataclass
@@ -123,7 +114,13 @@ class OptimalLossCurve:
         grid = np.log(self.sigma) if grid is None else grid
         loss = self.loss if loss is None else loss
         logit = self._logit() if logit is None else logit
-        return interpolate_loss(grid, loss, self.data_variance, ls, logit, tail=self._tail())
+        return interpolate_loss(grid, loss, self.data_variance, ls, logit, tail=self._tail(),
+                                model=self.is_model)
+
+    @property
+    def is_model(self) -> bool:
+        """Whether the levels are a model's loss (settings["kind"] == MODEL_KIND), not J*: no J* bounds."""
+        return self.settings.get("kind") == MODEL_KIND
 
     def _tail(self) -> float:
         """The small-sigma tail scale of this curve's levels (`tail_scale`)."""
@@ -175,62 +172,108 @@ class OptimalLossCurve:
         outside = (ls < grid[0]) | (ls > grid[-1])
         mc = float(np.sqrt(np.sum((self.sensitivity(objective, ls, coef) * self.stderr) ** 2)))
         interp = self._interpolation_error(ls, coef, values, logit)
+        below = self._below_grid_error(ls, coef)
         extrapolated = _dot(coef[outside], values[outside])
-        combined = math.hypot(mc, interp / UNIFORM_SD_RATIO)
-        total = TotalLoss(value * scale, combined * scale, extrapolated * scale, mc * scale, interp * scale)
-        if warn and not _supported(total):
-            warnings.warn(_coverage_message(objective.name, total, len(self.sigma)), stacklevel=2)
+        combined = math.hypot(mc, interp / UNIFORM_SD_RATIO, below / UNIFORM_SD_RATIO)
+        total = TotalLoss(value * scale, combined * scale, extrapolated * scale, mc * scale, interp * scale,
+                          below * scale)
+        if warn:
+            for message in self._problems(objective, total, scale):
+                warnings.warn(message, stacklevel=2)
         return total
+
+    def _below_grid_error(self, ls, coef) -> float:
+        """The bracket of `below_grid` integrated: sum over nodes below the grid of coef x the larger
+        distance from the estimate to an end of the bracket."""
+        grid = np.log(self.sigma)
+        below = ls < grid[0]
+        if not below.any():
+            return 0.0
+        est, lo, hi = below_grid(grid, self.loss, self.data_variance, ls[below], self.is_model)
+        return _dot(coef[below], np.maximum(est - lo, hi - est))
+
+    def below_grid_remedy(self, objective: Objective, target: float) -> float:
+        """A lower sigma_min after which the part of the total below the grid would be known to `target`
+        (per dimension), judged by the current bracket: the largest sigma below which the bracket, integrated,
+        is at most `target`, rounded down to 1, 2 or 5 times a power of 10."""
+        ls, coef = self._quadrature(objective)
+        grid = np.log(self.sigma)
+        below = ls < grid[0]
+        est, lo, hi = below_grid(grid, self.loss, self.data_variance, ls[below], self.is_model)
+        cum = np.cumsum(coef[below] * np.maximum(est - lo, hi - est))
+        ok = np.flatnonzero(cum <= target)
+        s = math.exp(ls[below][ok[-1]] if len(ok) else ls[below][0])
+        power = 10.0 ** math.floor(math.log10(s))
+        return max(m for m in (1.0, 2.0, 5.0) if m * power <= s * (1 + 1e-12)) * power
+
+    def _problems(self, objective: Objective, total: TotalLoss, scale: float = 1.0,
+                  rtol: float = COVERAGE_RTOL) -> list[str]:
+        """The warnings a total (of reduction `scale`) deserves: a grid too coarse for it, or too much of its
+        uncertainty from below the grid (then with a sigma_min that would do)."""
+        out = [] if _supported(total, rtol) else [_coverage_message(objective.name, total, len(self.sigma))]
+        if not _below_grid_supported(total, rtol):
+            target = 0.5 * max(rtol * abs(total.value), total.mc_stderr) / scale
+            remedy = self.below_grid_remedy(objective, target)
+            out.append(_below_grid_message(objective.name, total, float(self.sigma[0]), remedy))
+        return out
 
     def sensitivity(self, objective: Objective, ls=None, coef=None) -> np.ndarray:
         """d total / d J_i for every level (per dimension), the tail scale's dependence on the levels
-        included (see `_level_derivatives`); at a level of 0 (at most ZERO_FLOOR x V), where the total has no
-        derivative, the secant over [0, stderr] (0 without a stderr)."""
+        included (see `_level_derivatives`), where the level's standard error is at most LINEAR_SE of it;
+        elsewhere the secant of the total over the level's range [max(J_i - se_i, 0), J_i + se_i] (the upper
+        end at most 0.5 V above J_i), each total recomputed from scratch: a linear propagation is meaningless
+        where the total is not linear over +-1 SE (the tail scale's d a / d J ~ 1 / J explodes at
+        numerically-zero levels), and at a level of 0 (at most ZERO_FLOOR x V) the total has no derivative
+        (0 there without a stderr)."""
         if ls is None:
             ls, coef = self._quadrature(objective)
-        grid, v = np.log(self.sigma), self.data_variance
-        out = self._level_derivatives(ls, coef)
-        zero = np.flatnonzero((self.loss <= ZERO_FLOOR * v) & (self.stderr > 0))
-        if len(zero):
-            base = _total_of(grid, self.loss, v, ls, coef)
-            for i in zero:
-                up = min(self.stderr[i], 0.5 * v)
-                out[i] = (_total_of(grid, np.where(np.arange(len(grid)) == i, up, self.loss), v, ls, coef)
-                          - base) / up
+        grid, v, n = np.log(self.sigma), self.data_variance, len(self.sigma)
+        zero = self.loss <= ZERO_FLOOR * v
+        wide = (self.stderr > 0) & (zero | (self.stderr > LINEAR_SE * self.loss))
+        out = self._level_derivatives(ls, coef, skip=wide)
+        for i in np.flatnonzero(wide):
+            lo = 0.0 if zero[i] else max(self.loss[i] - self.stderr[i], 0.0)
+            hi = max(self.loss[i], 0.0) + min(self.stderr[i], 0.5 * v)
+            t = [_total_of(grid, np.where(np.arange(n) == i, x, self.loss), v, ls, coef, self.is_model)
+                 for x in (lo, hi)]
+            out[i] = (t[1] - t[0]) / (hi - lo)
         return out
 
-    def _level_derivatives(self, ls, coef) -> np.ndarray:
+    def _level_derivatives(self, ls, coef, skip=None) -> np.ndarray:
         """d total / d J_i at fixed tail scale plus d total / d a x d a / d J_i (a = `tail_scale`), each
         partial by a central difference in the transformed level z (or in log a) of DERIVATIVE_STEP times the
         gap to the nearer neighbouring z (at most 1): PCHIP's slopes bend on the scale of those gaps (and
         have kinks where they close), so the relative truncation error is ~ DERIVATIVE_STEP^2.  0 at levels
-        of 0."""
+        of 0 and where `skip`."""
         logit, v, grid, n = self._logit(), self.data_variance, np.log(self.sigma), len(self.sigma)
         tail, z = self._tail(), _to_z(self.loss, v, logit)
         gaps = np.abs(np.diff(z))
         gap = np.minimum(np.r_[np.inf, gaps], np.r_[gaps, np.inf])
         steps = DERIVATIVE_STEP * np.clip(gap, MIN_RELATIVE_STEP, 1.0)
-        out = np.zeros(n)
-        for i in np.flatnonzero(self.loss > ZERO_FLOOR * v):
+        out, model = np.zeros(n), self.is_model
+        todo = self.loss > ZERO_FLOOR * v
+        for i in np.flatnonzero(todo if skip is None else todo & ~skip):
             # PCHIP's slopes at i-1, i, i+1 (and an end slope two nodes away) depend on level i: it moves the
-            # curve only within two intervals of it, and the tail beyond the grid at either end.
-            lo = grid[i - 2] if i >= 2 else (-np.inf if i == 0 else grid[0])
+            # curve only within two intervals of it, the part below the grid (the two lowest levels) and the
+            # part above it (the highest).
+            lo = grid[i - 2] if i >= 2 else -np.inf
             hi = grid[i + 2] if i + 2 < n else (np.inf if i == n - 1 else grid[-1])
             near = (ls >= lo) & (ls <= hi)
             x = _from_z(z[i] + np.array([steps[i], -steps[i]]), v, logit)
             t = [_dot(coef[near], interpolate_loss(grid, np.where(np.arange(n) == i, xk, self.loss), v,
-                                                   ls[near], logit, tail=tail)) for xk in x]
+                                                   ls[near], logit, tail=tail, model=model)) for xk in x]
             out[i] = (t[0] - t[1]) / (x[0] - x[1])
         grad = tail_scale_gradient(grid, self.loss, v)
         if tail > 0 and np.any(grad):
-            keep = ls <= grid[-1]  # beyond the largest level the curve does not depend on a
+            keep = (ls >= grid[0]) & (ls <= grid[-1])  # beyond the grid the curve does not depend on a
             t = [_dot(coef[keep], interpolate_loss(grid, self.loss, v, ls[keep], logit, tail=tail * f))
                  for f in (math.exp(DERIVATIVE_STEP), math.exp(-DERIVATIVE_STEP))]
             out += (t[0] - t[1]) / (2 * math.sinh(DERIVATIVE_STEP) * tail) * grad
         return out
 
     def _interpolation_error(self, ls, coef, values, logit) -> float:
-        """Half-grid estimate inside the grid (capped by the monotone bracket) plus the bracket beyond it."""
+        """Half-grid estimate inside the grid (capped by the monotone bracket) plus the bracket above it (the
+        part below the grid is `_below_grid_error`'s)."""
         grid, v = np.log(self.sigma), self.data_variance
         lo, hi = _monotone_bracket(grid, self.loss, v, ls)
         bound = coef * np.maximum(values - lo, hi - values)
@@ -244,18 +287,19 @@ class OptimalLossCurve:
                 half = self._evaluate(ls[~outside], self.loss[keep], logit, grid[keep])
                 diffs.append(abs(value - _dot(coef[~outside], half)))
             inside = min(inside, max(diffs) / HALF_GRID_SAFETY)
-        return inside + float(np.sum(bound[outside]))
+        return inside + float(np.sum(bound[ls > grid[-1]]))
 
     def coverage(self, objective: Objective, rtol: float = COVERAGE_RTOL,
                  reduction: str = "mean") -> GridCoverage:
-        """Whether this grid supports the objective's total: its interpolation error is at most `rtol` of
-        the total or at most its Monte-Carlo standard error."""
+        """Whether this grid supports the objective's total: its interpolation error and its error from below
+        the grid are each at most `rtol` of the total or at most its Monte-Carlo standard error."""
         total = self.total(objective, reduction, warn=False)
         rel = total.interpolation_error / abs(total.value) if total.value else math.inf
-        ok = _supported(total, rtol)
-        msg = (f"{objective.name}: the grid supports the total (estimated interpolation error {rel:.2%})"
-               if ok else _coverage_message(objective.name, total, len(self.sigma)))
-        return GridCoverage(objective.name, total, rel, ok, msg)
+        problems = self._problems(objective, total, self._scale(reduction), rtol)
+        msg = "; ".join(problems) or (f"{objective.name}: the grid supports the total (estimated "
+                                      f"interpolation error {rel:.2%}, below the grid "
+                                      f"{total.below_grid_error:.2g})")
+        return GridCoverage(objective.name, total, rel, not problems, msg)
 
     def refinement_scores(self, objective: Objective) -> np.ndarray:
         """Per grid interval, the integral of lambda p |PCHIP - linear| (both in the transformed J*): where
@@ -318,15 +362,3 @@ def sigma_grid_coverage(objective: Objective, sigmas) -> tuple[float, float]:
         raise InputError(f"{objective.name}: {mass:.2g} of the noise density lies outside {support}; "
                          "widen the sigma grid")
     return lo, hi
-
-
-def _supported(total: TotalLoss, rtol: float = COVERAGE_RTOL) -> bool:
-    return total.interpolation_error <= max(rtol * abs(total.value), total.mc_stderr)
-
-
-def _coverage_message(name: str, total: TotalLoss, levels: int) -> str:
-    rel = total.interpolation_error / abs(total.value) if total.value else math.inf
-    return (f"{name}: the sigma grid ({levels} levels) is too coarse for this total: estimated "
-            f"interpolation error {total.interpolation_error:.3g} ({rel:.1%} of {total.value:.4g}, "
-            f"Monte-Carlo stderr {total.mc_stderr:.2g}); add levels where lambda p J* changes fastest "
-            "(OptimalLossCurve.refinement_scores) or use estimate --total-stderr")

@@ -150,6 +150,13 @@ class Estimator:
             total = curve.total(objective, warn=False)
             if total.stderr <= total_stderr:
                 break
+            if total.below_grid_stderr >= total_stderr:  # neither levels nor queries inside the grid help
+                remedy = curve.below_grid_remedy(objective, 0.5 * total_stderr)
+                warnings.warn(f"total stderr {total.stderr:.3g} > {total_stderr:.3g}: the loss below the "
+                              f"lowest level sigma = {curve.sigma[0]:.3g} alone is uncertain by "
+                              f"{total.below_grid_stderr:.2g}; lower --sigma-min to {remedy:.2g} or below",
+                              stacklevel=2)
+                break
             if (total.interpolation_error > interp_fraction * max(total.mc_stderr, total_stderr)
                     and len(grid) < max_levels):
                 scores = curve.refinement_scores(objective)
@@ -157,7 +164,7 @@ class Estimator:
                 grid = sorted(set(grid) | {math.sqrt(grid[i] * grid[i + 1]) for i in worst})
                 curve = self.curve(grid, seed, done, on_level, progress)
             else:
-                room = total_stderr**2 - total.interpolation_stderr**2
+                room = total_stderr**2 - total.interpolation_stderr**2 - total.below_grid_stderr**2
                 target = math.sqrt(max(room, (0.5 * total_stderr) ** 2))
                 queries = _neyman_queries(curve, objective, 0.95 * target, base)
                 grown = [i for i, q in enumerate(queries) if q > curve.settings["queries_used"][i]]
