@@ -38,7 +38,7 @@ def test_coverage_check_without_a_fake_curve():
 
 def test_estimate_runs_and_writes_its_files(tmp_path):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(40, 2)))
-    settings = EstimateSettings(data=str(tmp_path / "x.npy"), sigmas="0.1,1,10", queries=32,
+    settings = EstimateSettings(data=str(tmp_path / "x.npy"), sigmas=(0.1, 1, 10), queries=32,
                                          out=str(tmp_path / "out"))
     run = prepare_estimate(settings)
     assert not (tmp_path / "out").exists() and run.queries == 32 and run.main

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +21,14 @@ DTYPES = ("float32", "float64")
 # -- shared checks ----------------------------------------------------------------------------
 
 
-def parse_sigmas(sigmas: str | None, sigma_min: float | None = None, sigma_max: float | None = None,
-                 num_sigmas: int | None = None) -> list[float]:
-    """The sigma grid: an explicit comma list, or geometric from --sigma-min to --sigma-max."""
+def parse_sigmas(sigmas: Sequence[float] | None, sigma_min: float | None = None,
+                 sigma_max: float | None = None, num_sigmas: int | None = None) -> list[float]:
+    """The sigma grid: explicit levels (`--sigmas`, parsed by its click type), or geometric from --sigma-min
+    to --sigma-max."""
     if sigmas is not None:
         if (sigma_min, sigma_max, num_sigmas) != (None, None, None):
             raise InputError("give either --sigmas or --sigma-min/--sigma-max/--num-sigmas, not both")
-        try:
-            grid = [float(s) for s in sigmas.split(",") if s.strip()]
-        except ValueError:
-            raise InputError(f"--sigmas: expected comma-separated numbers, got {sigmas!r}") from None
+        grid = [float(s) for s in sigmas]
         if not grid:
             raise InputError("--sigmas: no noise levels given")
     else:

@@ -43,7 +43,7 @@ class EstimateSettings:
     flip: bool = False
     class_conditional: bool = False
     objective: str = "edm"
-    sigmas: str | None = None
+    sigmas: tuple[float, ...] | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
     num_sigmas: int | None = None

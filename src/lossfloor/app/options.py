@@ -40,7 +40,7 @@ class Real(click.FloatRange):
 
 
 class RealList(click.ParamType):
-    """A comma-separated list of numbers, each a `Real` of the given range; passed on as given."""
+    """A comma-separated list of numbers, each a `Real` of the given range, as a tuple of floats."""
 
     name = "list"
 
@@ -51,12 +51,13 @@ class RealList(click.ParamType):
         items = [v.strip() for v in str(value).split(",") if v.strip()]
         if not items:
             self.fail("expected comma-separated numbers, got none", param, ctx)
+        values = []
         for v in items:
             try:
-                self.item.convert(v, None, None)
+                values.append(float(self.item.convert(v, None, None)))
             except click.BadParameter as err:
                 self.fail(f"{v!r}: {err.message}", param, ctx)
-        return value
+        return tuple(values)
 
 
 SIGMA_RANGE = (1e-8, 1e8)  # noise levels: float32 kernels and samplers stay finite well beyond EDM's range
