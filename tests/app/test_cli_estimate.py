@@ -40,6 +40,7 @@ def points(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_happy_path_writes_json_csv_png(tmp_path, capsys):
     out = tmp_path / "out"
     code, stdout, _ = run(["--data", "ring", "--n", 300, "--sigmas", SIGMAS, "--objective", "flow",
@@ -71,6 +72,7 @@ def test_default_grid_covers_every_preset():
         assert np.isfinite(curve.total(get_objective(name)).value)  # raises if p(sigma) leaks off the grid
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_recomputing(tmp_path, capsys, monkeypatch, points):
     args = ["--data", points, "--sigmas", "0.1,0.3,1,3,10", "--queries", 40, "--seed", 3]
     assert run([*args, "--out", tmp_path / "whole"], capsys)[0] == 0
@@ -195,6 +197,7 @@ def test_class_conditional_and_flip(tmp_path, capsys):
     assert doc["scaling"]["formula"] == "x / 8 - 1"
 
 
+@pytest.mark.slow
 def test_console_script_reports_errors_on_one_line(tmp_path):
     script = Path(sys.executable).with_name("lossfloor")
     proc = subprocess.run([script, "estimate", "--sigmas", "-1", "--out", tmp_path / "o"],

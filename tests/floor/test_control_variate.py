@@ -30,6 +30,7 @@ def _reference(x, sigma: float):
     return level.loss, level.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma", [1.5, 4.0])
 def test_unbiased_with_an_honest_stderr(clusters, sigma):
     """Over 12 seeds the estimates scatter around the reference as their own stderrs say: the mean z is
@@ -95,6 +96,7 @@ def test_config_needs_target_and_min_queries():
         EstimatorConfig("cdol", target_stderr=0.01, min_queries=32, control_subset=100)
 
 
+@pytest.mark.slow
 def test_cli_records_control_queries_and_resumes_to_the_same_numbers(tmp_path, clusters):
     path = tmp_path / "clusters.npy"
     np.save(path, clusters.numpy())

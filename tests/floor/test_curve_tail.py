@@ -53,6 +53,7 @@ def ring_curves():
                           dtype=torch.float64).curve(grid, seed=0) for cc in (False, True)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("class_conditional", [False, True])
 @pytest.mark.parametrize("sigma_min", [0.002, 0.005, 0.01, 0.1])
 def test_ring_below_the_grid(ring_curves, class_conditional, sigma_min):

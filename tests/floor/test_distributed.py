@@ -63,6 +63,7 @@ def _single_process(case: str) -> dict:
     return _levels(_data(), labels=np.arange(301) % 3 if case == "classes" else None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["plain", "numpy", "classes"])
 @pytest.mark.parametrize("estimator", ["full", "cdol"])
 def test_two_ranks_equal_single_process(two_rank_result, estimator, case):

@@ -166,6 +166,7 @@ def test_resume_without_a_checkpoint_does_not_duplicate_rows(tmp_path, reference
     assert_same_run(out, reference)
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_refuses_without_touching_the_logs(tmp_path, reference, capsys):
     out = tmp_path / "run"
     for name in (*LOGS, "checkpoint.pt"):

@@ -176,6 +176,7 @@ def test_train_refuses_to_clobber_and_checks_resume(tmp_path):
         Trainer(torch.zeros(4, 3), "edm", TINY)
 
 
+@pytest.mark.slow
 def test_training_reaches_the_gaussian_optimum():
     """On Gaussian data N(0, s^2 I) the optimal x0 loss is s^2 sigma^2 / (s^2 + sigma^2) per dimension."""
     s, sigma, n = 0.5, 0.5, 4096
