@@ -50,7 +50,7 @@ def run(rows: torch.Tensor, name: str, config: EstimatorConfig, sigma: float, se
     level = est.level(float(sigma), seed=seed)
     seconds = time.perf_counter() - start
     n, dim = est.data.n, est.data.dim
-    width = n if config.estimator == "full" else config.subset_size(n)
+    width = config.strategy.cost(config, n)  # data rows behind one query
     flops = 4.0 * level.queries * width * dim
     return {"name": name, "sigma": float(sigma), "loss": level.loss, "stderr": level.stderr,
             "queries": level.queries, "flops": flops, "seconds": seconds, "gflops": flops / seconds / 1e9,

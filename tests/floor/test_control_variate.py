@@ -12,7 +12,7 @@ from lossfloor.app.cli import main
 from lossfloor.floor.config import EstimatorConfig, stratified_sources
 from lossfloor.floor.estimator import Estimator
 from lossfloor.floor.matrix import DataMatrix
-from lossfloor.floor.values import _features, _noisy
+from lossfloor.floor.values import _features, noisy
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_features_have_mean_zero(clusters):
     g = torch.Generator().manual_seed(1)
     idx = stratified_sources(data.n, 20000, g)
     x_src = data.centered_rows(idx)
-    _, eps = _noisy(x_src, 0.7, g, with_noise=True)
+    _, eps = noisy(x_src, 0.7, g, with_noise=True)
     f = _features(x_src, eps, data)
     z = f.mean(0) / (f.std(0) / math.sqrt(len(f)))
     assert torch.all(z.abs() < 4), z

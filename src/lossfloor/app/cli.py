@@ -18,6 +18,7 @@ from lossfloor.app.options import SEED, SIGMA, SIGMAS, Integer, Real
 from lossfloor.app.sample import SampleSettings, run_sample
 from lossfloor.app.train import TrainSettings, prepare_train, run_train
 from lossfloor.core.errors import InputError
+from lossfloor.core.registry import Registry
 from lossfloor.data.dataset import SPLITS
 from lossfloor.data.load import BUILTIN
 from lossfloor.evaluate.diagnosis import violation_message
@@ -29,7 +30,7 @@ from lossfloor.objective.targets import TARGETS
 from lossfloor.objective.weights import WEIGHTS
 from lossfloor.studies import scaling as scaling_lib
 from lossfloor.studies import schedule as schedule_lib
-from lossfloor.train.schedules import schedule_names
+from lossfloor.train.schedules import SCHEDULES
 
 EST, TRAIN, SAMPLE, DIAG = (EstimateSettings(), TrainSettings(), SampleSettings(),
                             DiagnoseSettings())
@@ -57,9 +58,22 @@ OBJECTIVE_HELP = (f"a preset ({' '.join(objective_names())}) or <preset>-<target
                   f"{{{','.join(TARGETS)}}}, weight in {{{','.join(WEIGHTS)}}}")
 
 
+class RegistryChoice(click.Choice):
+    """A click choice over a `Registry`'s names, read when the option is parsed, so that an entry registered
+    after this module was imported is a choice too."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.registry)
+
+
 def choice(names) -> click.Choice:
-    """A click choice over a library registry (a tuple of names or a dict)."""
-    return click.Choice(list(names))
+    """A click choice over a library registry (a `Registry`, or a fixed tuple of names or a dict)."""
+    return RegistryChoice(names) if isinstance(names, Registry) else click.Choice(list(names))
 
 
 def data_options(defaults):
@@ -115,8 +129,7 @@ def study():
 @click.option("--sigma-min", type=SIGMA, help=f"smallest level of the geometric grid [{GRID[0]}]")
 @click.option("--sigma-max", type=SIGMA, help=f"largest level of the geometric grid [{GRID[1]}]")
 @click.option("--num-sigmas", type=LEVELS, help=f"levels of the geometric grid [{GRID[2]}]")
-@click.option("--estimator", type=choice(ESTIMATORS), default=EST.estimator,
-              help="full: exact posterior over all N points; cdol/dol/snis: over a random subset of L points")
+@click.option("--estimator", type=choice(ESTIMATORS), default=EST.estimator, help=ESTIMATORS.summary())
 @click.option("--queries", type=QUERIES, help=f"Monte-Carlo queries per level [min(N, {DEFAULT_QUERIES})]")
 @click.option("--queries-per-point", type=Real(0, 1 << 20, lo_open=True),
               help="queries per level as a multiple of N")
@@ -136,8 +149,7 @@ def study():
                    "is known to this standard uncertainty (per dimension; Monte-Carlo and interpolation)")
 @click.option("--subset", type=Integer(2), help="subset size L of cdol/dol/snis [min(N, 4096)]")
 @click.option("--C", "C", type=Real(1), help="cdol's down-weighting of the query's own point [4N/L]")
-@click.option("--form", type=choice(FORMS), default=EST.form,
-              help="rb: posterior variance per query (Rao-Blackwellised); global: the paper's A - B")
+@click.option("--form", type=choice(FORMS), default=EST.form, help=FORMS.summary())
 @click.option("--seed", type=SEED, default=EST.seed, help="seed of the noisy queries")
 @click.option("--dtype", type=choice(DTYPES), default=EST.dtype, help="precision of the kernel")
 @device_option
@@ -166,10 +178,11 @@ def estimate(progress, **options):
 @click.option("--data", default=TRAIN.data, help=DATA_HELP)
 @data_options(TRAIN)
 @click.option("--objective", default=TRAIN.objective, help=OBJECTIVE_HELP)
-@click.option("--schedule", type=choice(schedule_names()), default=TRAIN.schedule,
+@click.option("--schedule", type=choice(SCHEDULES), default=TRAIN.schedule,
               help="loss weight and noise density (docs/theory.md#training-schedules)")
 @click.option("--curve", type=PATH, help="optimal_loss.json of the training data (optimal-loss schedules)")
-@click.option("--model", type=choice(MODELS), help="network [unet for images, mlp otherwise]")
+@click.option("--model", type=choice(MODELS),
+              help=f"network [unet for images, mlp otherwise]; {MODELS.summary()}")
 @click.option("--width", type=Integer(1, 8192), help="hidden width (mlp) or base channels (unet) [256 / 32]")
 @click.option("--depth", type=Integer(1, 256), help="residual blocks of the mlp [3]")
 @click.option("--steps", type=COUNT, default=TRAIN.steps, help="optimisation steps in all")
@@ -201,7 +214,7 @@ def train(progress, **options):
 @click.option("--checkpoint", required=True, type=PATH, help="a checkpoint.pt (or its folder)")
 @click.option("--n", type=Integer(1, 4096), default=SAMPLE.n, help="number of samples (drawn as one batch)")
 @click.option("--steps", type=LEVELS, default=SAMPLE.steps, help="sigma levels of the sampler")
-@click.option("--sampler", type=choice(SAMPLERS), default=SAMPLE.sampler, help="ODE (heun) or SDE sampler")
+@click.option("--sampler", type=choice(SAMPLERS), default=SAMPLE.sampler, help=SAMPLERS.summary())
 @click.option("--sigma-min", type=SIGMA, default=SAMPLE.sigma_min, help="smallest noise level")
 @click.option("--sigma-max", type=SIGMA, default=SAMPLE.sigma_max, help="largest noise level")
 @click.option("--seed", type=SEED, default=SAMPLE.seed, help="seed of the initial noise")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from lossfloor.core.errors import InputError
+
 
 @dataclass
 class Registry:
@@ -29,6 +31,12 @@ class Registry:
             raise KeyError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.entries)}")
         return self.entries[name][0]
 
+    def require(self, name: str) -> Callable:
+        """The factory under `name` (a user's choice), or an `InputError` that names the choices."""
+        if name not in self.entries:
+            raise InputError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.entries)}")
+        return self.entries[name][0]
+
     def __contains__(self, name: object) -> bool:
         return name in self.entries
 
@@ -43,3 +51,7 @@ class Registry:
 
     def description(self, name: str) -> str:
         return self.entries[name][1]
+
+    def summary(self, separator: str = "; ") -> str:
+        """Every entry as "name: description" (a CLI option's help)."""
+        return separator.join(f"{name}: {text}" if text else name for name, (_, text) in self.entries.items())

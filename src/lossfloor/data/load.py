@@ -19,7 +19,7 @@ from lossfloor.core.errors import InputError
 from lossfloor.data.arrays import _npz, _scaled_array, read_npy
 from lossfloor.data.dataset import FASHION_DIR, SPLITS, Dataset, NoTestSplit, _flipped, _make, _subsample
 from lossfloor.data.images import _digits, _fashion, _image_folder
-from lossfloor.data.toys import TOY_SIZE, TOYS, _toy
+from lossfloor.data.toys import TOY_SIZE, TOYS, load_toy
 
 BUILTIN = ("digits", "fashion-mnist", *TOYS)
 
@@ -39,7 +39,7 @@ def load_dataset(name: str = "digits", *, data_dir=None, split: str = "train", f
     if data_dir is not None and name != "fashion-mnist":
         raise InputError("--data-dir applies to fashion-mnist only")
     if name in TOYS:
-        ds = _toy(name, split, n if n is not None else TOY_SIZE, seed)
+        ds = load_toy(name, split, n if n is not None else TOY_SIZE, seed)
     else:
         if name == "digits":
             x, labels, scaling, source, classes = _digits(split)

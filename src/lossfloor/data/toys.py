@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from lossfloor.core.registry import Registry
 from lossfloor.data.dataset import Dataset, _make
 
-TOYS = ("gaussian", "clusters", "ring", "swiss-roll", "waves")
 TOY_SIZE = 10_000  # points drawn by default: `lossfloor estimate --data ring` finishes in about a minute
 
 
 # -- 2-D toys (the comparative-study paper's generators) ------------------------------------------
 
 
-def _toy(name, split, n, seed) -> Dataset:
-    train_points, labels = TOY_GENERATORS[name](n, np.random.default_rng([seed, 0]))
+def load_toy(name, split, n, seed) -> Dataset:
+    """n points of the toy `name` (a `TOYS` entry), standardised with the train draw's statistics."""
+    generate = TOYS[name]
+    train_points, labels = generate(n, np.random.default_rng([seed, 0]))
     mean, std = train_points.mean(0), train_points.std(0)
     if split == "test":
-        points, labels = TOY_GENERATORS[name](n, np.random.default_rng([seed, 1]))
+        points, labels = generate(n, np.random.default_rng([seed, 1]))
     else:
         points = train_points
     scaling = {"kind": "standardise", "formula": "(x - mean) / std per coordinate (train-draw statistics)",
@@ -36,6 +38,7 @@ def _shuffled(points, labels, rng):
 
 
 def _gaussian(n, rng):
+    """A standard 2-D Gaussian."""
     return rng.standard_normal((n, 2)), None
 
 
@@ -73,5 +76,10 @@ def _waves(n, rng):
     return _shuffled(np.concatenate(points), np.concatenate(labels), rng)
 
 
-TOY_GENERATORS = {"gaussian": _gaussian, "clusters": _clusters, "ring": _ring, "swiss-roll": _swiss_roll,
-                  "waves": _waves}
+TOYS = Registry("toy dataset")
+"""Toy name -> generate(n, rng) -> (points (n, 2), labels or None), before standardising (`load_toy`)."""
+TOYS.add("gaussian", _gaussian, "a standard 2-D Gaussian")
+TOYS.add("clusters", _clusters, "4 unit Gaussians at (+-5, +-5), labelled")
+TOYS.add("ring", _ring, "two intersecting rings of radius 4, labelled")
+TOYS.add("swiss-roll", _swiss_roll, "sklearn's swiss roll in the (x, z) plane")
+TOYS.add("waves", _waves, "two parallel sine waves, labelled")

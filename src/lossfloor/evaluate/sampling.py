@@ -16,10 +16,28 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lossfloor.core.errors import InputError
+from lossfloor.core.registry import Registry
 from lossfloor.objective.objective import get_objective
 from lossfloor.objective.targets import prediction_from_x0
 
-SAMPLERS = ("heun", "euler_maruyama")
+
+def heun_step(denoiser, x: Tensor, s: float, s_next: float, d: Tensor, noise) -> Tensor:
+    """One Heun step of the probability-flow ODE from sigma = s to s_next > 0 (d = dx/dsigma at s)."""
+    x_next = x + (s_next - s) * d
+    d_next = (x_next - denoiser(x_next, s_next)) / s_next
+    return x + (s_next - s) * 0.5 * (d + d_next)
+
+
+def euler_maruyama_step(denoiser, x: Tensor, s: float, s_next: float, d: Tensor, noise) -> Tensor:
+    """One Euler-Maruyama step of the reverse SDE from sigma = s to s_next > 0 (`noise()` draws z)."""
+    return x + 2 * (s_next - s) * d + (2 * s * (s - s_next)) ** 0.5 * noise()
+
+
+SAMPLERS = Registry("sampler")
+"""Sampler name -> step(denoiser, x, s, s_next, d, noise) from sigma = s to s_next > 0 (`sample` walks the
+grid and ends with one denoising step to sigma = 0)."""
+SAMPLERS.add("heun", heun_step, "probability-flow ODE, Heun's method (deterministic)")
+SAMPLERS.add("euler_maruyama", euler_maruyama_step, "reverse SDE, Euler-Maruyama (stochastic)")
 
 
 def karras_sigmas(steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -38,8 +56,7 @@ def karras_sigmas(steps: int = 18, sigma_min: float = 0.002, sigma_max: float = 
 def sample(denoiser, shape, sigmas: Tensor | None = None, *, method: str = "heun",
            generator: torch.Generator | None = None, device="cpu", progress: bool = False) -> Tensor:
     """Draw samples of `shape` = (n, *data_shape) from x ~ N(0, sigma_max^2 I) down the grid `sigmas`."""
-    if method not in SAMPLERS:
-        raise InputError(f"unknown sampler {method!r}; choose from {', '.join(SAMPLERS)}")
+    step = SAMPLERS.require(method)
     sigmas = karras_sigmas() if sigmas is None else torch.as_tensor(sigmas, dtype=torch.float64)
     noise = lambda: torch.randn(shape, generator=generator).to(device)  # noqa: E731 (CPU draws: device-independent)
     x = noise() * float(sigmas[0])
@@ -48,12 +65,8 @@ def sample(denoiser, shape, sigmas: Tensor | None = None, *, method: str = "heun
         d = (x - denoiser(x, s)) / s
         if s_next == 0:  # the last step lands on the denoised estimate
             x = x - s * d
-        elif method == "heun":
-            x_next = x + (s_next - s) * d
-            d_next = (x_next - denoiser(x_next, s_next)) / s_next
-            x = x + (s_next - s) * 0.5 * (d + d_next)
         else:
-            x = x + 2 * (s_next - s) * d + (2 * s * (s - s_next)) ** 0.5 * noise()
+            x = step(denoiser, x, s, s_next, d, noise)
     return x
 
 

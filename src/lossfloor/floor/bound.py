@@ -16,7 +16,7 @@ from lossfloor.floor.matrix import DataMatrix
 ZERO_BOUND_SOURCES = 256  # sources behind an all-zero level's bound (each costs a pass over the data)
 
 
-def _spread_sample(idx: Tensor, k: int) -> Tensor:
+def spread_sample(idx: Tensor, k: int) -> Tensor:
     """At most k entries of idx, evenly spaced (a systematic sample)."""
     return idx if len(idx) <= k else idx[torch.linspace(0, len(idx) - 1, k).round().long()]
 

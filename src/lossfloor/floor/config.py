@@ -1,22 +1,49 @@
-"""Estimator settings (`EstimatorConfig`), one level's result (`LevelEstimate`) and the seeding of a level."""
+"""Estimator settings (`EstimatorConfig`), the `ESTIMATORS` and `FORMS` registries, one level's result
+(`LevelEstimate`) and the seeding of a level."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from lossfloor.core.errors import InputError
+from lossfloor.core.registry import Registry
 from lossfloor.floor.kernel import (
     DEFAULT_CHUNK,
+    PosteriorStats,
 )
 
-ESTIMATORS = ("full", "cdol", "dol", "snis")
-FORMS = ("rb", "global")
+if TYPE_CHECKING:
+    from lossfloor.floor.matrix import DataMatrix
+    from lossfloor.floor.strategies import EstimatorStrategy
+
+ESTIMATORS = Registry("estimator")
+"""Estimator name -> factory of its `strategies.EstimatorStrategy` (the built-in ones are registered in
+`lossfloor.floor.strategies`, which the package imports)."""
+
+
+def rb_values(stats: PosteriorStats, data: DataMatrix) -> Tensor:
+    """Each query's posterior variance tr Var(x0 | x~) (Rao-Blackwellised)."""
+    return stats.variance()
+
+
+def global_values(stats: PosteriorStats, data: DataMatrix) -> Tensor:
+    """The paper's A - B per query: the data's mean square minus ||E[x0 | x~]||^2."""
+    return data.mean_sq - stats.mean().pow(2).sum(1)
+
+
+FORMS = Registry("form")
+"""Per-query form -> its values (summed over dimensions) from a query's posterior moments."""
+FORMS.add("rb", rb_values, "posterior variance per query (Rao-Blackwellised)")
+FORMS.add("global", global_values, "the paper's A - B (suffers cancellation where both are near A)")
+
 DEFAULT_QUERIES = 4096  # queries per sigma level; the CLI caps it at N (one query per data point)
 # Adaptive rounds aim at MARGIN x the queries the measured spread says the target needs, half of the rest at a
 # time, so that the last rounds are sized from a well-measured spread.
@@ -48,10 +75,8 @@ class EstimatorConfig:
     control_subset: int | None = None
 
     def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise InputError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
-        if self.form not in FORMS:
-            raise InputError(f"unknown form {self.form!r}; choose from {', '.join(FORMS)}")
+        strategy = self.strategy  # resolved once; unknown names are refused here
+        FORMS.require(self.form)
         optional = tuple(k for k in ("subset", "min_queries", "control_subset")
                          if getattr(self, k) is not None)
         for name in ("queries", "batch_size", "chunk_size", "max_queries") + optional:
@@ -69,11 +94,12 @@ class EstimatorConfig:
             raise InputError(f"subset size L must be at least 2, got {self.subset}")
         if self.min_queries is not None and not 2 <= self.min_queries <= self.max_queries:
             raise InputError(f"min_queries must be in [2, max_queries], got {self.min_queries}")
-        if self.control_subset is not None and (self.control_subset < 2 or self.estimator != "full"
+        if self.control_subset is not None and (self.control_subset < 2 or not strategy.control_variates
                                                 or self.target_stderr is None or self.min_queries is None):
-            raise InputError(f"control_subset must be >= 2 and needs the full estimator with target_stderr "
-                             f"and min_queries, got {self.control_subset} ({self.estimator}, "
-                             f"target_stderr={self.target_stderr}, min_queries={self.min_queries})")
+            raise InputError(f"control_subset must be >= 2 and needs an estimator with control variates "
+                             f"(full) with target_stderr and min_queries, got {self.control_subset} "
+                             f"({self.estimator}, target_stderr={self.target_stderr}, "
+                             f"min_queries={self.min_queries})")
         if self.C is not None and not (math.isfinite(self.C) and self.C >= 1):
             raise InputError(f"C must be finite and >= 1 (use estimator 'snis' for C = inf), got {self.C}")
         if self.target_stderr is not None and not (math.isfinite(self.target_stderr)
@@ -87,15 +113,10 @@ class EstimatorConfig:
             raise InputError(f"subset size L={size} exceeds the dataset size N={n}")
         return size
 
-    def self_weight(self, n: int) -> float:
-        """C, the factor dividing the self-pair's kernel weight."""
-        if self.estimator == "dol":
-            return 1.0
-        if self.estimator == "snis":
-            return math.inf
-        if self.estimator == "cdol":
-            return self.C if self.C is not None else 4.0 * n / self.subset_size(n)
-        return 1.0
+    @cached_property
+    def strategy(self) -> EstimatorStrategy:
+        """The `ESTIMATORS` strategy named by `estimator` (the name is what result files store)."""
+        return ESTIMATORS.require(self.estimator)()
 
 
 @dataclass(frozen=True)

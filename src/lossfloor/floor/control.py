@@ -12,7 +12,7 @@ from torch import Tensor
 
 from lossfloor.floor.config import MARGIN, EstimatorConfig, LevelEstimate, stratified_sources
 from lossfloor.floor.matrix import DataMatrix
-from lossfloor.floor.values import _clamped, _full_values, _noisy, _subset_posterior_values
+from lossfloor.floor.values import clamped, full_values, noisy, subset_posterior_values
 
 
 def control_variate_level(data: DataMatrix, sigma: float, config: EstimatorConfig, generator: torch.Generator,
@@ -32,7 +32,7 @@ def control_variate_level(data: DataMatrix, sigma: float, config: EstimatorConfi
     members = torch.randperm(data.n, generator=generator)[:sizes[-1]]
     blocks = [data.centered_rows(members[a:b]) for a, b in zip([0] + sizes[:-1], sizes, strict=True)]
     pilot = replace(config, queries=config.min_queries)
-    v, idx, cs, f = _full_values(data, sigma, pilot, generator, progress, control=blocks)
+    v, idx, cs, f = full_values(data, sigma, pilot, generator, progress, control=blocks)
     if not v.any():
         return v, idx
     best = None
@@ -58,7 +58,7 @@ def control_variate_level(data: DataMatrix, sigma: float, config: EstimatorConfi
         n_full, n_control = (max(math.ceil(n / 2), min(n, config.min_queries)) for n in (n_full, n_control))
         if n_full >= 1 or not diffs:
             rnd = replace(config, queries=max(n_full, 2))
-            v, _, cs, f = _full_values(data, sigma, rnd, generator, progress, control=blocks)
+            v, _, cs, f = full_values(data, sigma, rnd, generator, progress, control=blocks)
             diffs.append(v - ((f if k < 0 else torch.cat((cs[-1][:, None], f), 1)) * beta).sum(1))
             used += len(v)
         if k >= 0 and (n_control >= 1 or not controls):
@@ -69,7 +69,7 @@ def control_variate_level(data: DataMatrix, sigma: float, config: EstimatorConfi
         se = math.sqrt(d.var().item() / len(d) + beta_c**2 * cc.var().item() / len(cc))
         if se <= target or (used >= config.max_queries and used_c >= max_control):
             loss = d.mean().item() + beta_c * cc.mean().item()
-            return LevelEstimate(float(sigma), _clamped(loss, sigma, "control-variate"), se,
+            return LevelEstimate(float(sigma), clamped(loss, sigma, "control-variate"), se,
                                  used + config.min_queries, used_c)
         plan = _control_split(None, d.std().item(), abs(beta_c) * cc.std().item(), cost, target)
         if plan[0] <= used and plan[1] <= used_c:  # spreads met, stderr not (sampling noise): a bit more
@@ -113,6 +113,6 @@ def _control_values(data: DataMatrix, blocks: list[Tensor], sigma: float, m: int
     sources = stratified_sources(data.n, m, generator)
     out = []
     for idx in sources.split(config.batch_size):
-        queries = _noisy(data.centered_rows(idx), sigma, generator)
-        out.append(_subset_posterior_values(queries, blocks, sigma, data, config)[-1])
+        queries = noisy(data.centered_rows(idx), sigma, generator)
+        out.append(subset_posterior_values(queries, blocks, sigma, data, config)[-1])
     return torch.cat(out)

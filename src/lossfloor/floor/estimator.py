@@ -1,7 +1,8 @@
 """Estimators of the optimal x0 loss J*(sigma) = E[tr Var(x0 | x~)] / D on a finite dataset.
 
 All estimators draw queries x~ = x_src + sigma * eps from source points x_src of the dataset and
-differ in which data points normalise each query's posterior:
+differ in which data points normalise each query's posterior; each is a strategy registered in
+`config.ESTIMATORS` (`lossfloor.floor.strategies`):
 
 - ``full``: the whole dataset (exact posterior).  Sources are stratified: every point is the source
   of the same number of queries, up to one.
@@ -12,9 +13,10 @@ differ in which data points normalise each query's posterior:
   derives C ~ (N-1)/(L-1) as the ratio estimator of the full sums.  Queries sharing a subset are
   correlated, so each level uses at least 32 subsets and the standard error comes from their means.
 
-Two per-query forms: ``rb`` (Rao-Blackwellised, the posterior variance E[||x||^2|x~] - ||E[x|x~]||^2,
-our default) and ``global`` (the paper's A - B with A = mean ||x_n||^2 over the whole dataset and
-B from ||E[x|x~]||^2, which suffers Monte-Carlo cancellation when both terms are near A).
+Two per-query forms (`config.FORMS`): ``rb`` (Rao-Blackwellised, the posterior variance
+E[||x||^2|x~] - ||E[x|x~]||^2, our default) and ``global`` (the paper's A - B with A = mean ||x_n||^2 over
+the whole dataset and B from ||E[x|x~]||^2, which suffers Monte-Carlo cancellation when both terms are
+near A).
 """
 
 from __future__ import annotations
@@ -117,8 +119,7 @@ class Estimator:
             settings={**asdict(self.config), "seed": seed,
                       "dtype": str(self.data.dtype).replace("torch.", ""),
                       "class_conditional": bool(self.classes),
-                      "C_used": None if self.config.estimator == "full"
-                      else self.config.self_weight(self.data.n),
+                      "C_used": self.config.strategy.self_weight(self.config, self.data.n),
                       "queries_used": [e.queries for e in levels],
                       **({"control_queries_used": [e.control_queries for e in levels]}
                          if self.config.control_subset is not None else {})})

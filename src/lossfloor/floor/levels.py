@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from lossfloor.floor.bound import ZERO_BOUND_SOURCES, _spread_sample, zero_level_bound
+from lossfloor.floor.bound import ZERO_BOUND_SOURCES, spread_sample, zero_level_bound
 from lossfloor.floor.config import (
     MARGIN,
     EstimatorConfig,
@@ -16,25 +16,27 @@ from lossfloor.floor.config import (
 )
 from lossfloor.floor.control import control_variate_level
 from lossfloor.floor.matrix import DataMatrix
-from lossfloor.floor.values import _clamped, _full_values, _subset_values
+from lossfloor.floor.strategies import Round
+from lossfloor.floor.values import clamped
 
 
 def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
                    generator: torch.Generator, progress=None) -> LevelEstimate:
-    """Estimate J*(sigma) per dimension with its standard error.
+    """Estimate J*(sigma) per dimension with its standard error, in rounds of `config.strategy`.
 
     With `config.target_stderr`, rounds are added until the standard error is at most that fraction of the
-    data variance (or `max_queries` is reached): rounds of `config.queries`, or, with `min_queries` (full
-    estimator), a first round of `min_queries` and then as many as the measured spread says are needed.
-    A level where every query of the full estimator gives exactly 0 (the memorised regime) gets as standard
-    error an upper bound of J* from (up to 256 of) its sources' neighbours (`zero_level_bound`), not 0.
-    With `config.control_subset` (and `min_queries`) a level may use control variates
-    (`control_variate_level`).
+    data variance (or `max_queries` is reached): rounds of `config.queries`, or, with `min_queries` (a
+    strategy with `sized_rounds`), a first round of `min_queries` and then as many as the measured spread
+    says are needed.  A level where every query gives exactly 0 (the memorised regime; a strategy with
+    `zero_bound`) gets as standard error an upper bound of J* from (up to 256 of) its sources' neighbours
+    (`zero_level_bound`), not 0.  With `config.control_subset` (and `min_queries`) a level may use control
+    variates (`control_variate_level`).
     """
     if not sigma > 0 or not math.isfinite(sigma):
         raise ValueError(f"sigma must be positive and finite, got {sigma}")
+    strategy = config.strategy
     target = None if config.target_stderr is None else config.target_stderr * data.variance
-    adaptive = target is not None and config.min_queries is not None and config.estimator == "full"
+    adaptive = target is not None and config.min_queries is not None and strategy.sized_rounds
     units, sources, used = [], [], 0
     size = min(config.min_queries, config.queries) if adaptive else config.queries
     pending = None
@@ -42,37 +44,31 @@ def estimate_level(data: DataMatrix, sigma: float, config: EstimatorConfig,
         pending = control_variate_level(data, sigma, config, generator, progress, target)
         if isinstance(pending, LevelEstimate):
             return pending
+        pending = Round(pending[0], len(pending[0]), pending[1])
     while True:
         if pending is not None:  # the control variate's first round, where it did not pay: a plain round
-            values, idx = pending
-            pending = None
-            units.append(values)
-            sources.append(idx)
-        elif config.estimator == "full":
-            round_config = replace(config, queries=max(size, 2))
-            values, idx = _full_values(data, sigma, round_config, generator, progress)
-            units.append(values)
-            sources.append(idx)
+            part, pending = pending, None
         else:
-            values, block = _subset_values(data, sigma, config, generator, progress)
-            # Queries sharing a subset are correlated: the independent units are the block means.
-            units.append(values.view(-1, block).mean(1))
-        used += len(values)
+            part = strategy.round(data, sigma, replace(config, queries=max(size, 2)), generator, progress)
+        units.append(part.units)
+        if part.sources is not None:
+            sources.append(part.sources)
+        used += part.queries
         pooled = torch.cat(units)
         se = pooled.std().item() / math.sqrt(len(pooled))
-        all_zero = config.estimator == "full" and not pooled.any()
+        all_zero = strategy.zero_bound and not pooled.any()
         if all_zero:  # every query exactly 0: a bound stands in for the stderr
-            se = zero_level_bound(data, _spread_sample(torch.cat(sources), ZERO_BOUND_SOURCES), sigma,
+            se = zero_level_bound(data, spread_sample(torch.cat(sources), ZERO_BOUND_SOURCES), sigma,
                                   config.chunk_size)
         # An all-zero level whose bound stays above the target stops at `queries` (the bound, not the
         # queries, limits it): it reports the bound.
         if (target is None or se <= target or used >= config.max_queries
                 or (all_zero and used >= config.queries)):
-            return LevelEstimate(float(sigma), _clamped(pooled.mean().item(), sigma, config.form), se, used)
+            return LevelEstimate(float(sigma), clamped(pooled.mean().item(), sigma, config.form), se, used)
         if adaptive and pooled.any():  # half of what the measured spread says is missing, at a time
             needed = math.ceil(MARGIN * (pooled.std().item() / target) ** 2)
             size = min(max(math.ceil((needed - used) / 2), config.min_queries), config.max_queries - used)
         elif adaptive:
             size = min(used, config.queries - used)  # all zero, bound too loose: double the sources
-        else:
-            size = min(config.queries, config.max_queries - used) if config.estimator == "full" else size
+        elif strategy.sized_rounds:
+            size = min(config.queries, config.max_queries - used)

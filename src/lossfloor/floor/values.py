@@ -1,5 +1,5 @@
-"""Per-query posterior variances at one level: the full estimator (with exact pruning) and the subset
-estimators."""
+"""Per-query values at one level: over all rows (with exact pruning), over random subsets (the self-pair's
+weight divided by C) and over fixed row blocks (control variates); `strategies` calls them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from lossfloor.floor.config import (
+    FORMS,
     EstimatorConfig,
     stratified_sources,
     subset_block_size,
@@ -24,7 +25,7 @@ from lossfloor.floor.kernel import (
 from lossfloor.floor.matrix import DataMatrix
 
 
-def _clamped(value: float, sigma: float, form: str) -> float:
+def clamped(value: float, sigma: float, form: str) -> float:
     """J* >= 0; the global form A - B can come out negative from Monte-Carlo cancellation: clamp, warn."""
     if not math.isfinite(value):
         raise FloatingPointError(f"non-finite J* estimate {value} at sigma = {sigma:.6g}")
@@ -37,14 +38,11 @@ def _clamped(value: float, sigma: float, form: str) -> float:
 
 
 def _value(stats, data: DataMatrix, form: str) -> Tensor:
-    if form == "rb":
-        v = stats.variance()
-    else:
-        v = data.mean_sq - stats.mean().pow(2).sum(1)
-    return v / data.dim
+    """Per-query values of `form` (a `FORMS` entry), per dimension."""
+    return FORMS[form](stats, data) / data.dim
 
 
-def _noisy(x_src: Tensor, sigma: float, generator: torch.Generator, with_noise: bool = False):
+def noisy(x_src: Tensor, sigma: float, generator: torch.Generator, with_noise: bool = False):
     """Queries x_src + sigma eps (and eps, float64 on the CPU, with `with_noise`)."""
     # Noise is drawn on the CPU in float64 so results do not depend on the device or dtype.
     eps = torch.randn(x_src.shape, generator=generator, dtype=torch.float64)
@@ -52,15 +50,16 @@ def _noisy(x_src: Tensor, sigma: float, generator: torch.Generator, with_noise: 
     return (queries, eps) if with_noise else queries
 
 
-def _full_values(data, sigma, config, generator, progress, control: list[Tensor] | None = None):
+def full_values(data: DataMatrix, sigma: float, config: EstimatorConfig, generator: torch.Generator, progress,
+                control: list[Tensor] | None = None):
     """Per-query values and their sources; with `control` (disjoint row blocks), also each query's values
-    over the first 1, 2, ... blocks (`_subset_posterior_values`) and its control features (`_features`)."""
+    over the first 1, 2, ... blocks (`subset_posterior_values`) and its control features (`_features`)."""
     sources = stratified_sources(data.n, config.queries, generator)
     out, controls = [], []
     features = []
     for idx in sources.split(config.batch_size):
         x_src = data.centered_rows(idx)
-        queries, eps = _noisy(x_src, sigma, generator, with_noise=True)
+        queries, eps = noisy(x_src, sigma, generator, with_noise=True)
         rows = _pruned_rows(data, queries, x_src, sigma, config) if config.prune else None
         kernel_rows, shift = data.kernel_rows
         if rows is not None:
@@ -71,7 +70,7 @@ def _full_values(data, sigma, config, generator, progress, control: list[Tensor]
                                             chunk_size=config.chunk_size, row_sq=data.row_sq)
         out.append(_value(stats, data, config.form).cpu())
         if control is not None:
-            controls.append(_subset_posterior_values(queries, control, sigma, data, config))
+            controls.append(subset_posterior_values(queries, control, sigma, data, config))
             features.append(_features(x_src, eps, data))
         if progress is not None:
             progress(len(idx))
@@ -100,9 +99,12 @@ def _pruned_rows(data: DataMatrix, queries: Tensor, x_src: Tensor, sigma: float,
     return rows.to(data.rows.device)
 
 
-def _subset_values(data, sigma, config, generator, progress) -> tuple[Tensor, int]:
+def subset_values(data: DataMatrix, sigma: float, config: EstimatorConfig, self_weight: float,
+                  generator: torch.Generator, progress) -> tuple[Tensor, int]:
+    """Per-query values over random subsets of L rows that hold the query's source, the self-pair's kernel
+    weight divided by `self_weight` (C), and the queries per subset (consecutive values share one)."""
     size = config.subset_size(data.n)
-    log_w = -math.log(config.self_weight(data.n))
+    log_w = -math.log(self_weight)
     per_block = subset_block_size(config, data.n)
     blocks = math.ceil(config.queries / per_block)
     out = []
@@ -111,21 +113,13 @@ def _subset_values(data, sigma, config, generator, progress) -> tuple[Tensor, in
         subset = data.centered_rows(members)
         for first in range(0, per_block, config.batch_size):
             local = torch.arange(first, min(per_block, first + config.batch_size))
-            queries = _noisy(subset[local], sigma, generator)
+            queries = noisy(subset[local], sigma, generator)
             stats = sharded_posterior_stats(queries, subset, sigma, self_index=local.to(data.device),
                                             self_log_weight=log_w, chunk_size=config.chunk_size)
             out.append(_value(stats, data, config.form).cpu())
             if progress is not None:
                 progress(len(local))
     return torch.cat(out), per_block
-
-
-
-
-
-
-
-
 
 
 def _features(x_src: Tensor, eps: Tensor, data: DataMatrix) -> Tensor:
@@ -135,7 +129,7 @@ def _features(x_src: Tensor, eps: Tensor, data: DataMatrix) -> Tensor:
     return torch.stack(((x * eps).sum(1), x.pow(2).sum(1) - data.mean_sq, eps.pow(2).sum(1) - data.dim), 1)
 
 
-def _subset_posterior_values(queries: Tensor, blocks: list[Tensor], sigma: float, data: DataMatrix,
+def subset_posterior_values(queries: Tensor, blocks: list[Tensor], sigma: float, data: DataMatrix,
                              config: EstimatorConfig) -> list[Tensor]:
     """Per-query values over the first 1, 2, ... of the disjoint row `blocks` (their stats merged)."""
     out, stats = [], None

@@ -16,9 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lossfloor.core.errors import InputError
-
-MODELS = ("mlp", "unet", "relu-mlp")
-
+from lossfloor.core.registry import Registry
 
 # --------------------------------------------------------------------------------------------
 # Noise-level embedding.
@@ -175,8 +173,27 @@ class UNet(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Configuration and the denoiser wrapper.
+# The registry of networks and their configuration.
 # --------------------------------------------------------------------------------------------
+
+
+def _mlp(config: ModelConfig) -> nn.Module:
+    return MLP(config.shape, width=config.width or 256, depth=config.depth or 3)
+
+
+def _unet(config: ModelConfig) -> nn.Module:
+    return UNet(config.shape, channels=config.width or 32)
+
+
+def _relu_mlp(config: ModelConfig) -> nn.Module:
+    return ReluMLP(config.shape, width=config.width or 512, depth=config.depth or 7)
+
+
+MODELS = Registry("model")
+"""Network name -> build(config: ModelConfig) (the CLI's --model choices); each takes (x, c_noise)."""
+MODELS.add("mlp", _mlp, "residual MLP on flattened data (width 256, 3 blocks)")
+MODELS.add("unet", _unet, "small UNet for images (32 base channels)")
+MODELS.add("relu-mlp", _relu_mlp, "plain ReLU MLP on [x, c_noise] (width 512, 7 layers; the loss study's)")
 
 
 @dataclass(frozen=True)
@@ -189,8 +206,7 @@ class ModelConfig:
     depth: int | None = None  # residual blocks (mlp) or hidden layers (relu-mlp)
 
     def __post_init__(self):
-        if self.kind not in MODELS:
-            raise InputError(f"unknown model {self.kind!r}; choose from {', '.join(MODELS)}")
+        MODELS.require(self.kind)
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         for name in ("width", "depth"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
@@ -201,12 +217,8 @@ class ModelConfig:
 
 
 def build_model(config: ModelConfig) -> nn.Module:
-    """The network described by `config`."""
-    if config.kind == "mlp":
-        return MLP(config.shape, width=config.width or 256, depth=config.depth or 3)
-    if config.kind == "relu-mlp":
-        return ReluMLP(config.shape, width=config.width or 512, depth=config.depth or 7)
-    return UNet(config.shape, channels=config.width or 32)
+    """The network described by `config` (its `MODELS` entry)."""
+    return MODELS[config.kind](config)
 
 
 def parameter_count(net: nn.Module) -> int:

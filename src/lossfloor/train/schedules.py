@@ -10,7 +10,7 @@ preconditioning stay.  Both parts are registered components of `lossfloor.object
   `LogSigmaNormal` (EDM, EDM2, SD3's logit-normal), `LogSigmaLogistic` (flow matching's uniform t),
   `LogSigmaLaplace` (Hang et al. 2024) and the dynamic `AdaptiveDensity` (the paper's p ~ w (J - J*)).
 
-`apply_schedule(objective, name, curve)` builds the named schedules of `SCHEDULES`; the trainer calls
+`apply_schedule(objective, name, curve)` builds the schedules registered in `SCHEDULES`; the trainer calls
 `trainable_parameters`, `augment_loss` and `update` (no-ops for static schedules).  A dynamic part keeps its
 state under "state" in `to_dict`, which goes into checkpoints.  `ScheduleSampler` is the same for a user's
 own training loop.  What is reconstructed, and why each default, is in docs/theory.md ("Training schedules").
@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lossfloor.core.errors import InputError
+from lossfloor.core.registry import Registry
 from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.objective.densities import LogSigmaLaplace, LogSigmaLogistic, LogSigmaNormal, logit_normal
 from lossfloor.objective.objective import Objective, get_objective
@@ -52,42 +53,43 @@ def _optimal_loss(weight: bool, density: bool, bump: bool = True) -> Callable:
     return build
 
 
-SCHEDULES: dict[str, Callable[..., Objective]] = {
-    "native": lambda obj, curve=None: obj,
-    "optimal-loss": _optimal_loss(weight=True, density=True),
-    "optimal-loss-weight": _optimal_loss(weight=True, density=False),
-    "optimal-loss-density": _optimal_loss(weight=False, density=True),
-    "optimal-loss-nobump": _optimal_loss(weight=True, density=True, bump=False),
-    "edm": lambda obj, curve=None: obj.with_(weight=EDMWeight(),
-                                             time_dist=LogSigmaNormal(obj.process, -1.2, 1.2)),
-    "edm2": lambda obj, curve=None: obj.with_(weight=EDMWeight(),
-                                              time_dist=LogSigmaNormal(obj.process, -0.4, 1.0)),
-    "edm2-learned": lambda obj, curve=None: obj.with_(weight=LearnedUncertaintyWeight(EDMWeight()),
-                                                      time_dist=LogSigmaNormal(obj.process, -0.4, 1.0)),
-    "min-snr": lambda obj, curve=None: obj.with_(weight=MinSNRWeight(5.0)),
-    "soft-min-snr": lambda obj, curve=None: obj.with_(weight=SoftMinSNRWeight(obj.precond.sigma_data)),
-    "laplace": lambda obj, curve=None: obj.with_(time_dist=LogSigmaLaplace(obj.process, 0.0, 0.5)),
-    "uniform-t": lambda obj, curve=None: obj.with_(time_dist=LogSigmaLogistic(obj.process, 0.0, 1.0)),
-    "logit-normal": lambda obj, curve=None: obj.with_(time_dist=logit_normal(obj.process, 0.0, 1.0, 1.0)),
-}
-"""Schedule name -> build(objective, curve=None, **options).  The optimal-loss family takes the options of
-`OptimalLossWeight` and `AdaptiveDensity`; the baselines use their papers' defaults."""
-
-DESCRIPTIONS = {
-    "native": "the objective's own weight and noise distribution",
-    "optimal-loss": "the paper's weight a min(1/J*, w*) + bump, adaptive p ~ w (J - J*) (needs --curve)",
-    "optimal-loss-weight": "ablation: the paper's weight, the objective's own noise distribution",
-    "optimal-loss-density": "ablation: the objective's own weight, the adaptive density",
-    "optimal-loss-nobump": "ablation: the paper's schedule without the bump left of sigma*",
-    "edm": "EDM: lambda = 1/c_out^2, log sigma ~ N(-1.2, 1.2^2)",
-    "edm2": "EDM2: lambda = 1/c_out^2, log sigma ~ N(-0.4, 1.0^2)",
-    "edm2-learned": "EDM2 with learned uncertainty u(sigma): lambda e^-u loss + u, log sigma ~ N(-0.4, 1)",
-    "min-snr": "min-SNR-5 weight (Hang et al. 2023), the objective's own noise distribution",
-    "soft-min-snr": "k-diffusion soft-min-SNR weight 1/(sigma^2 + sigma_d^2)",
-    "laplace": "Laplace(0, 0.5) on log SNR (Hang et al. 2024), the objective's own weight",
-    "uniform-t": "flow matching's uniform t: log sigma ~ Logistic(0, 1)",
-    "logit-normal": "SD3's logit-normal t (mean 0, std 1, shift 1): log sigma ~ N(0, 1)",
-}
+SCHEDULES = Registry("schedule")
+"""Schedule name -> build(objective, curve=None, **options) (the CLI's --schedule choices).  The optimal-loss
+family takes the options of `OptimalLossWeight` and `AdaptiveDensity`; the baselines use their papers'
+defaults."""
+SCHEDULES.add("native", lambda obj, curve=None: obj, "the objective's own weight and noise distribution")
+SCHEDULES.add("optimal-loss", _optimal_loss(weight=True, density=True),
+              "the paper's weight a min(1/J*, w*) + bump, adaptive p ~ w (J - J*) (needs --curve)")
+SCHEDULES.add("optimal-loss-weight", _optimal_loss(weight=True, density=False),
+              "ablation: the paper's weight, the objective's own noise distribution")
+SCHEDULES.add("optimal-loss-density", _optimal_loss(weight=False, density=True),
+              "ablation: the objective's own weight, the adaptive density")
+SCHEDULES.add("optimal-loss-nobump", _optimal_loss(weight=True, density=True, bump=False),
+              "ablation: the paper's schedule without the bump left of sigma*")
+SCHEDULES.add("edm", lambda obj, curve=None: obj.with_(weight=EDMWeight(),
+                                                       time_dist=LogSigmaNormal(obj.process, -1.2, 1.2)),
+              "EDM: lambda = 1/c_out^2, log sigma ~ N(-1.2, 1.2^2)")
+SCHEDULES.add("edm2", lambda obj, curve=None: obj.with_(weight=EDMWeight(),
+                                                        time_dist=LogSigmaNormal(obj.process, -0.4, 1.0)),
+              "EDM2: lambda = 1/c_out^2, log sigma ~ N(-0.4, 1.0^2)")
+SCHEDULES.add("edm2-learned",
+              lambda obj, curve=None: obj.with_(weight=LearnedUncertaintyWeight(EDMWeight()),
+                                                time_dist=LogSigmaNormal(obj.process, -0.4, 1.0)),
+              "EDM2 with learned uncertainty u(sigma): lambda e^-u loss + u, log sigma ~ N(-0.4, 1)")
+SCHEDULES.add("min-snr", lambda obj, curve=None: obj.with_(weight=MinSNRWeight(5.0)),
+              "min-SNR-5 weight (Hang et al. 2023), the objective's own noise distribution")
+SCHEDULES.add("soft-min-snr",
+              lambda obj, curve=None: obj.with_(weight=SoftMinSNRWeight(obj.precond.sigma_data)),
+              "k-diffusion soft-min-SNR weight 1/(sigma^2 + sigma_d^2)")
+SCHEDULES.add("laplace",
+              lambda obj, curve=None: obj.with_(time_dist=LogSigmaLaplace(obj.process, 0.0, 0.5)),
+              "Laplace(0, 0.5) on log SNR (Hang et al. 2024), the objective's own weight")
+SCHEDULES.add("uniform-t",
+              lambda obj, curve=None: obj.with_(time_dist=LogSigmaLogistic(obj.process, 0.0, 1.0)),
+              "flow matching's uniform t: log sigma ~ Logistic(0, 1)")
+SCHEDULES.add("logit-normal",
+              lambda obj, curve=None: obj.with_(time_dist=logit_normal(obj.process, 0.0, 1.0, 1.0)),
+              "SD3's logit-normal t (mean 0, std 1, shift 1): log sigma ~ N(0, 1)")
 
 
 def schedule_names() -> list[str]:
@@ -99,12 +101,11 @@ def apply_schedule(objective, name: str, curve=None, **options) -> Objective:
     """`objective` (an Objective or a name) trained under schedule `name`; a new Objective named
     "<objective>+<schedule>" (the objective itself for "native")."""
     obj = get_objective(objective) if isinstance(objective, str) else objective
-    if name not in SCHEDULES:
-        raise InputError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
+    build = SCHEDULES.require(name)
     if name == "native":
         return obj
     if options and not name.startswith("optimal-loss"):
         raise InputError(f"schedule {name!r} takes no options (got {', '.join(options)})")
     optimal = name.startswith("optimal-loss")
-    built = SCHEDULES[name](obj, curve, **options) if optimal else SCHEDULES[name](obj)
+    built = build(obj, curve, **options) if optimal else build(obj)
     return built.with_(name=f"{obj.name}+{name}")
