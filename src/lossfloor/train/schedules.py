@@ -6,14 +6,15 @@ preconditioning stay.  Both parts are registered components of `lossfloor.object
 
 - weights (`Objective.weight`): `EDMWeight`, `MinSNRWeight`, `SoftMinSNRWeight`, `OptimalLossWeight` (the
   paper's) and `LearnedUncertaintyWeight` (EDM2's, with trainable parameters);
-- noise densities (`Objective.time_dist`), defined over log sigma and carried to the process's t:
+- noise densities (`Objective.time_dist`), defined over log sigma (the objective carries them to its t):
   `LogSigmaNormal` (EDM, EDM2, SD3's logit-normal), `LogSigmaLogistic` (flow matching's uniform t),
   `LogSigmaLaplace` (Hang et al. 2024) and the dynamic `AdaptiveDensity` (the paper's p ~ w (J - J*)).
 
 `apply_schedule(objective, name, curve)` builds the named schedules of `SCHEDULES`; the trainer calls
-`trainable_parameters`, `augment_loss` and `update` (no-ops for static schedules).  A dynamic part keeps its
-state under "state" in `to_dict`, which goes into checkpoints.  `ScheduleSampler` is the same for a user's
-own training loop.  What is reconstructed, and why each default, is in docs/theory.md ("Training schedules").
+`Objective.parameters`, `Objective.loss` (through `Objective.augment`) and `Objective.update` (no-ops for
+static schedules).  A dynamic part keeps its state under "state" in `to_dict`, which goes into checkpoints.
+`ScheduleSampler` is the same for a user's own training loop.  What is reconstructed, and why each default,
+is in docs/theory.md ("Training schedules").
 """
 
 from __future__ import annotations
@@ -45,8 +46,7 @@ def _optimal_loss(weight: bool, density: bool, bump: bool = True) -> Callable:
         w = OptimalLossWeight(curve, bump=bump, **{k: v for k, v in options.items() if k not in density_keys})
         out = objective.with_(weight=w) if weight else objective
         if density:
-            p = AdaptiveDensity(objective.process, w,
-                                **{k: v for k, v in options.items() if k in density_keys})
+            p = AdaptiveDensity(w, **{k: v for k, v in options.items() if k in density_keys})
             out = out.with_(time_dist=p)
         return out
     return build
@@ -59,16 +59,16 @@ SCHEDULES: dict[str, Callable[..., Objective]] = {
     "optimal-loss-density": _optimal_loss(weight=False, density=True),
     "optimal-loss-nobump": _optimal_loss(weight=True, density=True, bump=False),
     "edm": lambda obj, curve=None: obj.with_(weight=EDMWeight(),
-                                             time_dist=LogSigmaNormal(obj.process, -1.2, 1.2)),
+                                             time_dist=LogSigmaNormal(-1.2, 1.2)),
     "edm2": lambda obj, curve=None: obj.with_(weight=EDMWeight(),
-                                              time_dist=LogSigmaNormal(obj.process, -0.4, 1.0)),
+                                              time_dist=LogSigmaNormal(-0.4, 1.0)),
     "edm2-learned": lambda obj, curve=None: obj.with_(weight=LearnedUncertaintyWeight(EDMWeight()),
-                                                      time_dist=LogSigmaNormal(obj.process, -0.4, 1.0)),
+                                                      time_dist=LogSigmaNormal(-0.4, 1.0)),
     "min-snr": lambda obj, curve=None: obj.with_(weight=MinSNRWeight(5.0)),
     "soft-min-snr": lambda obj, curve=None: obj.with_(weight=SoftMinSNRWeight(obj.precond.sigma_data)),
-    "laplace": lambda obj, curve=None: obj.with_(time_dist=LogSigmaLaplace(obj.process, 0.0, 0.5)),
-    "uniform-t": lambda obj, curve=None: obj.with_(time_dist=LogSigmaLogistic(obj.process, 0.0, 1.0)),
-    "logit-normal": lambda obj, curve=None: obj.with_(time_dist=logit_normal(obj.process, 0.0, 1.0, 1.0)),
+    "laplace": lambda obj, curve=None: obj.with_(time_dist=LogSigmaLaplace(0.0, 0.5)),
+    "uniform-t": lambda obj, curve=None: obj.with_(time_dist=LogSigmaLogistic(0.0, 1.0)),
+    "logit-normal": lambda obj, curve=None: obj.with_(time_dist=logit_normal(0.0, 1.0, 1.0)),
 }
 """Schedule name -> build(objective, curve=None, **options).  The optimal-loss family takes the options of
 `OptimalLossWeight` and `AdaptiveDensity`; the baselines use their papers' defaults."""
