@@ -14,6 +14,7 @@ diffusers = pytest.importorskip("diffusers",
 
 from lossfloor.integrations import diffusers as lfd  # noqa: E402
 from lossfloor.objective.targets import make_target, target_error_factor, x0_from_prediction  # noqa: E402
+from lossfloor.objective.weights import Simple  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 F64 = torch.float64
@@ -70,7 +71,7 @@ def test_vp_sigma_levels_are_the_schedulers_own(name, config):
     abar = sched.alphas_cumprod.to(F64)
     atoms = obj.atoms()
     assert len(atoms) == sched.config.num_train_timesteps and obj.is_discrete
-    assert obj.target == EXPECTED_TARGET[config.get("prediction_type", "epsilon")] and obj.weight == "simple"
+    assert obj.target == EXPECTED_TARGET[config.get("prediction_type", "epsilon")] and obj.weight == Simple()
     # Every level with alpha_bar > 0 is exactly the scheduler's sqrt((1 - alpha_bar) / alpha_bar) in float64.
     exact = abar > 0
     assert exact[:-1].all()
@@ -168,10 +169,10 @@ def test_flow_levels_target_and_time_distribution(shift):
                                               generator=torch.Generator().manual_seed(3))
     drawn = sched.sigmas[(u * steps).long()].to(F64)
     probes = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 0.95], dtype=F64)
-    cdf = obj.time_dist.cdf(probes)
+    cdf = obj.time_dist.cdf_t(obj.process, probes)
     empirical = (drawn[None, :] <= probes[:, None]).double().mean(1)
     fine = torch.linspace(1e-4, 1 - 1e-4, 20001, dtype=F64)
-    density = torch.exp(obj.time_dist.log_density(fine)).max()
+    density = torch.exp(obj.time_dist.log_density_t(obj.process, fine)).max()
     rounding = density * shift / steps  # the grid moves t by at most shift'(tau) / T <= shift / T
     assert ((empirical - cdf).abs() <= 4 * torch.sqrt(cdf * (1 - cdf) / n) + rounding).all()
 

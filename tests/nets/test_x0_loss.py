@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from lossfloor.nets.denoiser import Denoiser, x0_loss, x0_loss_from_target
+from lossfloor.nets.denoiser import Denoiser, x0_loss
 from lossfloor.nets.networks import ModelConfig, build_model
+from lossfloor.objective.loss import x0_loss_from_target
 from lossfloor.objective.objective import PRESETS, get_objective
 from lossfloor.objective.targets import make_target
 

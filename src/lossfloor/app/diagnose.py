@@ -120,8 +120,7 @@ class DiagnoseResult:
 
 def describe_objective(obj: Objective) -> str:
     """One line: name, process, target, weight and noise distribution."""
-    weight = obj.weight if isinstance(obj.weight, str) else obj.weight.to_dict().get("kind", "?")
-    return (f"{obj.name} (process {obj.process.name}, target {obj.target}, weight {weight}, "
+    return (f"{obj.name} (process {obj.process.name}, target {obj.target}, weight {obj.weight.kind}, "
             f"noise {obj.time_dist!r})")
 
 

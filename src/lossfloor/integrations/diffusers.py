@@ -54,7 +54,7 @@ from torch import (
 )
 
 from lossfloor.core.errors import InputError
-from lossfloor.objective.densities import DiscreteUniformT, LogitNormalT, LogNormalT, UniformT
+from lossfloor.objective.densities import DiscreteUniformT, LogSigmaNormal, UniformT
 from lossfloor.objective.objective import Objective
 from lossfloor.objective.processes import VE, Discrete, Flow
 from lossfloor.objective.targets import Preconditioning, per_sample, process_input, x0_from_prediction
@@ -180,7 +180,7 @@ def objective_from_scheduler(scheduler_or_config, *, weighting_scheme: str = "lo
     if family == "flow":
         shift = _flow_shift(scheduler)
         if weighting_scheme == "logit_normal":
-            time_dist = LogitNormalT(math.log(shift) - logit_mean, logit_std)
+            time_dist = LogSigmaNormal(math.log(shift) - logit_mean, logit_std)  # t = sigmoid(u) on flow
         elif weighting_scheme == "none" and shift == 1:
             time_dist = UniformT(0.0, 1.0)
         else:
@@ -193,7 +193,7 @@ def objective_from_scheduler(scheduler_or_config, *, weighting_scheme: str = "lo
         raise UnsupportedScheduler(f"{name}: prediction_type {prediction!r}; EDM schedulers take epsilon "
                                    "(F) or v_prediction (-F)")
     label = f"{name}/sigma_data={config['sigma_data']:g}/{prediction}"
-    return Objective(label, VE(), "F", LogNormalT(p_mean, p_std),
+    return Objective(label, VE(), "F", LogSigmaNormal(p_mean, p_std),
                      precond=Preconditioning(config["sigma_data"]))
 
 

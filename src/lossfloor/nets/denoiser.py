@@ -1,5 +1,5 @@
 """`Denoiser` (any network + objective -> an x0-denoiser) and the model's x0 loss, the one place it is
-computed."""
+computed from a denoiser (from a target error: `Objective.x0_loss_from_target`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from lossfloor.objective.objective import Objective
-from lossfloor.objective.targets import per_sample, process_input, target_error_factor, x0_from_prediction
+from lossfloor.objective.targets import network_input, per_sample, process_input, x0_from_prediction
 
 
 class Denoiser(nn.Module):
@@ -30,12 +30,7 @@ class Denoiser(nn.Module):
     def prediction(self, x_t: Tensor, t) -> Tensor:
         """Raw network output at process time t (the objective's target)."""
         obj = self.objective
-        t = self._times(t, len(x_t))
-        sigma = obj.process.ve_sigma(t)
-        # c_in / alpha in float64: alpha -> 0 and sigma -> inf cancel (flow, cosine near t = 1).
-        scale = obj.precond.c_in(sigma) / obj.process.alpha(t)
-        c_noise = obj.precond.c_noise(sigma).to(device=x_t.device, dtype=x_t.dtype)
-        return self.net(per_sample(scale, x_t) * x_t, c_noise)
+        return self.net(*network_input(obj.process, obj.precond, x_t, self._times(t, len(x_t))))
 
     def x0(self, x_t: Tensor, t) -> Tensor:
         """x0 estimate at process time t."""
@@ -64,20 +59,8 @@ def x0_loss(denoiser, x0: Tensor, sigma, eps: Tensor) -> Tensor:
 
     sigma: a float (passed to the denoiser as is, as samplers do) or a tensor of one level per sample;
     eps: standard normal noise of x0's shape.  Used by the diagnosis (model vs J*), the likelihood (NELBO,
-    error curves) and, through `x0_loss_from_target`, training.  Runs under the caller's grad mode.
+    error curves) and, through `Objective.x0_loss_from_target`, training.  Runs under the caller's grad mode.
     """
     if isinstance(sigma, Tensor):
         return per_sample_x0_loss(denoiser(x0 + per_sample(sigma, x0) * eps, sigma), x0)
     return per_sample_x0_loss(denoiser(x0 + float(sigma) * eps, float(sigma)), x0)
-
-
-def x0_loss_from_target(objective: Objective, t: Tensor, target_loss: Tensor) -> Tensor:
-    """The same x0 loss from a per-sample squared error on the objective's own target at process times t
-    (||pred - target||^2 / D = b(t)^2 ||x0_hat - x0||^2 / D): what training and `GapMonitor` observe.
-
-    Training keeps its error in target space, where it is accurate (converting a float32 prediction to x0
-    first loses digits where b is large, e.g. epsilon prediction at small sigma), and divides here.
-    """
-    t = torch.as_tensor(t, dtype=torch.float64)
-    factor = target_error_factor(objective.target, objective.process, t.cpu(), objective.precond)
-    return target_loss.double() / factor.to(target_loss.device)

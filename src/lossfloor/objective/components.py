@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lossfloor.core.errors import InputError
+from lossfloor.objective.legacy import current_form
 
 F64 = torch.float64
 
@@ -21,9 +22,9 @@ def _t64(x) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Components as data: every process, time distribution and preconditioning (and the weights and noise
-# densities of `lossfloor.train.schedules`) is saved as {"kind": <stable name>, **parameters} of plain
-# Python types, so it goes into JSON and into torch.load(weights_only=True) alike.
+# Components as data: every process, noise density, weight and preconditioning is saved as
+# {"kind": <stable name>, **parameters} of plain Python types (a weight without parameters as its name), so
+# it goes into JSON and into torch.load(weights_only=True) alike.
 # --------------------------------------------------------------------------------------------
 
 COMPONENTS: dict[str, Callable[..., Any]] = {}
@@ -79,18 +80,18 @@ class Component:
 
 
 def component_to_dict(component) -> dict | str:
-    """A component as plain data; a string (a named weight such as "simple") stays a string."""
-    if isinstance(component, str):
-        return component
+    """A component as plain data ({"kind": ...}, or the name of a weight without parameters)."""
     if not hasattr(component, "to_dict"):
         raise TypeError(f"{type(component).__name__} cannot be saved: register it and give it to_dict()")
     return plain(component.to_dict())
 
 
 def component_from_dict(d: Mapping | str):
-    """The inverse of `component_to_dict`: the registered factory of d["kind"] rebuilds the component."""
-    if isinstance(d, str):
-        return d
+    """The inverse of `component_to_dict`: the registered factory of d["kind"] rebuilds the component.
+
+    Names and earlier saved forms are mapped first, in one place (`objective.legacy`).
+    """
+    d = current_form(d)
     if not isinstance(d, Mapping) or "kind" not in d:
         raise InputError(f"a saved component must be a dict with a 'kind', got {d!r:.80}")
     kind = d["kind"]
@@ -113,6 +114,7 @@ def static_dict(d):
     if isinstance(d, list):
         return [static_dict(v) for v in d]
     return d
+
 
 def _positive(**values) -> None:
     for name, value in values.items():

@@ -1,34 +1,45 @@
-"""Noise-level distributions: over t (uniform, discrete, log-normal, log-uniform, logit-normal) and over
-log sigma."""
+"""Noise densities, one family: a density of log sigma (normal, uniform, logistic, Laplace) or, where the
+law is one of the process's time, of t (uniform, DDPM's discrete steps).
+
+The objective supplies the process: a density of log sigma is carried to t through it, which is how
+training draws t.  Old kind names load through `objective.legacy`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lossfloor.objective.components import (
-    F64,
-    Component,
-    _positive,
-    _t64,
-    component_from_dict,
-    register_component,
-)
+from lossfloor.objective.components import F64, Component, _positive, _t64, register_component
 from lossfloor.objective.processes import Process
 
-# --------------------------------------------------------------------------------------------
-# Noise-level distributions over t (the process maps t to sigma).
-# --------------------------------------------------------------------------------------------
 
-
-class TimeDistribution(Component):
-    """A distribution of t: sampling, CDF and density (or atoms, for discrete ones)."""
+class NoiseDensity(Component):
+    """A distribution of the noise level under a process: drawn as process times t, with the CDF and the
+    log density in t (`Objective` turns them into sigma and log sigma)."""
 
     atoms: Tensor | None = None  # discrete support in t, uniform probability
+
+    def sample_t(self, process: Process, n: int, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    def cdf_t(self, process: Process, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def log_density_t(self, process: Process, t: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Densities of the process time t, where the law is one of t (the same t for every process).
+# --------------------------------------------------------------------------------------------
+
+
+class TimeDistribution(NoiseDensity):
+    """A distribution of t: sampling, CDF and density (or atoms, for discrete ones)."""
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
@@ -38,6 +49,15 @@ class TimeDistribution(Component):
 
     def log_density(self, t: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def sample_t(self, process, n, generator=None):
+        return self.sample(n, generator)
+
+    def cdf_t(self, process, t):
+        return self.cdf(t)
+
+    def log_density_t(self, process, t):
+        return self.log_density(t)
 
 
 @register_component("uniform")
@@ -79,80 +99,13 @@ class DiscreteUniformT(TimeDistribution):
         return (torch.floor(_t64(t) * self.steps + 1e-9) / self.steps).clamp(0, 1)
 
 
-@register_component("lognormal")
-@dataclass(frozen=True)
-class LogNormalT(TimeDistribution):
-    """log t ~ N(mean, std^2); with the VE process t is sigma (EDM's P_mean, P_std)."""
-
-    mean: float = -1.2
-    std: float = 1.2
-
-    def sample(self, n, generator=None):
-        return torch.exp(self.mean + self.std * torch.randn(n, generator=generator, dtype=F64))
-
-    def cdf(self, t):
-        z = (torch.log(_t64(t)) - self.mean) / self.std
-        return 0.5 * torch.erfc(-z / math.sqrt(2))
-
-    def log_density(self, t):
-        lt = torch.log(_t64(t))
-        z = (lt - self.mean) / self.std
-        return -0.5 * z**2 - math.log(self.std * math.sqrt(2 * math.pi)) - lt
-
-
-@register_component("loguniform")
-@dataclass(frozen=True)
-class LogUniformT(TimeDistribution):
-    """log t ~ U(log lo, log hi) (VE / NCSN++)."""
-
-    lo: float = 0.02
-    hi: float = 100.0
-
-    def sample(self, n, generator=None):
-        u = torch.rand(n, generator=generator, dtype=F64)
-        return torch.exp(math.log(self.lo) + u * math.log(self.hi / self.lo))
-
-    def cdf(self, t):
-        return (torch.log(_t64(t) / self.lo) / math.log(self.hi / self.lo)).clamp(0, 1)
-
-    def log_density(self, t):
-        t = _t64(t)
-        inside = (t >= self.lo) & (t <= self.hi)
-        return torch.where(inside, -torch.log(t) - math.log(math.log(self.hi / self.lo)), -math.inf)
-
-
-@register_component("logitnormal")
-@dataclass(frozen=True)
-class LogitNormalT(TimeDistribution):
-    """t = sigmoid(u), u ~ N(mean, std^2) (SD3)."""
-
-    mean: float = 0.0
-    std: float = 1.0
-
-    def sample(self, n, generator=None):
-        return torch.sigmoid(self.mean + self.std * torch.randn(n, generator=generator, dtype=F64))
-
-    def cdf(self, t):
-        z = (torch.logit(_t64(t)) - self.mean) / self.std
-        return 0.5 * torch.erfc(-z / math.sqrt(2))
-
-    def log_density(self, t):
-        t = _t64(t)
-        z = (torch.logit(t) - self.mean) / self.std
-        return -0.5 * z**2 - math.log(self.std * math.sqrt(2 * math.pi)) - torch.log(t * (1 - t))
-
-
-
-
 # --------------------------------------------------------------------------------------------
 # Noise densities over log sigma, carried to the objective's process time t.
 # --------------------------------------------------------------------------------------------
 
 
-class LogSigmaDensity(TimeDistribution):
-    """A density of log sigma (VE sigma); `sample`, `cdf`, `log_density` act on the process's t."""
-
-    process: Process
+class LogSigmaDensity(NoiseDensity):
+    """A density of log sigma (VE sigma = sigma_t / alpha_t), the same for every process."""
 
     def sample_log_sigma(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
@@ -163,32 +116,22 @@ class LogSigmaDensity(TimeDistribution):
     def log_density_log_sigma(self, log_sigma: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def sample(self, n, generator=None):
-        return self.process.t_of_sigma(torch.exp(self.sample_log_sigma(n, generator)))
+    def sample_t(self, process, n, generator=None):
+        return process.t_of_sigma(torch.exp(self.sample_log_sigma(n, generator)))
 
-    def cdf(self, t):
-        return self.cdf_log_sigma(torch.log(self.process.ve_sigma(t)))
+    def cdf_t(self, process, t):
+        return self.cdf_log_sigma(torch.log(process.ve_sigma(t)))
 
-    def log_density(self, t):
+    def log_density_t(self, process, t):
         """Density in t: p(log sigma) |d log sigma / dt|."""
-        t = _t64(t).detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            ls = torch.log(self.process.ve_sigma(t))
-            dls, = torch.autograd.grad(ls.sum(), t)
-        return self.log_density_log_sigma(ls.detach()) + torch.log(dls.abs())
-
-    @classmethod
-    def from_dict(cls, d: Mapping):
-        return cls(**{k: (component_from_dict(v) if k == "process" else v)
-                      for k, v in d.items() if k != "kind"})
+        return self.log_density_log_sigma(torch.log(process.ve_sigma(t))) + process.log_sigma_jacobian(t)
 
 
-@register_component("log_sigma_normal")
+@register_component("lognormal")
 @dataclass(frozen=True)
 class LogSigmaNormal(LogSigmaDensity):
     """log sigma ~ N(mean, std^2): EDM (-1.2, 1.2), EDM2 (-0.4, 1.0); for flow matching SD3's logit-normal."""
 
-    process: Process
     mean: float = -1.2
     std: float = 1.2
 
@@ -199,20 +142,41 @@ class LogSigmaNormal(LogSigmaDensity):
         return self.mean + self.std * torch.randn(n, generator=generator, dtype=F64)
 
     def cdf_log_sigma(self, log_sigma):
-        return 0.5 * torch.erfc(-(_t64(log_sigma) - self.mean) / (self.std * math.sqrt(2)))
+        z = (_t64(log_sigma) - self.mean) / self.std
+        return 0.5 * torch.erfc(-z / math.sqrt(2))
 
     def log_density_log_sigma(self, log_sigma):
         z = (_t64(log_sigma) - self.mean) / self.std
         return -0.5 * z**2 - math.log(self.std * math.sqrt(2 * math.pi))
 
 
-def logit_normal(process: Process, mean: float = 0.0, std: float = 1.0, shift: float = 1.0) -> LogSigmaNormal:
-    """SD3: t = sigmoid(u), u ~ N(mean, std^2), then t' = shift t / (1 + (shift - 1) t).
+def logit_normal(mean: float = 0.0, std: float = 1.0, shift: float = 1.0) -> LogSigmaNormal:
+    """SD3's flow-matching times: t = sigmoid(u), u ~ N(mean, std^2), then t' = shift t / (1 + (shift - 1) t).
 
     For flow matching log sigma = logit(t) and logit(t') = logit(t) + log(shift), so this is log sigma ~
-    N(mean + log shift, std^2).
+    N(mean + log shift, std^2) (on another process: that density of log sigma).
     """
-    return LogSigmaNormal(process, mean + math.log(shift), std)
+    return LogSigmaNormal(mean + math.log(shift), std)
+
+
+@register_component("loguniform")
+@dataclass(frozen=True)
+class LogSigmaUniform(LogSigmaDensity):
+    """log sigma ~ U(log lo, log hi) (VE / NCSN++)."""
+
+    lo: float = 0.02
+    hi: float = 100.0
+
+    def sample_log_sigma(self, n, generator=None):
+        return math.log(self.lo) + torch.rand(n, generator=generator, dtype=F64) * math.log(self.hi / self.lo)
+
+    def cdf_log_sigma(self, log_sigma):
+        return ((_t64(log_sigma) - math.log(self.lo)) / math.log(self.hi / self.lo)).clamp(0, 1)
+
+    def log_density_log_sigma(self, log_sigma):
+        ls = _t64(log_sigma)
+        inside = (ls >= math.log(self.lo)) & (ls <= math.log(self.hi))
+        return torch.where(inside, torch.full_like(ls, -math.log(math.log(self.hi / self.lo))), -math.inf)
 
 
 @register_component("log_sigma_logistic")
@@ -220,7 +184,6 @@ def logit_normal(process: Process, mean: float = 0.0, std: float = 1.0, shift: f
 class LogSigmaLogistic(LogSigmaDensity):
     """log sigma ~ Logistic(loc, scale); (0, 1) is flow matching's uniform t (sigma = t / (1 - t))."""
 
-    process: Process
     loc: float = 0.0
     scale: float = 1.0
 
@@ -244,7 +207,6 @@ class LogSigmaLogistic(LogSigmaDensity):
 class LogSigmaLaplace(LogSigmaDensity):
     """Hang et al. 2024: log SNR ~ Laplace(mu, b), i.e. log sigma = -log SNR / 2 ~ Laplace(-mu/2, b/2)."""
 
-    process: Process
     mu: float = 0.0
     b: float = 0.5
 

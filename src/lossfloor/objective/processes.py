@@ -39,6 +39,13 @@ class Process(Component):
         t = _t64(t)
         return self.sigma(t) / self.alpha(t)
 
+    def log_sigma_jacobian(self, t: Tensor) -> Tensor:
+        """log |d log ve_sigma / dt| (by autograd): carries a density over log sigma to one over t."""
+        t = _t64(t).detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            dls, = torch.autograd.grad(torch.log(self.ve_sigma(t)).sum(), t)
+        return torch.log(dls.abs())
+
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(d alpha/dt, d sigma/dt) by autograd, so each process is written once."""
         t = _t64(t).detach().clone().requires_grad_(True)
@@ -70,6 +77,9 @@ class VE(Process):
 
     def t_of_sigma(self, ve_sigma):
         return _t64(ve_sigma) * 1.0
+
+    def log_sigma_jacobian(self, t):
+        return -torch.log(_t64(t))  # log sigma = log t
 
 
 @register_component("vp")

@@ -73,6 +73,17 @@ def process_input(process: Process, x_tilde: Tensor, sigma: Tensor) -> tuple[Ten
     return t, per_sample(process.alpha(t), x_tilde) * x_tilde
 
 
+def network_input(process: Process, precond: Preconditioning, x_t: Tensor,
+                  t: Tensor) -> tuple[Tensor, Tensor]:
+    """What the network sees at process times t (float64, shape (B,)): c_in(sigma) x_t / alpha_t and
+    c_noise(sigma), VE sigma = sigma_t / alpha_t, on x_t's device and in its dtype."""
+    sigma = process.ve_sigma(t)
+    # c_in / alpha in float64: alpha -> 0 and sigma -> inf cancel (flow, cosine near t = 1).
+    scale = precond.c_in(sigma) / process.alpha(t)
+    c_noise = precond.c_noise(sigma).to(device=x_t.device, dtype=x_t.dtype)
+    return per_sample(scale, x_t) * x_t, c_noise
+
+
 def make_target(target, process, t, x_t, x0, precond=Preconditioning()) -> Tensor:
     """The regression target of `target` for clean data x0 noised to x_t at time t."""
     a, b = target_coefficients(target, process, t, precond)

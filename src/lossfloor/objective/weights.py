@@ -1,4 +1,5 @@
-"""Loss weights lambda(sigma) on the x0 loss: simple, NELBO, EDM, min-SNR and soft-min-SNR."""
+"""Loss weights lambda(sigma) on the x0 loss, one family of registered classes: simple, NELBO, EDM, min-SNR
+and soft-min-SNR (the schedules' learned and J*-based ones are in `lossfloor.train.adaptive`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,17 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from lossfloor.core.registry import Registry
 from lossfloor.objective.components import (
     Component,
     _positive,
     _t64,
     register_component,
 )
-from lossfloor.objective.targets import Preconditioning
+from lossfloor.objective.targets import Preconditioning, target_error_factor
 
 if TYPE_CHECKING:
     from lossfloor.objective.objective import Objective
-
-WEIGHTS = ("simple", "nelbo")
 
 
 def nelbo_log_sigma_weight(sigma: Tensor) -> Tensor:
@@ -29,11 +29,6 @@ def nelbo_log_sigma_weight(sigma: Tensor) -> Tensor:
     same for every process (the bound is invariant to the schedule between its end points).
     """
     return _t64(sigma) ** -2
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,6 +41,39 @@ class Weight(Component):
 
     def x0_weight(self, sigma: Tensor, objective: Objective) -> Tensor:
         raise NotImplementedError
+
+
+class NamedWeight(Weight):
+    """A weight without parameters: saved as its name (`objective.legacy`), shown as it."""
+
+    def to_dict(self) -> str:
+        if not self.kind:
+            raise TypeError(f"{type(self).__name__} is not registered with @register_component")
+        return self.kind
+
+    def __str__(self) -> str:
+        return self.kind
+
+
+@register_component("simple")
+@dataclass(frozen=True)
+class Simple(NamedWeight):
+    """The plain MSE on the objective's own target: lambda = b(t)^2, the target's x0 error factor."""
+
+    def x0_weight(self, sigma, objective):
+        t = objective.process.t_of_sigma(sigma)
+        return target_error_factor(objective.target, objective.process, t, objective.precond)
+
+
+@register_component("nelbo")
+@dataclass(frozen=True)
+class NELBO(NamedWeight):
+    """The continuous-time NELBO: its per-log-sigma weight 1/sigma^2 over the objective's density
+    p(log sigma), so that E_p[lambda J] is the bound's diffusion term under any sampling density."""
+
+    def x0_weight(self, sigma, objective):
+        s = _t64(sigma)
+        return nelbo_log_sigma_weight(s) * torch.exp(-objective.log_density(torch.log(s)))
 
 
 @register_component("edm_weight")
@@ -87,3 +115,9 @@ class SoftMinSNRWeight(Weight):
 
     def x0_weight(self, sigma, objective=None):
         return 1.0 / (_t64(sigma) ** 2 + self.sigma_data**2)
+
+
+WEIGHTS = Registry("weight")
+"""The weights of objective names `<preset>-<target>-<weight>`."""
+WEIGHTS.add("simple", Simple, "the plain MSE on the objective's target")
+WEIGHTS.add("nelbo", NELBO, "the continuous-time NELBO (needs a continuous noise density)")

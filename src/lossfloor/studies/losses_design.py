@@ -9,6 +9,7 @@ import torch
 
 from lossfloor.objective.densities import UniformT
 from lossfloor.objective.objective import get_objective
+from lossfloor.objective.weights import NELBO
 
 LOSS_TARGETS = ("x0", "eps", "v", "score")
 LOSS_WEIGHTS = ("nelbo", "simple")
@@ -93,7 +94,7 @@ def losses_objective(target: str, weight: str, sigma_min: float):
     term of the bound that `likelihood.nelbo` evaluates, the same for every target (no clipping).
     """
     obj = get_objective(f"cosine-{target}-{weight}")
-    if weight == "nelbo":
+    if isinstance(obj.weight, NELBO):
         obj = obj.with_(time_dist=UniformT(float(obj.process.t_of_sigma(torch.tensor(sigma_min))), 1.0))
     return obj
 

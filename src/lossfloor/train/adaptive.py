@@ -1,5 +1,5 @@
 """Schedules that learn or need J*: the optimal-loss weight, EDM2's learned uncertainty, the adaptive
-density."""
+density; their training hooks (`update`, `augment`, `parameters`) are called through `Objective`."""
 
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ from lossfloor.objective.components import (
     register_component,
 )
 from lossfloor.objective.densities import LogSigmaDensity
-from lossfloor.objective.objective import Objective
 from lossfloor.objective.targets import Preconditioning
-from lossfloor.objective.weights import Weight
+from lossfloor.objective.weights import Simple, Weight
 
 
 @register_component("optimal_loss")
@@ -109,13 +108,13 @@ class UncertaintyNet(nn.Module):
 class LearnedUncertaintyWeight(Weight):
     """EDM2's learned per-sigma uncertainty: the loss lambda e^{-u(sigma)} ||x0_hat - x0||^2 + u(sigma).
 
-    `x0_weight` is the base weight (default the objective's own, "simple"); `augment` divides the weighted
-    loss by e^u and adds u, whose minimiser over u is the log of the expected weighted loss at sigma.  The
-    parameters of u train with the model and are saved under "state".
+    `x0_weight` is the base weight (default `Simple()`, the objective's plain MSE); `augment` divides the
+    weighted loss by e^u and adds u, whose minimiser over u is the log of the expected weighted loss at
+    sigma.  The parameters of u train with the model and are saved under "state".
     """
 
-    def __init__(self, base="simple", features: int = 32, state: Mapping | None = None):
-        self.base = component_from_dict(base) if isinstance(base, Mapping) else base
+    def __init__(self, base: Weight | None = None, features: int = 32, state: Mapping | None = None):
+        self.base = Simple() if base is None else base
         self.features = int(features)
         self.net = UncertaintyNet(self.features)
         if state is not None:
@@ -129,13 +128,14 @@ class LearnedUncertaintyWeight(Weight):
 
     @classmethod
     def from_dict(cls, d: Mapping) -> LearnedUncertaintyWeight:
-        return cls(d.get("base", "simple"), d.get("features", 32), d.get("state"))
+        base = component_from_dict(d["base"]) if "base" in d else None
+        return cls(base, d.get("features", 32), d.get("state"))
 
     def __repr__(self) -> str:
         return f"LearnedUncertaintyWeight(base={self.base!r})"
 
     def x0_weight(self, sigma, objective):
-        return objective.with_(weight=self.base).x0_weight(sigma)
+        return self.base.x0_weight(sigma, objective)
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.net.parameters())
@@ -157,9 +157,8 @@ class AdaptiveDensity(LogSigmaDensity):
     sigma, so every bin keeps support.  w and J* are bin means of the weight and of the curve.
     """
 
-    def __init__(self, process, weight, *, sigma_min: float = 0.002, sigma_max: float = 80.0, bins: int = 20,
+    def __init__(self, weight, *, sigma_min: float = 0.002, sigma_max: float = 80.0, bins: int = 20,
                  floor: float = 0.1, every: int = 100, state: Mapping | None = None):
-        self.process = component_from_dict(process) if isinstance(process, Mapping) else process
         self.weight = component_from_dict(weight) if isinstance(weight, Mapping) else weight
         if not 0 < sigma_min < sigma_max:
             raise InputError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
@@ -199,8 +198,7 @@ class AdaptiveDensity(LogSigmaDensity):
             raise InputError(f"adaptive density state has the wrong number of bins (expected {self.bins})")
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "process": component_to_dict(self.process),
-                "weight": component_to_dict(self.weight), "sigma_min": self.sigma_min,
+        return {"kind": self.kind, "weight": component_to_dict(self.weight), "sigma_min": self.sigma_min,
                 "sigma_max": self.sigma_max, "bins": self.bins, "floor": self.floor, "every": self.every,
                 "state": self.state_dict()}
 
@@ -257,37 +255,3 @@ class AdaptiveDensity(LogSigmaDensity):
         dens = self.probs[b] / self.probs.sum() / np.diff(self.edges)[b]
         with np.errstate(divide="ignore"):
             return torch.from_numpy(np.asarray(np.where(inside, np.log(dens), -np.inf), dtype=float))
-
-
-# --------------------------------------------------------------------------------------------
-# Trainer hooks (no-ops for static schedules).
-# --------------------------------------------------------------------------------------------
-
-
-def _parts(objective: Objective) -> tuple:
-    return (objective.weight, objective.time_dist)
-
-
-def is_dynamic(objective: Objective) -> bool:
-    """True when the objective has state that training changes (an adaptive density, a learned weight)."""
-    return any(hasattr(p, "update") or hasattr(p, "augment") for p in _parts(objective))
-
-
-def trainable_parameters(objective: Objective) -> list[nn.Parameter]:
-    """Parameters the schedule trains alongside the model (EDM2's u(sigma)); [] for most schedules."""
-    return [p for part in _parts(objective) if hasattr(part, "parameters") for p in part.parameters()]
-
-
-def augment_loss(objective: Objective, sigma: Tensor, loss: Tensor) -> Tensor:
-    """The per-sample training loss from the weighted loss (EDM2: loss e^{-u} + u; else unchanged)."""
-    for part in _parts(objective):
-        if hasattr(part, "augment"):
-            loss = part.augment(sigma, loss)
-    return loss
-
-
-def update(objective: Objective, sigma: Tensor, x0_loss: Tensor) -> None:
-    """Feed per-sample x0 losses at VE sigma to the dynamic parts (after each optimisation step)."""
-    for part in _parts(objective):
-        if hasattr(part, "update"):
-            part.update(sigma, x0_loss)

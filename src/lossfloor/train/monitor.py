@@ -1,7 +1,7 @@
 """Per-sigma monitoring of x0 losses: `BinnedLoss` (the trainer's binned log) and `GapMonitor` (the gap
 to J*(sigma) inside a user's own training loop).
 
-Both take per-sample x0 losses ||x0_hat - x0||^2 / D (`models.x0_loss`, or `models.x0_loss_from_target`
+Both take per-sample x0 losses ||x0_hat - x0||^2 / D (`models.x0_loss`, or `Objective.x0_loss_from_target`
 for a loss on the objective's own target) at VE noise levels sigma, and bin them in log sigma.
 """
 
@@ -16,7 +16,6 @@ import torch
 
 from lossfloor.core.files import atomic_write_text
 from lossfloor.floor.curve import OptimalLossCurve
-from lossfloor.nets.denoiser import x0_loss_from_target
 from lossfloor.objective.objective import Objective
 
 
@@ -131,7 +130,7 @@ class GapMonitor:
         if self.objective is None:
             raise ValueError("update_from_target needs the objective that defines the target")
         t = torch.as_tensor(t, dtype=torch.float64).detach().cpu()
-        x0_loss = x0_loss_from_target(self.objective, t, torch.as_tensor(target_loss).detach().cpu())
+        x0_loss = self.objective.x0_loss_from_target(t, torch.as_tensor(target_loss).detach().cpu())
         self.update(self.objective.process.ve_sigma(t), x0_loss)
 
     def summary(self) -> dict:

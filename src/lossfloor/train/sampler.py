@@ -7,9 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from lossfloor.nets.denoiser import x0_loss_from_target
 from lossfloor.objective.objective import Objective, get_objective
-from lossfloor.train.adaptive import augment_loss, trainable_parameters, update
 from lossfloor.train.schedules import apply_schedule
 
 # --------------------------------------------------------------------------------------------
@@ -24,7 +22,8 @@ class ScheduleSampler:
     or an `Objective`); `target` overrides the target space you compute your loss in.  Per step:
     ``sigma = s.sample_sigma(B)``, ``t = s.t(sigma)``, noise your data at t, compute the per-sample mean
     squared error on your target, ``loss = s.loss(sigma, mse).mean()``, and ``s.update(sigma, s.x0_loss(sigma,
-    mse))``.  Add ``s.parameters()`` to your optimizer (EDM2's learned weighting has some); save
+    mse))``; or, with a network that takes (c_in x~, c_noise), ``loss, x0_loss = s.objective.loss(net, x0,
+    generator=...)``.  Add ``s.parameters()`` to your optimizer (EDM2's learned weighting has some); save
     ``s.state_dict()`` with your checkpoint.
     """
 
@@ -50,19 +49,18 @@ class ScheduleSampler:
 
     def x0_loss(self, sigma: Tensor, target_mse: Tensor) -> Tensor:
         """Your target-space per-sample error converted to ||x0_hat - x0||^2 / D."""
-        return x0_loss_from_target(self.objective, self.t(sigma), target_mse.detach()).cpu()
+        return self.objective.x0_loss_from_target(self.t(sigma), target_mse.detach()).cpu()
 
     def loss(self, sigma: Tensor, target_mse: Tensor) -> Tensor:
         """Per-sample training loss: weight * target_mse (and EDM2's e^-u, + u, when learned)."""
-        w = self.weight(sigma).to(target_mse.device, target_mse.dtype)
-        return augment_loss(self.objective, sigma, w * target_mse)
+        return self.objective.loss_from_target(self.t(sigma), target_mse, sigma)
 
     def update(self, sigma: Tensor, x0_loss: Tensor) -> None:
         """Feed the step's x0 losses to an adaptive schedule (no-op for static ones)."""
-        update(self.objective, sigma, x0_loss)
+        self.objective.update(sigma, x0_loss)
 
     def parameters(self) -> list[nn.Parameter]:
-        return trainable_parameters(self.objective)
+        return self.objective.parameters()
 
     def state_dict(self) -> dict:
         return dict(objective=self.objective.to_dict(), generator=self.generator.get_state())

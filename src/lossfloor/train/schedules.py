@@ -6,14 +6,15 @@ preconditioning stay.  Both parts are registered components of `lossfloor.object
 
 - weights (`Objective.weight`): `EDMWeight`, `MinSNRWeight`, `SoftMinSNRWeight`, `OptimalLossWeight` (the
   paper's) and `LearnedUncertaintyWeight` (EDM2's, with trainable parameters);
-- noise densities (`Objective.time_dist`), defined over log sigma and carried to the process's t:
+- noise densities (`Objective.time_dist`), defined over log sigma (the objective carries them to its t):
   `LogSigmaNormal` (EDM, EDM2, SD3's logit-normal), `LogSigmaLogistic` (flow matching's uniform t),
   `LogSigmaLaplace` (Hang et al. 2024) and the dynamic `AdaptiveDensity` (the paper's p ~ w (J - J*)).
 
 `apply_schedule(objective, name, curve)` builds the schedules registered in `SCHEDULES`; the trainer calls
-`trainable_parameters`, `augment_loss` and `update` (no-ops for static schedules).  A dynamic part keeps its
-state under "state" in `to_dict`, which goes into checkpoints.  `ScheduleSampler` is the same for a user's
-own training loop.  What is reconstructed, and why each default, is in docs/theory.md ("Training schedules").
+`Objective.parameters`, `Objective.loss` (through `Objective.augment`) and `Objective.update` (no-ops for
+static schedules).  A dynamic part keeps its state under "state" in `to_dict`, which goes into checkpoints.
+`ScheduleSampler` is the same for a user's own training loop.  What is reconstructed, and why each default,
+is in docs/theory.md ("Training schedules").
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ def _optimal_loss(weight: bool, density: bool, bump: bool = True) -> Callable:
         w = OptimalLossWeight(curve, bump=bump, **{k: v for k, v in options.items() if k not in density_keys})
         out = objective.with_(weight=w) if weight else objective
         if density:
-            p = AdaptiveDensity(objective.process, w,
-                                **{k: v for k, v in options.items() if k in density_keys})
+            p = AdaptiveDensity(w, **{k: v for k, v in options.items() if k in density_keys})
             out = out.with_(time_dist=p)
         return out
     return build
@@ -67,14 +67,14 @@ SCHEDULES.add("optimal-loss-density", _optimal_loss(weight=False, density=True),
 SCHEDULES.add("optimal-loss-nobump", _optimal_loss(weight=True, density=True, bump=False),
               "ablation: the paper's schedule without the bump left of sigma*")
 SCHEDULES.add("edm", lambda obj, curve=None: obj.with_(weight=EDMWeight(),
-                                                       time_dist=LogSigmaNormal(obj.process, -1.2, 1.2)),
+                                                       time_dist=LogSigmaNormal(-1.2, 1.2)),
               "EDM: lambda = 1/c_out^2, log sigma ~ N(-1.2, 1.2^2)")
 SCHEDULES.add("edm2", lambda obj, curve=None: obj.with_(weight=EDMWeight(),
-                                                        time_dist=LogSigmaNormal(obj.process, -0.4, 1.0)),
+                                                        time_dist=LogSigmaNormal(-0.4, 1.0)),
               "EDM2: lambda = 1/c_out^2, log sigma ~ N(-0.4, 1.0^2)")
 SCHEDULES.add("edm2-learned",
               lambda obj, curve=None: obj.with_(weight=LearnedUncertaintyWeight(EDMWeight()),
-                                                time_dist=LogSigmaNormal(obj.process, -0.4, 1.0)),
+                                                time_dist=LogSigmaNormal(-0.4, 1.0)),
               "EDM2 with learned uncertainty u(sigma): lambda e^-u loss + u, log sigma ~ N(-0.4, 1)")
 SCHEDULES.add("min-snr", lambda obj, curve=None: obj.with_(weight=MinSNRWeight(5.0)),
               "min-SNR-5 weight (Hang et al. 2023), the objective's own noise distribution")
@@ -82,13 +82,13 @@ SCHEDULES.add("soft-min-snr",
               lambda obj, curve=None: obj.with_(weight=SoftMinSNRWeight(obj.precond.sigma_data)),
               "k-diffusion soft-min-SNR weight 1/(sigma^2 + sigma_d^2)")
 SCHEDULES.add("laplace",
-              lambda obj, curve=None: obj.with_(time_dist=LogSigmaLaplace(obj.process, 0.0, 0.5)),
+              lambda obj, curve=None: obj.with_(time_dist=LogSigmaLaplace(0.0, 0.5)),
               "Laplace(0, 0.5) on log SNR (Hang et al. 2024), the objective's own weight")
 SCHEDULES.add("uniform-t",
-              lambda obj, curve=None: obj.with_(time_dist=LogSigmaLogistic(obj.process, 0.0, 1.0)),
+              lambda obj, curve=None: obj.with_(time_dist=LogSigmaLogistic(0.0, 1.0)),
               "flow matching's uniform t: log sigma ~ Logistic(0, 1)")
 SCHEDULES.add("logit-normal",
-              lambda obj, curve=None: obj.with_(time_dist=logit_normal(obj.process, 0.0, 1.0, 1.0)),
+              lambda obj, curve=None: obj.with_(time_dist=logit_normal(0.0, 1.0, 1.0)),
               "SD3's logit-normal t (mean 0, std 1, shift 1): log sigma ~ N(0, 1)")
 
 

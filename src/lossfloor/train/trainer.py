@@ -1,8 +1,8 @@
 """Objective-driven training of diffusion models, with per-sigma x0-loss logging and exact resume.
 
-The objective decides everything formulation-specific: ``objective.sample_t`` draws the times, the
-process noises the data, ``make_target`` builds the regression target and ``objective.target_weight``
-weighs its squared error.  Nothing in the loop is special-cased per formulation.
+The objective decides everything formulation-specific: ``objective.sample_t`` draws the times and
+``objective.loss`` (the one place the training loss is assembled) noises the data, builds the regression
+target and weighs its squared error.  Nothing in the loop is special-cased per formulation.
 
 Programmatic API::
 
@@ -20,7 +20,7 @@ Programmatic API::
 - Every step draws indices, times and noise from one seeded generator, so a run resumed from a
   checkpoint (model, EMA, optimizer, generator, step) continues bit-for-bit.
 - The per-sample x0 loss ``||x0_hat - x0||^2 / D`` (the normalisation of J*) is the target error divided
-  by `target_error_factor` (`models.x0_loss_from_target`); `monitor.BinnedLoss` bins it in log sigma, and
+  by `target_error_factor` (`Objective.x0_loss_from_target`); `monitor.BinnedLoss` bins it in log sigma, and
   `out/binned.csv` holds one block of bins per logging interval.  `monitor.GapMonitor` reuses `BinnedLoss`.
 """
 
@@ -40,12 +40,10 @@ from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_torch_save
 from lossfloor.data.load import load_dataset
 from lossfloor.data.toys import TOYS
-from lossfloor.nets.denoiser import Denoiser, x0_loss_from_target
+from lossfloor.nets.denoiser import Denoiser
 from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
 from lossfloor.objective.components import static_dict
 from lossfloor.objective.objective import get_objective
-from lossfloor.objective.targets import make_target, per_sample
-from lossfloor.train.adaptive import augment_loss, is_dynamic, trainable_parameters, update
 from lossfloor.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, Checkpoint, load_checkpoint
 from lossfloor.train.logs import LOG_FILES, _append_csv, _truncate_csv
 from lossfloor.train.monitor import BinnedLoss
@@ -89,7 +87,7 @@ class Trainer:
     def __init__(self, data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *,
                  out=None, data_info: dict | None = None, device="cpu", sigma_edges=None):
         self.objective = get_objective(objective) if isinstance(objective, str) else objective
-        if is_dynamic(self.objective):  # training mutates its state: keep the caller's copy intact
+        if self.objective.is_dynamic:  # training mutates its state: keep the caller's copy intact
             self.objective = copy.deepcopy(self.objective)
         self.data = torch.as_tensor(data, dtype=torch.float32).to(device)
         if tuple(self.data.shape[1:]) != model.shape:
@@ -105,8 +103,8 @@ class Trainer:
         self.net = net.to(self.device)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
-        if trainable_parameters(self.objective):  # e.g. EDM2's learned u(sigma)
-            self.optimizer.add_param_group({"params": trainable_parameters(self.objective)})
+        if self.objective.parameters():  # e.g. EDM2's learned u(sigma)
+            self.optimizer.add_param_group({"params": self.objective.parameters()})
         self.generator = torch.Generator().manual_seed(config.seed)
         self.binned = BinnedLoss(sigma_edges)
         self.last_interval = BinnedLoss(sigma_edges)  # the bins of the last finished logging interval
@@ -117,19 +115,8 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------------------------
     def losses(self, x0: Tensor, t: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-        """(weighted objective loss, x0 loss) per sample for clean data, times and noise."""
-        obj = self.objective
-        x0_64, eps_64 = x0.double(), eps.double()
-        # Noising and the target in float64: the target's coefficients diverge at the ends of the schedule.
-        alpha, sigma_t = per_sample(obj.process.alpha(t), x0_64), per_sample(obj.process.sigma(t), x0_64)
-        x_t = alpha * x0_64 + sigma_t * eps_64
-        target = make_target(obj.target, obj.process, t, x_t, x0_64, obj.precond).float()
-        pred = Denoiser(self.net, obj).prediction(x_t.float(), t)
-        err = (pred - target).pow(2).flatten(1).mean(1)
-        weight = obj.target_weight(t).to(device=err.device, dtype=err.dtype)
-        x0_loss = x0_loss_from_target(obj, t, err.detach())  # the model's x0 loss at sigma (models.x0_loss)
-        loss = augment_loss(obj, obj.process.ve_sigma(t), weight * err)  # EDM2: e^-u loss + u
-        return loss, x0_loss
+        """(training loss, x0 loss) per sample for clean data, times and noise: `Objective.loss`."""
+        return self.objective.loss(self.net, x0, t, eps)
 
     def train_step(self) -> float:
         """One optimisation step; returns the batch's objective loss."""
@@ -149,7 +136,7 @@ class Trainer:
         self._update_ema()
         self.step += 1
         self.binned.update(self.objective.process.ve_sigma(t), x0_loss)
-        update(self.objective, self.objective.process.ve_sigma(t), x0_loss)  # adaptive p(sigma)
+        self.objective.update(self.objective.process.ve_sigma(t), x0_loss)  # adaptive p(sigma)
         value = loss.item()
         self._loss_sum += value
         self._loss_count += 1
@@ -275,8 +262,8 @@ class Trainer:
                              f"{self.objective.name!r} (name or settings)")
         if not isinstance(saved, str):
             self.objective = ckpt.objective
-            if trainable_parameters(self.objective):  # the optimizer must step the reloaded ones
-                self.optimizer.param_groups[1]["params"] = trainable_parameters(self.objective)
+            if self.objective.parameters():  # the optimizer must step the reloaded ones
+                self.optimizer.param_groups[1]["params"] = self.objective.parameters()
         if ckpt.model != self.model_config:
             raise InputError(f"checkpoint model {ckpt.model} differs from {self.model_config}")
         theirs, ours = ckpt.data.get("fingerprint"), self.data_info.get("fingerprint")
