@@ -222,6 +222,10 @@ def sample(progress, **options):
 @click.option("--checkpoint", type=PATH, default="", help="a checkpoint.pt (or its folder)")
 @click.option("--diffusers", type=PATH, help="or a diffusers save_pretrained folder (pipeline, or unet/ + "
               "scheduler/); needs --data")
+@click.option("--denoiser", metavar="FILE.py:FACTORY",
+              help="or your own model: FACTORY() returns denoise(x0 + sigma eps, sigma) -> x0_hat (EDM / "
+                   "k-diffusion convention); RUNS THE CODE IN FILE.py; needs --data and --objective")
+@click.option("--objective", help="with --denoiser: the objective it was trained with; " + OBJECTIVE_HELP)
 @click.option("--data", help="evaluate on this dataset instead of the checkpoint's (same shape)")
 @data_options(DIAG)
 @click.option("--curve", type=PATH, help="optimal_loss.json of the same data [estimated here]")
@@ -265,12 +269,11 @@ def diagnose(progress, **options):
 @click.option("--out", type=PATH, default="out/fit", help="output folder")
 @click.option("--force", is_flag=True, help="overwrite the results in --out")
 def fit(**options):
-    """Fit J = beta F^alpha, J - J* = beta F^alpha and J = E + beta F^alpha to the compute-optimal frontier
-    of RUNS.csv (one row per checkpoint: run, loss, compute or steps and flops_per_step; optional
-    parameters, sigma; docs/scaling.md), with 95% intervals resampling whole runs, and per run."""
+    """Fit J = beta F^alpha, J - J* = beta F^alpha and J = E + beta F^alpha to RUNS.csv's compute frontier
+    (columns run, loss, compute; docs/scaling.md), 95% intervals resampling whole runs; and per run."""
     run = prepare_fit(FitSettings(**options))
-    click.echo(f"runs:    {run.settings.runs_csv} ({len(run.runs.run)} rows, {len(set(run.runs.run))} runs)")
-    click.echo(run.floor_line())
+    echo([f"runs:    {run.settings.runs_csv} ({len(run.runs.run)} rows, {len(set(run.runs.run))} runs)",
+          run.floor_line()])
     result = run_fit(run)
     echo(result.lines())
     click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
