@@ -59,8 +59,8 @@ class DiagnoseSettings:
         given = [k for k, v in (("--checkpoint", self.checkpoint), ("--diffusers", self.diffusers),
                                 ("--denoiser", self.denoiser)) if v]
         if len(given) > 1:
-            raise InputError(f"{' and '.join(given[:2])}: give one of --checkpoint, --diffusers or --denoiser, "
-                             "not both")
+            raise InputError(f"{' and '.join(given[:2])}: give one of --checkpoint, --diffusers or "
+                             "--denoiser, not both")
         if self.objective is not None and self.denoiser is None:
             raise InputError("--objective goes with --denoiser (checkpoints and diffusers folders carry "
                              "their own)")
