@@ -14,6 +14,7 @@ from lossfloor import studies
 from lossfloor.app.common import DTYPES, SIGMA_GRID
 from lossfloor.app.diagnose import DiagnoseSettings, prepare_diagnose, run_diagnose
 from lossfloor.app.estimate import EstimateSettings, prepare_estimate, run_estimate
+from lossfloor.app.fit import FitSettings, prepare_fit, run_fit
 from lossfloor.app.options import SEED, SIGMA, SIGMAS, Integer, Real
 from lossfloor.app.sample import SampleSettings, run_sample
 from lossfloor.app.train import TrainSettings, prepare_train, run_train
@@ -234,6 +235,10 @@ def sample(progress, **options):
 @click.option("--checkpoint", type=PATH, default="", help="a checkpoint.pt (or its folder)")
 @click.option("--diffusers", type=PATH, help="or a diffusers save_pretrained folder (pipeline, or unet/ + "
               "scheduler/); needs --data")
+@click.option("--denoiser", metavar="FILE.py:FACTORY",
+              help="or your own model: FACTORY() returns denoise(x0 + sigma eps, sigma) -> x0_hat (EDM / "
+                   "k-diffusion convention); RUNS THE CODE IN FILE.py; needs --data and --objective")
+@click.option("--objective", help="with --denoiser: the objective it was trained with; " + OBJECTIVE_HELP)
 @click.option("--data", help="evaluate on this dataset instead of the checkpoint's (same shape)")
 @data_options(DIAG)
 @click.option("--curve", type=PATH, help="optimal_loss.json of the same data [estimated here]")
@@ -256,6 +261,34 @@ def diagnose(progress, **options):
     echo(result.report())
     if result.diagnosis.violations:
         click.echo("!" * 100 + "\n" + violation_message(result.diagnosis) + "\n" + "!" * 100, err=True)
+    click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
+
+
+# -- fit ----------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Scaling-law fits of your own runs (CSV), with and without J* subtracted.")
+@click.argument("runs_csv", type=click.Path(dir_okay=False))
+@click.option("--floor", type=Real(0), help="J* of the total loss (per dimension, the runs' objective)")
+@click.option("--floor-stderr", type=Real(0), default=0.0, help="its standard error (propagated)")
+@click.option("--curve", type=PATH, help="or optimal_loss.json of the training data (J*(σ) for sigma rows)")
+@click.option("--objective", help="with --curve: the objective the total losses were measured under; "
+              + OBJECTIVE_HELP)
+@click.option("--column", multiple=True, metavar="FIELD=HEADER",
+              help="read FIELD (run, loss, compute, steps, flops_per_step, parameters, sigma) from another "
+                   "header, e.g. --column run=width")
+@click.option("--n-boot", type=Integer(10, 100_000), default=1000, help="bootstrap resamples (whole runs)")
+@click.option("--seed", type=SEED, default=0, help="seed of the bootstrap")
+@click.option("--out", type=PATH, default="out/fit", help="output folder")
+@click.option("--force", is_flag=True, help="overwrite the results in --out")
+def fit(**options):
+    """Fit J = beta F^alpha, J - J* = beta F^alpha and J = E + beta F^alpha to RUNS.csv's compute frontier
+    (columns run, loss, compute; docs/scaling.md), 95% intervals resampling whole runs; and per run."""
+    run = prepare_fit(FitSettings(**options))
+    echo([f"runs:    {run.settings.runs_csv} ({len(run.runs.run)} rows, {len(set(run.runs.run))} runs)",
+          run.floor_line()])
+    result = run_fit(run)
+    echo(result.lines())
     click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
 
 

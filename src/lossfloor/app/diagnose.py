@@ -36,6 +36,8 @@ class DiagnoseSettings:
 
     checkpoint: str = ""
     diffusers: str | None = None  # a diffusers save_pretrained folder instead (`app.sources.open_diffusers`)
+    denoiser: str | None = None  # or FILE.py:FACTORY, the user's own code (`app.sources.open_denoiser`)
+    objective: str | None = None  # the objective of a --denoiser model
     data: str | None = None  # default: the checkpoint's data, reloaded
     data_dir: str | None = None
     n: int | None = None
@@ -54,8 +56,16 @@ class DiagnoseSettings:
 
     def source_kind(self) -> str:
         """Which `SOURCES` entry the options name."""
-        if self.diffusers is not None and self.checkpoint:
-            raise InputError("give either --checkpoint or --diffusers, not both")
+        given = [k for k, v in (("--checkpoint", self.checkpoint), ("--diffusers", self.diffusers),
+                                ("--denoiser", self.denoiser)) if v]
+        if len(given) > 1:
+            raise InputError(f"{' and '.join(given[:2])}: give one of --checkpoint, --diffusers or "
+                             "--denoiser, not both")
+        if self.objective is not None and self.denoiser is None:
+            raise InputError("--objective goes with --denoiser (checkpoints and diffusers folders carry "
+                             "their own)")
+        if self.denoiser is not None:
+            return "denoiser"
         if self.diffusers is not None:
             return "diffusers"
         if not self.checkpoint:
@@ -136,8 +146,8 @@ def check_diagnose_grid(s: DiagnoseSettings) -> None:
 def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
     """Check the options, open the model, load the data and the curve; nothing is written."""
     kind = s.source_kind()
-    if kind == "diffusers" and s.data is None:
-        raise InputError("--diffusers needs --data: the data the model was trained on (scaled to [-1, 1])")
+    if kind in ("diffusers", "denoiser") and s.data is None:
+        raise InputError(f"--{kind} needs --data: the data the model was trained on (scaled to [-1, 1])")
     if s.data is None and (s.data_dir, s.n, s.flip, s.data_seed) != (None, None, False, 0):
         raise InputError("--data-dir, --n, --data-seed and --flip apply with --data (without it the "
                          "checkpoint's own data is reloaded as it was trained)")

@@ -1,5 +1,6 @@
 """Where a diagnosed model comes from: a `DenoiserSource` per kind (a lossfloor checkpoint, a diffusers
-folder), each giving the x0-denoiser, its objective, how to describe it and where its sigma levels lie.
+folder, a factory in the user's own Python file), each giving the x0-denoiser, its objective, how to
+describe it and where its sigma levels lie.
 
 A new kind of model is one `open_*` function here and one entry in `SOURCES`; `app.diagnose` owns the rest
 (data, curve, evaluation, files).
@@ -7,8 +8,11 @@ A new kind of model is one `open_*` function here and one entry in `SOURCES`; `a
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +21,7 @@ from torch import nn
 from lossfloor.core.errors import InputError
 from lossfloor.core.registry import Registry
 from lossfloor.data.dataset import Dataset
+from lossfloor.evaluate.adapters import CallableDenoiser
 from lossfloor.integrations.diffusers import (
     _diffusers,
     check_data,
@@ -24,7 +29,7 @@ from lossfloor.integrations.diffusers import (
     sigma_grid,
     snap_to_training_levels,
 )
-from lossfloor.objective.objective import Objective
+from lossfloor.objective.objective import Objective, get_objective
 from lossfloor.train.checkpoint import load_checkpoint
 from lossfloor.train.trainer import reload_data
 
@@ -105,6 +110,57 @@ def open_diffusers(s, device: torch.device) -> DenoiserSource:
         check_data=lambda dataset: check_data(loaded, dataset.shape, dataset.x))
 
 
+def load_factory(spec: str) -> Callable:
+    """FILE.py:FACTORY -> the factory function.  This imports FILE.py: it runs the user's own code."""
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise InputError(f"--denoiser {spec!r}: expected FILE.py:FACTORY (a Python file, a function in it)")
+    file = Path(path)
+    if not file.is_file() or file.suffix != ".py":
+        raise InputError(f"--denoiser {spec}: {file} is not a Python (.py) file")
+    module_spec = importlib.util.spec_from_file_location(f"lossfloor_user_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)  # the user's code: its own errors surface with their traceback
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise InputError(f"--denoiser {spec}: {file} defines no function {name!r}")
+    return factory
+
+
+def open_denoiser(s, device: torch.device) -> DenoiserSource:
+    """A user's factory (--denoiser FILE.py:FACTORY) returning ``denoise(x_noisy, sigma) -> x0_hat``
+    (EDM / k-diffusion convention), under --objective.  Runs the user's code."""
+    if s.raw_weights:
+        raise InputError("--raw-weights applies to lossfloor checkpoints; the factory returns one denoiser")
+    if s.objective is None:
+        raise InputError("--denoiser needs --objective: the objective the model was trained with (its "
+                         "weight and noise density make the total)")
+    objective = get_objective(s.objective)
+    factory = load_factory(s.denoiser)
+    kwargs = {"device": device} if "device" in inspect.signature(factory).parameters else {}
+    denoise = factory(**kwargs)
+    if not callable(denoise):
+        raise InputError(f"--denoiser {s.denoiser}: the factory returned {type(denoise).__name__}, not a "
+                         "callable denoise(x_noisy, sigma) -> x0_hat")
+    module = CallableDenoiser(denoise).to(device)
+
+    def check(dataset: Dataset) -> None:
+        x = dataset.x[:2].float().to(device)
+        with torch.no_grad():
+            out = module(x, torch.full((len(x),), 1.0, device=device))
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(x.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(f"--denoiser {s.denoiser}: returned {got} for input of shape {tuple(x.shape)}; "
+                             "expected x0_hat of the input's shape")
+
+    return DenoiserSource(
+        denoiser=module, objective=objective,
+        model_line=f"{s.denoiser} (user code, called as denoise(x0 + sigma eps, sigma) -> x0_hat)",
+        title=f"{Path(s.denoiser.rpartition(':')[0]).name}", head={"denoiser": s.denoiser},
+        check_data=check)
+
+
 SOURCES = Registry("model source")
 SOURCES.add("checkpoint", open_checkpoint, "a lossfloor checkpoint (--checkpoint)")
 SOURCES.add("diffusers", open_diffusers, "a diffusers save_pretrained folder (--diffusers)")
+SOURCES.add("denoiser", open_denoiser, "a factory in your own Python file (--denoiser FILE.py:FACTORY)")

@@ -337,3 +337,51 @@ def paired_difference(a: PowerLawFit, b: PowerLawFit, stat: str = "rho",
         raise ValueError("paired differences need two fits of the same points with the same seed")
     diff = getattr(a.boot, stat) - getattr(b.boot, stat)
     return PairedDifference(stat, getattr(a, stat) - getattr(b, stat), _interval(diff, a.units, level))
+
+
+# --------------------------------------------------------------------------------------------
+# What the scaling study's report and `lossfloor fit` share: frontier fits, their summary, table rows.
+# --------------------------------------------------------------------------------------------
+
+
+def frontier_fits(compute, loss, floor, runs, n_boot: int, seed: int,
+                  floor_stderr: float = 0.0) -> tuple[np.ndarray, dict[str, PowerLawFit]]:
+    """(frontier indices, the three forms fitted on the compute-optimal frontier, resampling whole runs);
+    no fits ({}) with fewer than 3 frontier points."""
+    compute, loss = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    idx = compute_frontier(compute, loss)
+    if len(idx) < 3:
+        return idx, {}
+    return idx, fit_all(compute[idx], loss[idx], floor, groups=np.asarray(runs)[idx], n_boot=n_boot,
+                        seed=seed, floor_stderr=floor_stderr)
+
+
+def fit_summary(fits: dict[str, PowerLawFit]) -> dict:
+    """Each form's `to_dict` and the paired differences corrected - plain of rho and R^2."""
+    out = {form: f.to_dict() for form, f in fits.items()}
+    if "corrected" in fits and "plain" in fits:
+        out["corrected_minus_plain"] = {s: paired_difference(fits["corrected"], fits["plain"], s).to_dict()
+                                        for s in ("rho", "r2")}
+    return out
+
+
+FORM_HEAD = ["form", "ρ [95% CI]", "R² (log J) [95% CI]", "α [95% CI]", "floor", "extrap. error", "≤ floor"]
+
+
+def _ci(fit: dict, key: str, digits: int = 3) -> str:
+    lo, hi = fit[f"{key}_ci"]
+    return f"{fit[key]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def form_rows(fits: dict) -> list[list[str]]:
+    """Table rows (`FORM_HEAD`) of a `fit_summary`: one per form."""
+    rows = []
+    for form in FORMS:
+        if form not in fits:
+            continue
+        f = fits[form]
+        rows.append([form, _ci(f, "rho", 4), _ci(f, "r2", 4), _ci(f, "alpha", 4),
+                     f"{f['floor']:.4g}" + (f" [{f['floor_ci'][0]:.4g}, {f['floor_ci'][1]:.4g}]"
+                                            if form == "free" else ""),
+                     f"{f['extrapolation_error']:.4f}", str(len(f["below_floor"]))])
+    return rows

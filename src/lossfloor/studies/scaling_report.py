@@ -38,25 +38,6 @@ def _points(cells: list[dict], setup: dict) -> dict:
     }
 
 
-def _frontier_fits(compute, loss, floor, runs, n_boot, seed, floor_stderr=0.0) -> tuple[np.ndarray, dict]:
-    """The three forms fitted on the compute-optimal frontier (lower envelope over runs)."""
-    idx = scaling.compute_frontier(compute, loss)
-    if len(idx) < 3:
-        return idx, {}
-    fits = scaling.fit_all(compute[idx], loss[idx], floor, groups=runs[idx], n_boot=n_boot, seed=seed,
-                           floor_stderr=floor_stderr)
-    return idx, fits
-
-
-def _fit_summary(fits: dict) -> dict:
-    out = {form: f.to_dict() for form, f in fits.items()}
-    if "corrected" in fits:
-        out["corrected_minus_plain"] = {
-            s: scaling.paired_difference(fits["corrected"], fits["plain"], s).to_dict()
-            for s in ("rho", "r2")}
-    return out
-
-
 def write_scaling_report(out) -> dict:
     """Fits, tables, CSVs and figures from the finished cells under `out`."""
 
@@ -82,30 +63,33 @@ def write_scaling_report(out) -> dict:
     report = {"setup": {k: setup[k] for k in ("preset_name", "preset", "seed", "objective", "sizes",
                                                "flop_convention", "curve_total", "same_draw_floor",
                                                "eval_draws", "test_draws")}}
-    idx, fits = _frontier_fits(p["compute"], j_train, floor, p["width"], n_boot, seed)
-    report["frontier"] = {"points": idx.tolist(), "fits": _fit_summary(fits),
+    idx, fits = scaling.frontier_fits(p["compute"], j_train, floor, p["width"], n_boot, seed)
+    report["frontier"] = {"points": idx.tolist(), "fits": scaling.fit_summary(fits),
                           "floor": floor, "free_E_minus_floor": fits["free"].floor - floor if fits else None}
     report["per_size"] = {}
     for w in sorted(set(p["width"].tolist())):
         sel = np.nonzero(p["width"] == w)[0]
-        report["per_size"][str(w)] = _fit_summary(scaling.fit_all(p["compute"][sel], j_train[sel], floor,
-                                                                   n_boot=n_boot, seed=seed))
+        fits_w = scaling.fit_all(p["compute"][sel], j_train[sel], floor, n_boot=n_boot, seed=seed)
+        report["per_size"][str(w)] = scaling.fit_summary(fits_w)
     per_sigma = []
     for k, s in enumerate(sigmas):
         j_k = p["floor_levels"][k] + p["level_gaps"][:, k]
-        idx_k, fits_k = _frontier_fits(p["compute"], j_k, p["floor_levels"][k], p["width"], n_boot, seed)
+        idx_k, fits_k = scaling.frontier_fits(p["compute"], j_k, p["floor_levels"][k], p["width"], n_boot,
+                                              seed)
         row = {"sigma": float(s), "floor": float(p["floor_levels"][k]), "curve_floor": float(curve_floor[k]),
                "curve_floor_se": float(curve_se[k]), "frontier_points": len(idx_k)}
         if fits_k:
-            row.update(_fit_summary(fits_k))
+            row.update(scaling.fit_summary(fits_k))
         per_sigma.append(row)
     report["per_sigma"] = per_sigma
     # Held out: the training-set J* is not a floor there; fit with it anyway and see.  J*_train is the
     # same-draw estimate (its SE propagated), not the curve's interpolated total.
     value, se = setup["same_draw_floor"]["total"]
     tot = {"value": value, "stderr": se}
-    idx_t, fits_t = _frontier_fits(p["compute"], p["test"], value, p["width"], n_boot, seed, floor_stderr=se)
-    report["held_out"] = {"points": idx_t.tolist(), "floor": tot["value"], "fits": _fit_summary(fits_t),
+    idx_t, fits_t = scaling.frontier_fits(p["compute"], p["test"], value, p["width"], n_boot, seed,
+                                          floor_stderr=se)
+    report["held_out"] = {"points": idx_t.tolist(), "floor": tot["value"],
+                          "fits": scaling.fit_summary(fits_t),
                           "below_floor_points": int(np.sum(p["test"] <= tot["value"]))}
     write_json(out / "scaling.json", report)
 
@@ -137,43 +121,23 @@ def write_scaling_report(out) -> dict:
     return report
 
 
-def _ci(fit: dict, key: str, digits: int = 3) -> str:
-    lo, hi = fit[f"{key}_ci"]
-    return f"{fit[key]:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def _form_rows(fits: dict) -> list[list[str]]:
-    rows = []
-    for form in scaling.FORMS:
-        if form not in fits:
-            continue
-        f = fits[form]
-        rows.append([form, _ci(f, "rho", 4), _ci(f, "r2", 4), _ci(f, "alpha", 4),
-                     f"{f['floor']:.4g}" + (f" [{f['floor_ci'][0]:.4g}, {f['floor_ci'][1]:.4g}]"
-                                            if form == "free" else ""),
-                     f"{f['extrapolation_error']:.4f}", str(len(f["below_floor"]))])
-    return rows
-
-
-HEAD = ["form", "ρ [95% CI]", "R² (log J) [95% CI]", "α [95% CI]", "floor", "extrap. error", "≤ floor"]
-
-
 def scaling_tables(report: dict) -> str:
     """The markdown tables: forms on the frontier (train and held out), per size, per sigma."""
-    parts = [markdown_table(HEAD, _form_rows(report["frontier"]["fits"]),
+    parts = [markdown_table(scaling.FORM_HEAD, scaling.form_rows(report["frontier"]["fits"]),
                             "Total EDM loss, compute-optimal frontier (training data)")]
     diff = report["frontier"]["fits"].get("corrected_minus_plain")
     if diff:
         d = diff["rho"]
         parts.append(f"ρ(corrected) − ρ(plain) = {d['value']:+.4f}, paired 95% CI "
                      f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]\n")
-    parts.append(markdown_table(HEAD, _form_rows(report["held_out"]["fits"]),
+    parts.append(markdown_table(scaling.FORM_HEAD, scaling.form_rows(report["held_out"]["fits"]),
                                 "Total EDM loss on held-out data (J* of the training set subtracted)"))
     size_rows = []
     for w, fits in report["per_size"].items():
-        for row in _form_rows(fits):
+        for row in scaling.form_rows(fits):
             size_rows.append([w] + row)
-    parts.append(markdown_table(["width"] + HEAD, size_rows, "Per model size (checkpoints of one run)"))
+    parts.append(markdown_table(["width"] + scaling.FORM_HEAD, size_rows,
+                                "Per model size (checkpoints of one run)"))
     sig_rows = []
     for r in report["per_sigma"]:
         if "plain" not in r:
@@ -196,7 +160,7 @@ def scaling_terminal_table(report: dict) -> str:
     """The frontier fits and the per-sigma rho comparison as plain text for the terminal."""
 
     lines = ["total EDM loss on the compute-optimal frontier (training data):",
-             text_table(HEAD, _form_rows(report["frontier"]["fits"]))]
+             text_table(scaling.FORM_HEAD, scaling.form_rows(report["frontier"]["fits"]))]
     rows = [[f"{r['sigma']:.3g}", f"{r['plain']['rho']:.4f}", f"{r['corrected']['rho']:.4f}",
              "{value:+.4f} [{0:+.4f}, {1:+.4f}]".format(*r["corrected_minus_plain"]["rho"]["ci"],
                                                        value=r["corrected_minus_plain"]["rho"]["value"])]
