@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from lossfloor.app.cli import DATA_HELP, RegistryChoice, cli, main
+from lossfloor.app.cli import DATA_HELP, cli, main
+from lossfloor.app.options import RegistryChoice
 from lossfloor.core.registry import Registry
 from lossfloor.data.load import BUILTIN
 from lossfloor.data.toys import TOYS

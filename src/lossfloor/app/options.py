@@ -6,6 +6,8 @@ import math
 
 import click
 
+from lossfloor.core.registry import Registry
+
 # -- command-line option types ---------------------------------------------------------------------
 # Each numeric option is checked once, where it is parsed: a click ParamType that refuses NaN, infinities
 # and values outside the option's range, with the range in its one-line message.
@@ -64,3 +66,87 @@ SIGMA_RANGE = (1e-8, 1e8)  # noise levels: float32 kernels and samplers stay fin
 SIGMA = Real(*SIGMA_RANGE)
 SIGMAS = RealList(SIGMA)
 SEED = Integer(0, SEED_MAX)
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+class UsageProblem(click.ClickException):
+    """A user error: reported as one line on stderr with exit code 2."""
+
+    exit_code = 2
+
+
+# -- option types and shared options (range checks belong here, in one place) --------------------
+
+# Every numeric option is range-checked here, where it is parsed (NaN and infinities are refused): one line
+# naming the option and its range, exit code 2.
+COUNT = Integer(1)  # a number of points, steps, queries... (the library checks it against the data too)
+LEVELS = Integer(2, 100_000)  # sigma levels of a grid or a sampler
+QUERIES = Integer(2, 1 << 20)  # Monte-Carlo queries per level
+PATH = click.Path()
+
+
+class RegistryChoice(click.Choice):
+    """A click choice over a `Registry`'s names, read when the option is parsed, so that an entry registered
+    after this module was imported is a choice too."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.registry)
+
+
+def choice(names) -> click.Choice:
+    """A click choice over a library registry (a `Registry`, or a fixed tuple of names or a dict)."""
+    return RegistryChoice(names) if isinstance(names, Registry) else click.Choice(list(names))
+
+
+def echo(lines, err: bool = False) -> None:
+    for line in lines:
+        click.echo(line, err=err)
+
+
+def progress_option(f):
+    return click.option("--progress/--no-progress", default=True, help="show progress bars")(f)
+
+
+def device_option(f):
+    return click.option("--device", default="cpu", help="cpu | cuda | cuda:K")(f)
+
+
+# -- studies ------------------------------------------------------------------------------------
+
+
+def csv_list(option: str, value: str, convert=str) -> list:
+    """A comma-separated option as a list, or a usage problem."""
+    try:
+        items = [convert(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UsageProblem(f"{option}: expected a comma-separated list, got {value!r}") from None
+    if not items:
+        raise UsageProblem(f"{option}: empty list")
+    return items
