@@ -221,9 +221,3 @@ def get_objective(name: str) -> Objective:
         if obj.is_discrete and isinstance(obj.weight, NELBO):
             raise InputError(f"{name}: the NELBO weight needs a continuous-time process")
     return obj
-
-
-def load_objective(saved: Mapping | str) -> Objective:
-    """A saved objective: `Objective.to_dict()` output, or (files written before it existed) a name for
-    `get_objective`, which gives the named preset's defaults, not any later change to them."""
-    return get_objective(saved) if isinstance(saved, str) else Objective.from_dict(saved)

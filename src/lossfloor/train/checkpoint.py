@@ -9,7 +9,7 @@ from lossfloor.core.errors import InputError, reason
 from lossfloor.core.schema import check_checkpoint_dict, check_weights, safe_torch_load
 from lossfloor.nets.denoiser import Denoiser
 from lossfloor.nets.networks import ModelConfig, build_model
-from lossfloor.objective.objective import Objective, load_objective
+from lossfloor.objective.objective import Objective
 
 CHECKPOINT_FORMAT = "lossfloor-checkpoint-1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -59,8 +59,12 @@ def load_checkpoint(path) -> Checkpoint:
         raise InputError(f"{path}: field 'model': not a usable model description ({reason(err)})") from None
     for field in ("net", "ema"):
         check_weights(state[field], reference, str(path), field)
+    if isinstance(state["objective"], str):
+        raise InputError(f"{path}: field 'objective': only the name {state['objective']!r} is stored (a "
+                         "checkpoint written before lossfloor saved objectives in full, which cannot be reloaded "
+                         "exactly); train it again")
     try:
-        objective = load_objective(state["objective"])
+        objective = Objective.from_dict(state["objective"])
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path}: checkpoint has no usable objective ({err})") from err
     return Checkpoint(path, int(state["step"]), objective.name, model, state.get("data") or {},

@@ -16,7 +16,7 @@ Programmatic API::
 - ``x`` is an (N, *shape) float tensor (images in [-1, 1]); ``objective`` an `Objective` or a name
   accepted by `get_objective`.  The checkpoint stores ``objective.to_dict()`` (process, target, weight,
   time distribution, preconditioning), so a modified objective reloads as trained; checkpoints written
-  before that store only the name and reload as `get_objective(name)` (`formulation.load_objective`).
+  before that store only the name and are refused with one line saying so.
 - Every step draws indices, times and noise from one seeded generator, so a run resumed from a
   checkpoint (model, EMA, optimizer, generator, step) continues bit-for-bit.
 - The per-sample x0 loss ``||x0_hat - x0||^2 / D`` (the normalisation of J*) is the target error divided
