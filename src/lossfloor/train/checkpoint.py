@@ -61,8 +61,8 @@ def load_checkpoint(path) -> Checkpoint:
         check_weights(state[field], reference, str(path), field)
     if isinstance(state["objective"], str):
         raise InputError(f"{path}: field 'objective': only the name {state['objective']!r} is stored (a "
-                         "checkpoint written before lossfloor saved objectives in full, which cannot be reloaded "
-                         "exactly); train it again")
+                         "checkpoint written before lossfloor saved objectives in full, which cannot be "
+                         "reloaded exactly); train it again")
     try:
         objective = Objective.from_dict(state["objective"])
     except (KeyError, TypeError, ValueError) as err:
