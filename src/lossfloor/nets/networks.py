@@ -1,4 +1,4 @@
-"""Networks and the `Denoiser` that turns any of them into an x0-denoiser for any objective.
+"""Networks (the `MODELS` registry); `nets.denoiser.Denoiser` turns any of them into an x0-denoiser.
 
 Networks take ``(x, c_noise)`` with x in the dataset's shape and c_noise of shape (B,), and return a
 tensor of x's shape.  The noise level enters through a Fourier embedding of c_noise (never an integer
