@@ -1,4 +1,4 @@
-"""Diagnose a denoiser against the optimal loss J*(sigma) (`GapMonitor`, for users' own loops, is in train.monitor).
+"""Diagnose a denoiser against the optimal loss J*(sigma) (users' own loops: `train.monitor.GapMonitor`).
 
 The model's x0 loss at a noise level is E ||D(x0 + sigma eps, sigma) - x0||^2 / D over the data, the same
 normalisation as J*; on the training data it can never be below J* (the posterior mean is optimal), so a
