@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from lossfloor.app.common import check_coverage, check_out_dir, parse_sigmas, resolve_device
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_text
+from lossfloor.core.schema import read_json
 from lossfloor.data.dataset import Dataset
 from lossfloor.data.load import load_dataset
 from lossfloor.data.rows import load_rows_dataset
@@ -107,7 +107,9 @@ class EstimateResult:
                      f"{total.extrapolated:.3g} of it from beyond the sigma grid)")
         coverage = curve.coverage(self.objective)
         warnings = [] if coverage.supported else [f"warning: {coverage.message}"]
-        lines.append(f"critical sigma (J* > 1% of the data variance): {curve.critical_sigma():.4g}")
+        critical = curve.critical_sigma()
+        lines.append("critical sigma (J* > 1% of the data variance): " + (
+            f"{critical:.4g}" if math.isfinite(critical) else "none on this grid (J* stays below 1%)"))
         if curve.loss[-1] < 0.9 * curve.data_variance:
             lines.append(f"note: J*(sigma_max) is {curve.loss[-1] / curve.data_variance:.2f} of the data "
                          "variance; raise --sigma-max to reach the plateau")
@@ -201,12 +203,14 @@ def finished_levels(out, identity: dict) -> dict:
         if not path.exists():
             continue
         try:
-            doc = json.loads(path.read_text())
+            doc = read_json(path, "lossfloor estimate")
             saved = {k: doc["settings"].get(k) for k in RESUME_KEYS} | {"fingerprint": doc["fingerprint"]}
             control = doc["settings"].get("control_queries_used") or [0] * len(doc["sigma"])
             levels = list(zip(doc["sigma"], doc["loss"], doc["stderr"], doc["settings"]["queries_used"],
                               control, strict=True))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except InputError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise InputError(f"--resume: {path} is not a lossfloor estimate ({err})") from None
         changed = [k for k in identity if saved.get(k) != identity[k]]
         if changed:
