@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lossfloor.app.common import SIGMA_GRID, check_coverage, check_out_dir, resolve_device
+from lossfloor.app.common import SIGMA_GRID, check_coverage, check_out_dir, matching_curve, resolve_device
 from lossfloor.app.sources import SOURCES, DenoiserSource
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_json, atomic_write_text
@@ -170,17 +170,6 @@ def load_test_split(load):
         return load()
     except (NoTestSplit, FileNotFoundError):
         return None
-
-
-def matching_curve(path, train_set) -> OptimalLossCurve:
-    curve = OptimalLossCurve.load(path)
-    if curve.fingerprint != train_set.fingerprint:
-        raise InputError(f"--curve {path} was computed on other data than {train_set.name} "
-                         f"(fingerprint {curve.fingerprint[:12] or 'missing'} vs "
-                         f"{train_set.fingerprint[:12]}); recompute it with `lossfloor estimate`")
-    if curve.settings.get("class_conditional"):
-        raise InputError(f"--curve {path} is class-conditional; the model is unconditional")
-    return curve
 
 
 class SplitBars:

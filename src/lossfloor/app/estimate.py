@@ -141,6 +141,10 @@ def _check_estimate_options(s: EstimateSettings) -> None:
         raise InputError("give either --queries or --queries-per-point, not both")
     if s.estimator == "full" and s.subset is not None:
         raise InputError("--subset applies to the subset estimators (cdol, dol, snis), not full")
+    if s.min_queries is not None and (s.estimator != "full" or s.target_stderr is None):
+        raise InputError("--min-queries applies with --target-stderr and the full estimator")
+    if s.prune and s.estimator != "full":
+        raise InputError(f"--prune applies to the full estimator, not {s.estimator}")
     if s.control_subset is not None and (s.estimator != "full" or s.target_stderr is None
                                          or s.min_queries is None):
         raise InputError("--control-subset needs the full estimator with --target-stderr and --min-queries")
@@ -159,6 +163,9 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
     obj = get_objective(s.objective)
     check_coverage(obj, grid)
     _check_estimate_options(s)
+    if s.total_stderr is not None and len(grid) < 2:
+        raise InputError(f"--total-stderr refines a grid of at least 2 sigma levels, got {len(grid)} "
+                         "(give more --sigmas or --sigma-min/--sigma-max)")
     if s.total_stderr is not None and not (math.isfinite(s.total_stderr) and s.total_stderr > 0):
         raise InputError(f"--total-stderr must be a positive finite number, got {s.total_stderr}")
     resolve_device(s.device)
@@ -179,6 +186,14 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
     n = len(dataset)
     if n < 2:
         raise InputError(f"{s.data}: need at least 2 data points, got {n}")
+    if s.class_conditional:
+        classes, counts = torch.unique(torch.as_tensor(dataset.labels), return_counts=True)
+        if (counts < 2).any():
+            lonely = int(classes[counts < 2][0])
+            raise InputError(f"--class-conditional: class {lonely} of {s.data} has a single point; every "
+                             "class needs at least 2")
+    if s.control_subset is not None and s.control_subset > n:
+        raise InputError(f"--control-subset {s.control_subset}: larger than the data (N = {n}); at most {n}")
     queries = default_queries(n, s.queries, s.queries_per_point)
     config = EstimatorConfig(estimator=s.estimator, queries=queries, subset=s.subset, C=s.C, form=s.form,
                              target_stderr=s.target_stderr, min_queries=s.min_queries,

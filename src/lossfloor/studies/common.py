@@ -118,6 +118,16 @@ def seeded(seed: int):
         yield
 
 
+SEED_MAX = 2**32 - 1  # study seeds also seed numpy, whose seeds are 32-bit
+
+
+def check_seeds(seeds, option: str = "--seeds") -> None:
+    """Every seed an integer in [0, SEED_MAX]; InputError naming the option and the range otherwise."""
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= SEED_MAX:
+            raise InputError(f"{option}: {s!r} is not a seed; expected integers from 0 to {SEED_MAX}")
+
+
 def check_choice(kind: str, value, allowed: Iterable) -> None:
     """ValueError naming the allowed values unless `value` is one of them."""
     allowed = tuple(allowed)
