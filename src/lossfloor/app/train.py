@@ -83,8 +83,8 @@ def prepare_train(s: TrainSettings) -> TrainRun:
         raise InputError(f"--curve applies to the optimal-loss schedules; --schedule {s.schedule} does not "
                          "use it (drop --curve or pick an optimal-loss schedule)")
     if uses_curve and s.curve is None:
-        raise InputError(f"--schedule {s.schedule} needs --curve: the optimal_loss.json of the training data "
-                         "(`lossfloor estimate` with the same --data, --n, --data-seed and --flip)")
+        raise InputError(f"--schedule {s.schedule} needs an optimal-loss curve: --curve optimal_loss.json of "
+                         "the training data (from `lossfloor estimate` on the same data)")
     config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, warmup=s.warmup, ema=s.ema,
                          grad_clip=s.grad_clip or None, seed=s.seed, log_every=s.log_every,
                          checkpoint_every=s.checkpoint_every)
