@@ -107,3 +107,12 @@ def test_images_that_would_be_read_wrongly_are_refused(tmp_path, make, phrase):
     make(folder)
     with pytest.raises(InputError, match=phrase):
         load_dataset(str(folder))
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1e30), (np.float64, 1e200), (np.int64, 10**15)])
+def test_arrays_too_large_for_the_kernel_are_refused(tmp_path, dtype, scale):
+    """float32 squared distances of such data overflow: J* would be NaN (a FloatingPointError traceback)."""
+    path = tmp_path / "big.npy"
+    np.save(path, (np.random.default_rng(0).normal(size=(20, 3)) * scale).astype(dtype))
+    with pytest.raises(InputError, match="big.npy: values up to .* at most 1e\\+12"):
+        load_dataset(str(path))
