@@ -353,7 +353,14 @@ def test_train_schedule_from_the_command_line_resumes_and_reloads(tmp_path, caps
             main(list(args))
         return err.value.code
 
-    gaussian_curve().save(tmp_path / "curve.json")
+    from lossfloor.data.load import load_dataset
+    from lossfloor.floor.config import EstimatorConfig
+    from lossfloor.floor.estimator import Estimator
+
+    data = load_dataset("clusters", n=256)  # train checks the curve against its data (issue 20)
+    curve = Estimator(data.rows(), EstimatorConfig(queries=32)).curve(np.geomspace(0.002, 80, 16))
+    curve.fingerprint = data.fingerprint
+    curve.save(tmp_path / "curve.json")
     base = ["train", "--data", "clusters", "--n", "256", "--model", "mlp", "--width", "16", "--depth", "1",
             "--schedule", "optimal-loss", "--curve", str(tmp_path / "curve.json"), "--batch-size", "32",
             "--log-every", "2", "--checkpoint-every", "2", "--no-progress"]

@@ -11,7 +11,7 @@ import torch
 
 from lossfloor.app.checks import check_out_path
 from lossfloor.core.errors import InputError
-from lossfloor.floor.curve import sigma_grid_coverage
+from lossfloor.floor.curve import OptimalLossCurve, sigma_grid_coverage
 from lossfloor.objective.objective import Objective
 
 SIGMA_GRID = (0.002, 80.0, 32)  # EDM's range; curve.total covers 6 more decades each side for every preset
@@ -71,6 +71,35 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise InputError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA devices")
     return dev
+
+
+CURVE_SANITY_SE = 4.0  # J* may stray this many standard errors outside [0, variance] (Monte-Carlo noise)
+
+
+def matching_curve(path, dataset, option: str = "--curve") -> OptimalLossCurve:
+    """The curve in `path`, checked against the data it is used with: the same data (fingerprint and
+    dimension), unconditional, and J* a plausible floor (0 <= J* <= the data variance, within its standard
+    error); InputError naming the option and file otherwise."""
+    curve = OptimalLossCurve.load(path)
+    dim = int(np.prod(dataset.shape))
+    if curve.dim != dim:
+        raise InputError(f"{option} {path} is a curve of {curve.dim}-dimensional data, but {dataset.name} "
+                         f"has dimension {dim}; recompute it with `lossfloor estimate`")
+    if curve.fingerprint != dataset.fingerprint:
+        raise InputError(f"{option} {path} was computed on other data than {dataset.name} "
+                         f"(fingerprint {curve.fingerprint[:12] or 'missing'} vs "
+                         f"{dataset.fingerprint[:12]}); recompute it with `lossfloor estimate`")
+    if curve.settings.get("class_conditional"):
+        raise InputError(f"{option} {path} is class-conditional; the model is unconditional")
+    slack = CURVE_SANITY_SE * np.asarray(curve.stderr) + 1e-6 * curve.data_variance
+    low = np.asarray(curve.loss) < -slack
+    high = np.asarray(curve.loss) > curve.data_variance + slack
+    if low.any() or high.any():
+        k = int(np.argmax(low | high))
+        raise InputError(f"{option} {path}: J*({curve.sigma[k]:.4g}) = {curve.loss[k]:.4g} ± "
+                         f"{curve.stderr[k]:.2g} is not in [0, {curve.data_variance:.4g}] (the data "
+                         "variance): not an optimal-loss curve; recompute it with `lossfloor estimate`")
+    return curve
 
 
 def check_coverage(objective: Objective, sigmas) -> None:

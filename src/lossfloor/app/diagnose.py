@@ -3,7 +3,6 @@ PNG."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lossfloor.app.common import SIGMA_GRID, check_coverage, check_out_dir, resolve_device
+from lossfloor.app.common import SIGMA_GRID, check_coverage, check_out_dir, matching_curve, resolve_device
 from lossfloor.app.sources import SOURCES, DenoiserSource
 from lossfloor.core.errors import InputError
-from lossfloor.core.files import atomic_write_text
+from lossfloor.core.files import atomic_write_json, atomic_write_text
 from lossfloor.data.dataset import Dataset, NoTestSplit
 from lossfloor.data.load import load_dataset
 from lossfloor.evaluate.diagnosis import Diagnosis, diagnose
@@ -182,17 +181,6 @@ def load_test_split(load):
         return None
 
 
-def matching_curve(path, train_set) -> OptimalLossCurve:
-    curve = OptimalLossCurve.load(path)
-    if curve.fingerprint != train_set.fingerprint:
-        raise InputError(f"--curve {path} was computed on other data than {train_set.name} "
-                         f"(fingerprint {curve.fingerprint[:12] or 'missing'} vs "
-                         f"{train_set.fingerprint[:12]}); recompute it with `lossfloor estimate`")
-    if curve.settings.get("class_conditional"):
-        raise InputError(f"--curve {path} is class-conditional; the model is unconditional")
-    return curve
-
-
 class SplitBars:
     """Progress callback over splits: one bar of `levels` sigma levels per split, opened in turn."""
 
@@ -240,5 +228,5 @@ def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
     title = f"{run.train_set.name}: {run.objective.name} ({source.title}) vs optimal loss"
     plot_diagnosis(result, files[2], title)
     atomic_write_text(files[1], result.csv_text())
-    atomic_write_text(files[0], json.dumps({**meta, **result.to_dict()}, indent=1))
+    atomic_write_json(files[0], {**meta, **result.to_dict()})
     return DiagnoseResult(result, files)

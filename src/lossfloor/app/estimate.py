@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 from lossfloor.app.common import check_coverage, check_out_dir, parse_sigmas, resolve_device
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_text
+from lossfloor.core.schema import read_json
 from lossfloor.data.dataset import Dataset
 from lossfloor.data.load import load_dataset
 from lossfloor.data.rows import load_rows_dataset
@@ -109,7 +109,9 @@ class EstimateResult:
                      f"{total.extrapolated:.3g} of it from beyond the sigma grid)")
         coverage = curve.coverage(self.objective)
         warnings = [] if coverage.supported else [f"warning: {coverage.message}"]
-        lines.append(f"critical sigma (J* > 1% of the data variance): {curve.critical_sigma():.4g}")
+        critical = curve.critical_sigma()
+        lines.append("critical sigma (J* > 1% of the data variance): " + (
+            f"{critical:.4g}" if math.isfinite(critical) else "none on this grid (J* stays below 1%)"))
         if curve.loss[-1] < 0.9 * curve.data_variance:
             lines.append(f"note: J*(sigma_max) is {curve.loss[-1] / curve.data_variance:.2f} of the data "
                          "variance; raise --sigma-max to reach the plateau")
@@ -141,6 +143,10 @@ def _check_estimate_options(s: EstimateSettings) -> None:
         raise InputError("give either --queries or --queries-per-point, not both")
     if s.estimator == "full" and s.subset is not None:
         raise InputError("--subset applies to the subset estimators (cdol, dol, snis), not full")
+    if s.min_queries is not None and (s.estimator != "full" or s.target_stderr is None):
+        raise InputError("--min-queries applies with --target-stderr and the full estimator")
+    if s.prune and s.estimator != "full":
+        raise InputError(f"--prune applies to the full estimator, not {s.estimator}")
     if s.control_subset is not None and (s.estimator != "full" or s.target_stderr is None
                                          or s.min_queries is None):
         raise InputError("--control-subset needs the full estimator with --target-stderr and --min-queries")
@@ -159,6 +165,9 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
     obj = get_objective(s.objective)
     check_coverage(obj, grid)
     _check_estimate_options(s)
+    if s.total_stderr is not None and len(grid) < 2:
+        raise InputError(f"--total-stderr refines a grid of at least 2 sigma levels, got {len(grid)} "
+                         "(give more --sigmas or --sigma-min/--sigma-max)")
     if s.total_stderr is not None and not (math.isfinite(s.total_stderr) and s.total_stderr > 0):
         raise InputError(f"--total-stderr must be a positive finite number, got {s.total_stderr}")
     resolve_device(s.device)
@@ -179,6 +188,14 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
     n = len(dataset)
     if n < 2:
         raise InputError(f"{s.data}: need at least 2 data points, got {n}")
+    if s.class_conditional:
+        classes, counts = torch.unique(torch.as_tensor(dataset.labels), return_counts=True)
+        if (counts < 2).any():
+            lonely = int(classes[counts < 2][0])
+            raise InputError(f"--class-conditional: class {lonely} of {s.data} has a single point; every "
+                             "class needs at least 2")
+    if s.control_subset is not None and s.control_subset > n:
+        raise InputError(f"--control-subset {s.control_subset}: larger than the data (N = {n}); at most {n}")
     queries = default_queries(n, s.queries, s.queries_per_point)
     config = EstimatorConfig(estimator=s.estimator, queries=queries, subset=s.subset, C=s.C, form=s.form,
                              target_stderr=s.target_stderr, min_queries=s.min_queries,
@@ -203,12 +220,14 @@ def finished_levels(out, identity: dict) -> dict:
         if not path.exists():
             continue
         try:
-            doc = json.loads(path.read_text())
+            doc = read_json(path, "lossfloor estimate")
             saved = {k: doc["settings"].get(k) for k in RESUME_KEYS} | {"fingerprint": doc["fingerprint"]}
             control = doc["settings"].get("control_queries_used") or [0] * len(doc["sigma"])
             levels = list(zip(doc["sigma"], doc["loss"], doc["stderr"], doc["settings"]["queries_used"],
                               control, strict=True))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        except InputError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise InputError(f"--resume: {path} is not a lossfloor estimate ({err})") from None
         changed = [k for k in identity if saved.get(k) != identity[k]]
         if changed:

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from lossfloor import studies
+from lossfloor.app.checks import check_out_path
+from lossfloor.app.common import resolve_device
 from lossfloor.app.options import (
     PATH,
-    SEED,
+    Integer,
     choice,
     csv_list,
     device_option,
     progress_option,
 )
+from lossfloor.core.errors import InputError
 from lossfloor.studies import scaling as scaling_lib
 from lossfloor.studies import schedule as schedule_lib
+
+STUDY_SEED = Integer(0, studies.common.SEED_MAX)  # study seeds also seed numpy (32-bit)
+
+
+def check_study_out(out) -> None:
+    """A study's --out: a folder that can be created or written (checked before the study starts)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder")
+    check_out_path(out)
 
 
 @click.group(short_help="Reproducible studies (JSON/CSV + PNG to --out).")
@@ -40,6 +54,7 @@ def losses(datasets, targets, weights, seeds, preset, data_dir, out, progress):
 
     Every finished (dataset, target, loss, seed) cell is saved on its own, so a rerun resumes.
     """
+    check_study_out(out)
     summary = studies.run_losses_study(csv_list("--datasets", datasets), csv_list("--targets", targets),
                                           csv_list("--losses", weights), csv_list("--seeds", seeds, int),
                                           preset, out, data_dir=data_dir, progress=progress)
@@ -53,13 +68,14 @@ def losses(datasets, targets, weights, seeds, preset, data_dir, out, progress):
               help="objectives to train (presets or <preset>-<target>-<weight>)")
 @click.option("--budget", type=choice(studies.DIAGNOSE_BUDGETS), default="cpu",
               help="; ".join(f"{k}: {v}" for k, v in studies.DIAGNOSE_BUDGET_TIMES.items()))
-@click.option("--seed", type=SEED, default=0, help="seed of the training runs and queries")
+@click.option("--seed", type=STUDY_SEED, default=0, help="seed of the training runs and queries")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
 @click.option("--out", type=PATH, default="out/diagnose_study", help="output folder")
 @progress_option
 def diagnose_study(datasets, variants, budget, seed, data_dir, out, progress):
     """Train VP, VE, EDM and flow matching on the same data and plot their per-sigma gaps to J*."""
     names, objectives = csv_list("--datasets", datasets), csv_list("--variants", variants)
+    check_study_out(out)
     click.echo(f"budget {budget}: {studies.DIAGNOSE_BUDGET_TIMES[budget]}")
     report = studies.run_diagnose_study(names, objectives, budget, out, seed=seed, data_dir=data_dir,
                                            progress=progress)
@@ -71,7 +87,8 @@ def diagnose_study(datasets, variants, budget, seed, data_dir, out, progress):
 @click.option("--preset", type=choice(scaling_lib.SCALING_PRESETS), default="cpu",
               help="cpu: the committed results (5 MLP widths on digits, <= 20 min on 2 CPU cores); "
                    "full: 6 UNet widths on Fashion-MNIST (a GPU); quick: a smoke test")
-@click.option("--seed", type=SEED, default=0, help="seed of the training runs, the J* queries and the draws")
+@click.option("--seed", type=STUDY_SEED, default=0,
+              help="seed of the training runs, the J* queries and the draws")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
 @device_option
 @click.option("--out", type=PATH, default="out/scaling", help="output folder (finished cells are reused)")
@@ -81,6 +98,8 @@ def scaling_study(preset, seed, data_dir, device, out, progress):
     J = beta F^alpha, J - J* = beta F^alpha and J = E + beta F^alpha on the compute-optimal frontier,
     per size and per noise level.  Every finished (size, step) cell is saved on its own, so a rerun resumes.
     """
+    device = str(resolve_device(device))  # before anything is written
+    check_study_out(out)
     report = scaling_lib.run_scaling_study(preset, out, seed=seed, data_dir=data_dir, device=device,
                                            progress=progress)
     click.echo(scaling_lib.scaling_terminal_table(report))
@@ -104,6 +123,7 @@ def schedule_study(preset, objectives, schedules, data_dir, out, progress):
     ablations and baselines (same network, steps, batch, seeds); compare Fréchet distance, NELBO and gaps
     to J* with paired 95% intervals.  Every finished (objective, schedule, seed) cell is reused on rerun.
     """
+    check_study_out(out)
     report = schedule_lib.run_schedule_study(
         preset, out, objectives=csv_list("--objectives", objectives), data_dir=data_dir, progress=progress,
         schedules=csv_list("--schedules", schedules) if schedules else None)

@@ -6,12 +6,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lossfloor.app.checks import check_model_size
-from lossfloor.app.common import check_out_dir, resolve_device
+from lossfloor.app.common import check_out_dir, matching_curve, resolve_device
 from lossfloor.core.errors import InputError
 from lossfloor.data.dataset import Dataset
 from lossfloor.data.load import load_dataset
 from lossfloor.data.toys import TOYS
-from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
 from lossfloor.objective.objective import get_objective
 from lossfloor.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
@@ -78,8 +77,14 @@ class TrainRun:
 def prepare_train(s: TrainSettings) -> TrainRun:
     """Check the options, load the data and build (or resume) the trainer; nothing is written."""
 
-    curve = OptimalLossCurve.load(s.curve) if s.curve else None
-    obj = apply_schedule(get_objective(s.objective), s.schedule, curve)
+    objective = get_objective(s.objective)
+    uses_curve = s.schedule.startswith("optimal-loss")
+    if s.curve is not None and not uses_curve:
+        raise InputError(f"--curve applies to the optimal-loss schedules; --schedule {s.schedule} does not "
+                         "use it (drop --curve or pick an optimal-loss schedule)")
+    if uses_curve and s.curve is None:
+        raise InputError(f"--schedule {s.schedule} needs an optimal-loss curve: --curve optimal_loss.json of "
+                         "the training data (from `lossfloor estimate` on the same data)")
     config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=s.lr, warmup=s.warmup, ema=s.ema,
                          grad_clip=s.grad_clip or None, seed=s.seed, log_every=s.log_every,
                          checkpoint_every=s.checkpoint_every)
@@ -87,6 +92,8 @@ def prepare_train(s: TrainSettings) -> TrainRun:
     out = Path(s.out)
     check_out_dir(out, TRAIN_FILES, resume=s.resume, force=s.force)
     dataset = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
+    curve = matching_curve(s.curve, dataset) if s.curve is not None else None
+    obj = apply_schedule(objective, s.schedule, curve)
     kind = s.model or ("unet" if dataset.is_image else "mlp")
     model_config = ModelConfig(kind, dataset.shape, s.width, s.depth)
     check_model_size(model_config)  # counted on the meta device: a huge --width/--depth is refused first

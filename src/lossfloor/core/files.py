@@ -7,6 +7,8 @@ half-written one.
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +31,28 @@ def atomic_write_bytes(path, data: bytes) -> None:
 def atomic_write_text(path, text: str) -> None:
     """Write text (UTF-8) to `path` through a temporary file in the same folder, then rename."""
     atomic_write_bytes(path, text.encode())
+
+
+def json_text(obj, indent: int | None = None) -> str:
+    """Strict JSON text: NaN and infinities become null (`json.dumps` would write NaN, which is not JSON),
+    then `allow_nan=False` guarantees it.  Every JSON lossfloor writes goes through here."""
+    return json.dumps(finite_or_null(obj), indent=indent, allow_nan=False)
+
+
+def finite_or_null(obj):
+    """`obj` with every non-finite float (in dicts, lists and tuples) replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def atomic_write_json(path, obj, indent: int | None = 1) -> None:
+    """`json_text(obj)` written atomically."""
+    atomic_write_text(path, json_text(obj, indent))
 
 
 def atomic_torch_save(obj, path) -> None:

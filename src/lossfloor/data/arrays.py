@@ -15,6 +15,7 @@ from lossfloor.data.dataset import UINT8_SCALING, NoTestSplit
 from lossfloor.data.images import _from_uint8
 
 NPY_MAGIC = b"\x93NUMPY"
+MAX_MAGNITUDE = 1e12  # largest |x| of a float or integer array (float32 squared distances stay finite)
 
 
 def npy_header(path) -> tuple[tuple, bool, np.dtype, int]:
@@ -108,4 +109,9 @@ def _scaled_array(arr: np.ndarray, path) -> tuple[np.ndarray, dict]:
         return _from_uint8(arr), UINT8_SCALING
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
+    finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr
+    largest = float(np.abs(finite).max(initial=0))  # NaN and Inf are refused, by row, when the data is made
+    if largest > MAX_MAGNITUDE:
+        raise InputError(f"{path}: values up to {largest:.3g} in magnitude; at most {MAX_MAGNITUDE:.0e} (the "
+                         "kernel's float32 squared distances must stay finite): rescale the data")
     return arr.astype(np.float32), {"kind": "none", "formula": "x", "input_dtype": str(arr.dtype)}

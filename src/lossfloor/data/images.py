@@ -14,6 +14,11 @@ from lossfloor.data.dataset import FASHION_HINT, UINT8_SCALING
 
 DIGITS_TEST_FRACTION = 0.2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# The Pillow formats an image folder may hold, whatever a file's suffix: all decoded by Pillow itself, none
+# by an external program (Pillow renders EPS/PostScript with Ghostscript: never accepted).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+UINT16_SCALING = {"kind": "affine", "formula": "x / 32767.5 - 1", "scale": 1 / 32767.5, "offset": -1.0,
+                  "input_range": [0, 65535], "output_range": [-1.0, 1.0]}
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 
@@ -81,9 +86,19 @@ def _image_folder(folder: Path):
     # ImageFolder convention: when every image sits in a first-level subfolder, that folder is its class.
     parents = [p.relative_to(folder).parts for p in files]
     classes = sorted({parts[0] for parts in parents}) if all(len(parts) >= 2 for parts in parents) else []
-    images = [_read_image(p) for p in files]
-    grey = all(im.mode in ("1", "L", "LA") for im in images)
-    arrays = [np.asarray(im.convert("L" if grey else "RGB")) for im in images]
+    read = [_read_image(p) for p in files]
+    depths = {bits for _, bits in read}
+    if len(depths) > 1:
+        first16 = next(p for p, (_, bits) in zip(files, read, strict=True) if bits == 16)
+        raise InputError(f"{folder}: images differ in bit depth (8-bit ones and 16-bit ones such as "
+                         f"{first16}); convert them to one depth first")
+    images = [im for im, _ in read]
+    sixteen = depths == {16}
+    grey = sixteen or all(im.mode in ("1", "L", "LA") for im in images)
+    if sixteen:
+        arrays = [np.asarray(im).astype(np.uint16) for im in images]
+    else:
+        arrays = [np.asarray(im.convert("L" if grey else "RGB")) for im in images]
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         listed = ", ".join(map(str, sorted(sizes)))
@@ -91,19 +106,48 @@ def _image_folder(folder: Path):
     x = np.stack(arrays)
     x = x[:, None] if grey else x.transpose(0, 3, 1, 2)
     labels = np.array([classes.index(parts[0]) for parts in parents]) if classes else None
+    if sixteen:
+        scaling = {**UINT16_SCALING, "mode": "I;16"}
+        return (x / 32767.5 - 1.0).astype(np.float32), labels, scaling, str(folder), classes
     scaling = {**UINT8_SCALING, "mode": "L" if grey else "RGB"}
     return _from_uint8(x), labels, scaling, str(folder), classes
 
 
 def _read_image(path: Path):
-    """One decoded image (file closed); InputError naming the file if it is not a readable image."""
+    """(image, bits per sample): one decoded image (file closed), 8 or 16 bits; InputError naming the file if
+    it is not a readable image of `IMAGE_FORMATS`.
+
+    Pillow is told the formats (``formats=``): it never identifies a file as anything else, so no other
+    decoder runs, and none of these formats hands the file to an external program (EPS/PostScript, which
+    Pillow renders with Ghostscript, is refused like any other format, whatever the file's name)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=IMAGE_FORMATS) as im:
+            bits = _bits_per_sample(im, path)
             im.load()
-            return im.copy()
+            return im.copy(), bits
+    except InputError:
+        raise
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not a readable image (empty, damaged or an unknown format)") from None
+        raise InputError(f"{path}: not a readable image of the accepted formats "
+                         f"({', '.join(IMAGE_FORMATS)}): empty, damaged or another format") from None
     except Exception as err:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... on damaged files
         raise InputError(f"{path}: not a readable image ({reason(err)})") from None
+
+
+def _bits_per_sample(im, path: Path) -> int:
+    """8 or 16 (16-bit greyscale); InputError for what would be read wrongly (16-bit colour, which Pillow
+    cuts to 8 bits, and 32-bit integer or floating-point images)."""
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):  # older Pillow: "I" for 16 bits
+        return 16
+    if im.mode in ("I", "F"):
+        raise InputError(f"{path}: a {'floating-point' if im.mode == 'F' else '32-bit integer'} image "
+                         f"(mode {im.mode}); only 8-bit images and 16-bit greyscale are read: save the "
+                         "array as .npy instead")
+    # A tile is (codec, box, offset, args); args is the raw mode or a tuple that starts with it.
+    rawmodes = [t[3] if isinstance(t[3], str) else (t[3] or ("",))[0] for t in (im.tile or [])]
+    if any(isinstance(r, str) and ";16" in r for r in rawmodes):
+        raise InputError(f"{path}: a 16-bit colour image (mode {im.mode}); Pillow reads only its 8 high "
+                         "bits: convert it to 8 bits or save the array as .npy")
+    return 8

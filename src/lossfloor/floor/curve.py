@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from lossfloor.core.errors import InputError
-from lossfloor.core.files import atomic_write_text
+from lossfloor.core.files import atomic_write_json
 from lossfloor.core.schema import check_curve_dict, read_json
 from lossfloor.floor.interpolation import (
     ZERO_FLOOR,
@@ -336,8 +335,8 @@ class OptimalLossCurve:
         return cls(**{k: d[k] for k in keys if d.get(k) is not None})
 
     def save(self, path, **extra) -> None:
-        """Write JSON atomically (temporary file, then rename); `extra` keys are added."""
-        atomic_write_text(path, json.dumps({**self.to_dict(), **extra}, indent=1))
+        """Write strict JSON atomically (temporary file, then rename; NaN as null); `extra` keys are added."""
+        atomic_write_json(path, {**self.to_dict(), **extra})
 
     @classmethod
     def load(cls, path) -> OptimalLossCurve:

@@ -39,21 +39,24 @@ training levels, so a diagnosed model is only ever queried at timesteps it was t
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import (
-    Tensor,
-    nn,  # noqa: E402
-)
+import numpy as np
+import torch
+from torch import Tensor, nn
 
 from lossfloor.core.errors import InputError
+from lossfloor.integrations.diffusers_config import (
+    check_scheduler_config,
+    count_parameters,
+    load_weights,
+    quiet,
+    read_config,
+)
 from lossfloor.objective.densities import DiscreteUniformT, LogSigmaNormal, UniformT
 from lossfloor.objective.objective import Objective
 from lossfloor.objective.processes import VE, Discrete, Flow
@@ -63,9 +66,6 @@ if TYPE_CHECKING:
     from diffusers import SchedulerMixin
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-
-
 os.environ["HF_HUB_OFFLINE"] = "1"  # before diffusers / huggingface_hub read it: never contact the hub
 
 
@@ -103,28 +103,30 @@ def _diffusers():
 
 def load_scheduler(scheduler_or_config):
     """A diffusers scheduler from itself, a config dict (with ``_class_name``), or a scheduler_config.json
-    (or the folder holding it)."""
+    (or the folder holding it); the config is checked (`diffusers_config`) before diffusers builds it."""
     if isinstance(scheduler_or_config, _diffusers().ConfigMixin):
         return scheduler_or_config
-    config = scheduler_or_config
+    config, where = scheduler_or_config, "scheduler config"
     if isinstance(config, (str, Path)):
         path = Path(config)
         path = path / "scheduler_config.json" if path.is_dir() else path
-        try:
-            config = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UnsupportedScheduler(f"{path}: not a readable scheduler_config.json ({err})") from None
-    config = dict(config)
+        config, where = read_config(path, "scheduler_config.json"), str(path)
+    if not isinstance(config, dict):
+        raise UnsupportedScheduler(f"{where}: expected a scheduler config (a dict), got "
+                                   f"{type(config).__name__}")
     name = config.get("_class_name")
     diffusers = _diffusers()
     cls = getattr(diffusers, str(name), None)
-    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise UnsupportedScheduler(f"unknown diffusers scheduler class {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)
+            and issubclass(cls, diffusers.ConfigMixin) and cls is not diffusers.SchedulerMixin):
+        raise UnsupportedScheduler(f"{where}: unknown diffusers scheduler class {name!r}")
+    check_scheduler_config(config, where)
     try:
-        return cls.from_config(config)
-    except (TypeError, ValueError, NotImplementedError) as err:
+        with quiet():
+            return cls.from_config(config)
+    except Exception as err:  # noqa: BLE001 - diffusers raises TypeError, ValueError, ... on bad configs
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UnsupportedScheduler(f"{name}: invalid configuration ({first})") from None
+        raise UnsupportedScheduler(f"{where}: {name}: invalid configuration ({first})") from None
 
 
 def scheduler_family(scheduler) -> str:
@@ -339,23 +341,18 @@ def load_diffusers(path, **objective_options) -> DiffusersModel:
                          "or a unet/ + scheduler/ pair")
     scheduler = load_scheduler(scheduler_dir)
     objective = objective_from_scheduler(scheduler, **objective_options)
-    try:
-        name = json.loads((model_dir / "config.json").read_text()).get("_class_name")
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"--diffusers {model_dir / 'config.json'}: not valid JSON ({err})") from None
+    config = read_config(model_dir / "config.json", "model config.json")
+    name = config["_class_name"]
     if name not in SUPPORTED_MODELS:
         raise InputError(f"--diffusers {model_dir}: model class {name!r} is not supported; lossfloor calls "
                          f"unconditional models as model(x_t, timestep): {', '.join(SUPPORTED_MODELS)}")
-    try:
-        model = getattr(_diffusers(), name).from_pretrained(model_dir, local_files_only=True,
-                                                            low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"--diffusers {model_dir}: could not load the {name} weights ({first})") from None
-    if model.config.get("num_class_embeds") or model.config.get("class_embed_type"):
+    if config.get("num_class_embeds") or config.get("class_embed_type"):
         raise InputError(f"--diffusers {model_dir}: a class-conditional {name}; lossfloor diagnoses "
                          "unconditional models")
-    return DiffusersModel(root, model, scheduler, objective, model_dir, scheduler_dir)
+    cls = getattr(_diffusers(), name)
+    count_parameters(cls, config, str(model_dir / "config.json"))  # on the meta device: size checked first
+    return DiffusersModel(root, load_weights(cls, model_dir), scheduler, objective, model_dir, scheduler_dir)
+
 
 
 def check_data(loaded: DiffusersModel, shape, x: Tensor, option: str = "--data") -> None:

@@ -90,9 +90,9 @@ def critical_sigma_of(sigma, optimal_loss, data_variance: float, fraction: float
     return curve.critical_sigma(fraction)
 
 
-def mark_critical_sigma(ax, critical: float, label: bool = True) -> None:
+def mark_critical_sigma(ax, critical: float | None, label: bool = True) -> None:
     """A dotted vertical line at the critical sigma (J* > 1% of the data variance)."""
-    if math.isfinite(critical):
+    if critical is not None and math.isfinite(critical):  # null in a JSON file: none
         ax.axvline(critical, color="C3", ls=":", lw=1.5,
                    label=f"critical σ* ≈ {critical:.3g} (J* > 1% of variance)" if label else None)
 

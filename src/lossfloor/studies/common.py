@@ -34,8 +34,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -44,7 +44,16 @@ import numpy as np
 import torch
 
 from lossfloor.core.errors import InputError
-from lossfloor.core.files import atomic_write_bytes, atomic_write_text
+from lossfloor.core.files import atomic_write_bytes, atomic_write_json
+from lossfloor.core.schema import (
+    check_weights,
+    mapping,
+    number,
+    read_json,
+    safe_torch_load,
+    tensor,
+    validate,
+)
 from lossfloor.core.stats import Estimate
 from lossfloor.evaluate.metrics import FeatureClassifier, classifier_accuracy, train_classifier
 from lossfloor.floor.curve import OptimalLossCurve
@@ -56,7 +65,9 @@ from lossfloor.train.trainer import train as run_training
 
 def load_floor(path) -> tuple[OptimalLossCurve, dict]:
     """A cached floor file as (curve, everything stored with it); reads the older {"curve": ...} layout."""
-    stored = json.loads(Path(path).read_text())
+    stored = read_json(path, "floor file")
+    if not isinstance(stored, dict):
+        raise InputError(f"{path}: not a floor file (a JSON object)")
     curve = OptimalLossCurve.from_dict(stored.get("curve", stored))
     curve.fingerprint = curve.fingerprint or stored.get("fingerprint", "")
     return curve, stored
@@ -85,7 +96,7 @@ def cached_floor(path, train, sigmas, config, *, seed: int = 0, progress: bool =
     if path.exists():
         try:
             curve, _ = load_floor(path)
-        except (ValueError, KeyError, json.JSONDecodeError):
+        except (ValueError, KeyError):  # InputError included
             curve = None  # unreadable: a cache, so recompute
         if curve is not None and floor_matches(curve, train, sigmas, config, seed):
             return curve
@@ -107,6 +118,16 @@ def seeded(seed: int):
         yield
 
 
+SEED_MAX = 2**32 - 1  # study seeds also seed numpy, whose seeds are 32-bit
+
+
+def check_seeds(seeds, option: str = "--seeds") -> None:
+    """Every seed an integer in [0, SEED_MAX]; InputError naming the option and the range otherwise."""
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= SEED_MAX:
+            raise InputError(f"{option}: {s!r} is not a seed; expected integers from 0 to {SEED_MAX}")
+
+
 def check_choice(kind: str, value, allowed: Iterable) -> None:
     """ValueError naming the allowed values unless `value` is one of them."""
     allowed = tuple(allowed)
@@ -125,15 +146,28 @@ def run_cells(cells: Sequence, path_of: Callable[[object], Path], compute: Calla
     with tqdm(total=len(cells), disable=not progress, desc=desc, unit="cell") as bar:
         for cell in cells:
             path = Path(path_of(cell))
-            result = json.loads(path.read_text()) if path.exists() else None
+            result = _read_cell(path) if path.exists() else None
             if result is None or (matches is not None and not matches(result)):
                 bar.set_postfix(cell=name_of(cell))
                 result = compute(cell)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, json.dumps(result))
+                atomic_write_json(path, result, indent=None)
             results.append(result)
             bar.update(1)
     return results
+
+
+def _read_cell(path: Path) -> dict | None:
+    """A finished cell's result, or None (recompute it) when the file is damaged: named on stderr."""
+    try:
+        result = read_json(path, "study cell")
+    except InputError as err:
+        warnings.warn(f"{err}; recomputing this cell", stacklevel=3)
+        return None
+    if not isinstance(result, dict):
+        warnings.warn(f"{path}: not a study cell (a JSON object); recomputing this cell", stacklevel=3)
+        return None
+    return result
 
 
 def train_run(train, objective, model, config, run_dir, *, data_info: dict | None = None,
@@ -146,7 +180,7 @@ def train_run(train, objective, model, config, run_dir, *, data_info: dict | Non
 
 def load_cells(root, pattern: str) -> list[dict]:
     """Every finished cell result matching `pattern` under `root`, in file-name order."""
-    return [json.loads(p.read_text()) for p in sorted(Path(root).glob(pattern))]
+    return [read_json(p, "study cell") for p in sorted(Path(root).glob(pattern))]
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -199,8 +233,8 @@ def csv_text(rows: Iterable[dict], fields: Sequence[str]) -> str:
 
 
 def write_json(path, obj, indent: int | None = 1) -> None:
-    """JSON, written atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=indent))
+    """Strict JSON (NaN as null), written atomically."""
+    atomic_write_json(path, obj, indent)
 
 
 # -- images: the classifier behind the Fréchet distance ----------------------------------------------
@@ -210,9 +244,14 @@ def cached_classifier(path, train, test, steps: int):
     """(classifier, test accuracy): trained once on labelled images, then reloaded from `path`."""
 
     path = Path(path)
-    if path.exists():
-        state = torch.load(path, weights_only=True)
+    if path.exists():  # read like every file lossfloor loads: weights_only, then checked field by field
+        state = safe_torch_load(path, "classifier cache")
+        where = f"{path} (a classifier cache; delete it to retrain)"
+        fields = {"net": mapping(values=tensor(finite=True)), "classes": number(2, integer=True),
+                  "accuracy": number(0, 1)}
+        validate(state, mapping(fields, name="a classifier cache (a dict)"), where)
         net = FeatureClassifier(train.shape, int(state["classes"]))
+        check_weights(state["net"], net.state_dict(), where, "net")
         net.load_state_dict(state["net"])
         return net.eval().requires_grad_(False), float(state["accuracy"])
     net = train_classifier(train.x, train.labels, steps=steps, seed=0)

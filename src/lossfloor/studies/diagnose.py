@@ -23,6 +23,7 @@ from lossfloor.objective.objective import get_objective
 from lossfloor.studies.common import (
     cached_floor,
     check_choice,
+    check_seeds,
     csv_text,
     run_cells,
     text_table,
@@ -110,13 +111,17 @@ def run_diagnose_study(datasets, variants, budget_name: str, out, *, seed: int =
         get_objective(v)
     for name in datasets:
         check_choice("dataset", name, DIAGNOSE_DATASETS)
+    check_seeds([seed], "--seed")
+    data = {}
+    for name in datasets:  # every dataset loads before anything is written
+        kw = {"data_dir": data_dir} if name == "fashion-mnist" else {}
+        data[name] = load_dataset(name, **kw), load_dataset(name, split="test", **kw)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report = {"budget": budget_name, "seed": seed, "datasets": {}}
     for name in datasets:
         budget = DIAGNOSE_BUDGETS[budget_name][name]
-        kw = {"data_dir": data_dir} if name == "fashion-mnist" else {}
-        train, test = load_dataset(name, **kw), load_dataset(name, split="test", **kw)
+        train, test = data[name]
         curve = diagnose_floor(train, budget, out / f"optimal_loss_{name}.json", seed, progress)
         key = {"budget": asdict(budget), "seed": seed, "floor_sigma": curve.sigma.tolist(),
                "floor_fingerprint": curve.fingerprint}

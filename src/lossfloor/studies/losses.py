@@ -27,6 +27,7 @@ from lossfloor.studies.common import (
     cached_classifier,
     cached_floor,
     check_choice,
+    check_seeds,
     run_cells,
     seeded,
     train_run,
@@ -128,6 +129,7 @@ def run_losses_study(datasets, targets, weights, seeds, preset_name: str, out, *
     for w in weights:
         check_choice("loss", w, LOSS_WEIGHTS)
     check_choice("preset", preset_name, PRESET_NAMES)
+    check_seeds(seeds)
     for d in datasets:
         check_choice("dataset", d, POINT_DATASETS + IMAGE_DATASETS)
     if not datasets or not targets or not weights or not seeds:

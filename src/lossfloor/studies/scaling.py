@@ -31,12 +31,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lossfloor.core.errors import InputError
 from lossfloor.data.load import load_dataset
 from lossfloor.evaluate.posterior import posterior_moments
 from lossfloor.floor.config import EstimatorConfig
 from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
 from lossfloor.objective.objective import get_objective
-from lossfloor.studies.common import cached_floor, check_choice, mean_se, run_cells, write_json
+from lossfloor.studies.common import (
+    SEED_MAX,
+    cached_floor,
+    check_choice,
+    check_seeds,
+    mean_se,
+    run_cells,
+    write_json,
+)
 from lossfloor.studies.scaling_report import scaling_terminal_table, write_scaling_report
 from lossfloor.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from lossfloor.train.trainer import TrainConfig, Trainer, data_info
@@ -215,6 +224,9 @@ def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, de
     is False) fit and write the report."""
 
     check_choice("preset", preset_name, SCALING_PRESETS)
+    check_seeds([seed], "--seed")
+    if seed > SEED_MAX - 2:  # seed + 1 and seed + 2 seed the evaluation draws
+        raise InputError(f"--seed: {seed} is too large for the scaling study; at most {SEED_MAX - 2}")
     preset = SCALING_PRESETS[preset_name]
     kw = {"data_dir": data_dir} if preset.dataset == "fashion-mnist" else {}
     train, test = load_dataset(preset.dataset, **kw), load_dataset(preset.dataset, split="test", **kw)

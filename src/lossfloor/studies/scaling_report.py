@@ -7,12 +7,12 @@ held-out data, and writes scaling.json, table.md, points.csv, levels.csv and the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from lossfloor.core.files import atomic_write_text
+from lossfloor.core.schema import read_json
 from lossfloor.evaluate import scaling
 from lossfloor.objective.objective import get_objective
 from lossfloor.studies.common import csv_text, load_cells, markdown_table, text_table, write_json
@@ -48,7 +48,7 @@ def write_scaling_report(out) -> dict:
     )
 
     out = Path(out)
-    setup = json.loads((out / "setup.json").read_text())
+    setup = read_json(out / "setup.json", "scaling study setup")
     preset = setup["preset"]
     cells = load_cells(out / "cells", "*.json")
     p = _points(cells, setup)
