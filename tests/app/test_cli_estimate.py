@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -273,3 +274,20 @@ def test_two_dimensional_toys_default_to_a_size_that_finishes():
     from lossfloor.data.toys import TOY_SIZE
 
     assert len(load_dataset("ring")) == TOY_SIZE <= 10_000
+
+
+@pytest.mark.parametrize("args", [["--target-stderr", "1e-9", "--queries", "2"], ["--total-stderr", "1e-12"]],
+                         ids=["level", "total"])
+def test_an_unreachable_stderr_target_is_bounded_and_said(tmp_path, capsys, args):
+    """Issue 20: --target-stderr 1e-9 --queries 2 on 30 points ran for minutes in rounds of two queries up to
+    the 2^20 cap, and --total-stderr 1e-12 for 1-2 minutes; now each level (or the total) stops once the
+    measured spread shows the target is out of reach, and says so."""
+    np.save(tmp_path / "p.npy", np.random.default_rng(0).standard_normal((30, 4)).astype("float32"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, _, err = run(["--data", tmp_path / "p.npy", *args, "--num-sigmas", "4", "--out", tmp_path / "out"],
+                           capsys)
+    said = err + " ".join(str(w.message) for w in caught)
+    assert code == 0 and "more than the cap" in said
+    used = json.loads((tmp_path / "out" / "optimal_loss.json").read_text())["settings"]["queries_used"]
+    assert max(used) <= 1024

@@ -203,8 +203,42 @@ def test_target_stderr_adds_rounds_until_met(clusters, full_curve, estimator):
 
 def test_target_stderr_respects_the_query_cap(clusters):
     x, _ = clusters
-    cfg = EstimatorConfig("full", queries=64, target_stderr=1e-9, max_queries=192)
+    cfg = EstimatorConfig("full", queries=64, target_stderr=4e-3, max_queries=192)  # needs ~350 queries
     assert Estimator(x, cfg).level(1.2).queries == 192
+
+
+def test_an_unreachable_target_stops_early_and_says_so(clusters):
+    """The projected need (MARGIN (sd / target)^2) far beyond the cap stops a level after 64 queries with one
+    warning, instead of rounds up to the cap."""
+    x, _ = clusters
+    cfg = EstimatorConfig("full", queries=64, target_stderr=1e-9, max_queries=1 << 20)
+    with pytest.warns(UserWarning, match="more than the cap of 1,048,576; stopped at 64 queries"):
+        assert Estimator(x, cfg).level(1.2).queries == 64
+
+
+def test_fixed_rounds_grow_geometrically(clusters, monkeypatch):
+    """Rounds of `queries` become rounds as large as all before them after GEOMETRIC_AFTER rounds: a target
+    that needs ~2,000 queries at --queries 2 takes about 8 + log2(2000 / 16) rounds, not ~1,000."""
+    from lossfloor.floor import levels
+    from lossfloor.floor.strategies import FullEstimator
+
+    x, _ = clusters
+    sizes, original = [], FullEstimator.round
+
+    def spy(self, data, sigma, config, *args, **kwargs):
+        sizes.append(config.queries)
+        return original(self, data, sigma, config, *args, **kwargs)
+
+    monkeypatch.setattr(FullEstimator, "round", spy)
+    est = Estimator(x, EstimatorConfig("full", queries=2400), dtype=torch.float64)
+    sd = est.level(1.2, seed=1).stderr * math.sqrt(2400)
+    target = sd / math.sqrt(2000) / est.data.variance
+    sizes.clear()
+    level = Estimator(x, EstimatorConfig("full", queries=2, target_stderr=target)).level(1.2, seed=0)
+    assert level.stderr <= target * est.data.variance * 1.5
+    assert sizes[:levels.GEOMETRIC_AFTER] == [2] * levels.GEOMETRIC_AFTER
+    assert all(b == sum(sizes[:i + 1]) for i, b in enumerate(sizes[1:]) if i + 1 >= levels.GEOMETRIC_AFTER)
+    assert len(sizes) <= levels.GEOMETRIC_AFTER + 12
 
 
 @pytest.mark.parametrize("kwargs, match", [

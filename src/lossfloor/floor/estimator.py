@@ -33,7 +33,7 @@ from lossfloor.core.errors import InputError
 from lossfloor.data.rows import take_rows
 from lossfloor.floor.config import EstimatorConfig, LevelEstimate, level_generator
 from lossfloor.floor.curve import OptimalLossCurve
-from lossfloor.floor.levels import estimate_level
+from lossfloor.floor.levels import PROJECTION_SLACK, estimate_level
 from lossfloor.floor.matrix import DataMatrix
 
 DEFAULT_CONFIG = EstimatorConfig()  # the full estimator, `DEFAULT_QUERIES` queries per level
@@ -167,7 +167,14 @@ class Estimator:
             else:
                 room = total_stderr**2 - total.interpolation_stderr**2 - total.below_grid_stderr**2
                 target = math.sqrt(max(room, (0.5 * total_stderr) ** 2))
-                queries = _neyman_queries(curve, objective, 0.95 * target, base)
+                queries, want = _neyman_queries(curve, objective, 0.95 * target, base)
+                if want.max() > PROJECTION_SLACK * base.max_queries:  # out of reach: say so now
+                    i = int(np.argmax(want))
+                    warnings.warn(f"total stderr {total.stderr:.3g} > {total_stderr:.3g}: reaching it would "
+                                  f"need about {want[i]:.2g} queries at sigma = {curve.sigma[i]:.3g}, more "
+                                  f"than the cap of {base.max_queries:,} queries per level; stopped here",
+                                  stacklevel=2)
+                    break
                 grown = [i for i, q in enumerate(queries) if q > curve.settings["queries_used"][i]]
                 if not grown:
                     warnings.warn(f"total stderr {total.stderr:.3g} > {total_stderr:.3g}: the query cap "
@@ -188,12 +195,14 @@ class Estimator:
         return curve
 
 
-def _neyman_queries(curve: OptimalLossCurve, objective, target: float, config: EstimatorConfig) -> np.ndarray:
+def _neyman_queries(curve: OptimalLossCurve, objective, target: float,
+                    config: EstimatorConfig) -> tuple[np.ndarray, np.ndarray]:
     """Queries per level for a Monte-Carlo stderr `target` of the total at the least total number of queries:
-    m_i proportional to |dT/dJ_i| sd_i (sd_i the per-query standard deviation); never fewer than now."""
+    m_i proportional to |dT/dJ_i| sd_i (sd_i the per-query standard deviation); never fewer than now, at most
+    the cap; and the uncapped numbers."""
     used = np.asarray(curve.settings["queries_used"], dtype=float)
     weight = np.abs(curve.sensitivity(objective)) * curve.stderr * np.sqrt(used)
     if not weight.sum() > 0:
-        return used.astype(int)
+        return used.astype(int), used
     want = np.ceil(weight * weight.sum() / target**2)
-    return np.minimum(np.maximum(want, used), max(config.max_queries, used.max())).astype(int)
+    return np.minimum(np.maximum(want, used), max(config.max_queries, used.max())).astype(int), want
