@@ -285,8 +285,8 @@ def test_an_unreachable_stderr_target_is_bounded_and_said(tmp_path, capsys, args
     np.save(tmp_path / "p.npy", np.random.default_rng(0).standard_normal((30, 4)).astype("float32"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        code, _, err = run(["--data", tmp_path / "p.npy", *args, "--num-sigmas", "4", "--out", tmp_path / "out"],
-                           capsys)
+        code, _, err = run(["--data", tmp_path / "p.npy", *args, "--num-sigmas", "4",
+                            "--out", tmp_path / "out"], capsys)
     said = err + " ".join(str(w.message) for w in caught)
     assert code == 0 and "more than the cap" in said
     used = json.loads((tmp_path / "out" / "optimal_loss.json").read_text())["settings"]["queries_used"]
