@@ -195,11 +195,12 @@ def test_study_diagnose_quick_budget(tmp_path, capsys):
 
 
 def test_study_diagnose_says_up_front_how_long_it_takes(tmp_path, capsys, monkeypatch):
-    from lossfloor import studies
+    from lossfloor.app import study_commands
+    from lossfloor.studies import diagnose as studies
 
     calls = []
     fake = lambda *args, **kwargs: calls.append(args) or {"datasets": {}}  # noqa: E731
-    monkeypatch.setattr(studies, "run_diagnose_study", fake)
+    monkeypatch.setattr(study_commands.diagnose_lib, "run_diagnose_study", fake)
     code, stdout, err = run(["study", "diagnose", "--out", tmp_path], capsys)
     assert code == 0, err
     assert calls[0][2] == "cpu"

@@ -89,7 +89,7 @@ def test_diagnose_terminal_table_lists_every_variant():
     """What `lossfloor study diagnose` prints, from the committed report."""
     from pathlib import Path
 
-    from lossfloor.studies.diagnose import diagnose_terminal_table
+    from lossfloor.studies.diagnose.run import diagnose_terminal_table
 
     report = json.loads((Path(__file__).parents[2] / "results/diagnose/diagnose_study.json").read_text())
     lines = diagnose_terminal_table(report).splitlines()

@@ -11,7 +11,7 @@ import torch
 from lossfloor.app.cli import main
 from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
 from lossfloor.objective.objective import get_objective
-from lossfloor.studies import scaling as study
+from lossfloor.studies.scaling import run as study
 from lossfloor.train.trainer import TrainConfig
 
 

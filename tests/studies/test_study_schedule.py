@@ -8,7 +8,7 @@ import pytest
 import scipy.stats
 
 from lossfloor.app.cli import main
-from lossfloor.studies import schedule as study
+from lossfloor.studies.schedule import run as study
 
 
 def fake(objective, schedule, seed, fd, bpd=1.0, gap=0.1):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from lossfloor import studies
 from lossfloor.app.checks import check_out_path
 from lossfloor.app.common import resolve_device
 from lossfloor.app.options import (
@@ -18,10 +17,13 @@ from lossfloor.app.options import (
     progress_option,
 )
 from lossfloor.core.errors import InputError
+from lossfloor.studies import common as study_common
+from lossfloor.studies import diagnose as diagnose_lib
+from lossfloor.studies import losses as losses_lib
 from lossfloor.studies import scaling as scaling_lib
 from lossfloor.studies import schedule as schedule_lib
 
-STUDY_SEED = Integer(0, studies.common.SEED_MAX)  # study seeds also seed numpy (32-bit)
+STUDY_SEED = Integer(0, study_common.SEED_MAX)  # study seeds also seed numpy (32-bit)
 
 
 def check_study_out(out) -> None:
@@ -37,14 +39,14 @@ def study():
 
 
 @study.command("losses", short_help="NELBO vs simple losses for x0/eps/v/score targets.")
-@click.option("--datasets", default=",".join(studies.POINT_DATASETS),
-              help=f"2-D toys ({','.join(studies.POINT_DATASETS)}) and/or images "
-                   f"({','.join(studies.IMAGE_DATASETS)})")
-@click.option("--targets", default=",".join(studies.LOSS_TARGETS), help="prediction targets")
-@click.option("--losses", "weights", default=",".join(studies.LOSS_WEIGHTS),
+@click.option("--datasets", default=",".join(losses_lib.POINT_DATASETS),
+              help=f"2-D toys ({','.join(losses_lib.POINT_DATASETS)}) and/or images "
+                   f"({','.join(losses_lib.IMAGE_DATASETS)})")
+@click.option("--targets", default=",".join(losses_lib.LOSS_TARGETS), help="prediction targets")
+@click.option("--losses", "weights", default=",".join(losses_lib.LOSS_WEIGHTS),
               help="nelbo (exact VDM weight) and/or simple (unit weight on the target)")
 @click.option("--seeds", default="0,1,2", help="training seeds (mean ± SE over them)")
-@click.option("--preset", type=choice(studies.PRESET_NAMES), default="quick",
+@click.option("--preset", type=choice(losses_lib.PRESET_NAMES), default="quick",
               help="quick: minutes; reduced: the committed results; full: the paper's budget")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
 @click.option("--out", type=PATH, default="out/losses", help="output folder (finished cells are reused)")
@@ -55,19 +57,19 @@ def losses(datasets, targets, weights, seeds, preset, data_dir, out, progress):
     Every finished (dataset, target, loss, seed) cell is saved on its own, so a rerun resumes.
     """
     check_study_out(out)
-    summary = studies.run_losses_study(csv_list("--datasets", datasets), csv_list("--targets", targets),
+    summary = losses_lib.run_losses_study(csv_list("--datasets", datasets), csv_list("--targets", targets),
                                           csv_list("--losses", weights), csv_list("--seeds", seeds, int),
                                           preset, out, data_dir=data_dir, progress=progress)
-    click.echo(studies.terminal_table(summary))
+    click.echo(losses_lib.terminal_table(summary))
     click.echo(f"{summary['cells']} cells; wrote {out}/table.md, table.csv, summary.json and figures")
 
 
 @study.command("diagnose", short_help="Per-σ gaps to J* of VP, VE, EDM and flow models.")
-@click.option("--datasets", default=",".join(studies.DIAGNOSE_DATASETS), help="comma-separated datasets")
-@click.option("--variants", default=",".join(studies.DIAGNOSE_VARIANTS),
+@click.option("--datasets", default=",".join(diagnose_lib.DIAGNOSE_DATASETS), help="comma-separated datasets")
+@click.option("--variants", default=",".join(diagnose_lib.DIAGNOSE_VARIANTS),
               help="objectives to train (presets or <preset>-<target>-<weight>)")
-@click.option("--budget", type=choice(studies.DIAGNOSE_BUDGETS), default="cpu",
-              help="; ".join(f"{k}: {v}" for k, v in studies.DIAGNOSE_BUDGET_TIMES.items()))
+@click.option("--budget", type=choice(diagnose_lib.DIAGNOSE_BUDGETS), default="cpu",
+              help="; ".join(f"{k}: {v}" for k, v in diagnose_lib.DIAGNOSE_BUDGET_TIMES.items()))
 @click.option("--seed", type=STUDY_SEED, default=0, help="seed of the training runs and queries")
 @click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
 @click.option("--out", type=PATH, default="out/diagnose_study", help="output folder")
@@ -76,10 +78,10 @@ def diagnose_study(datasets, variants, budget, seed, data_dir, out, progress):
     """Train VP, VE, EDM and flow matching on the same data and plot their per-sigma gaps to J*."""
     names, objectives = csv_list("--datasets", datasets), csv_list("--variants", variants)
     check_study_out(out)
-    click.echo(f"budget {budget}: {studies.DIAGNOSE_BUDGET_TIMES[budget]}")
-    report = studies.run_diagnose_study(names, objectives, budget, out, seed=seed, data_dir=data_dir,
+    click.echo(f"budget {budget}: {diagnose_lib.DIAGNOSE_BUDGET_TIMES[budget]}")
+    report = diagnose_lib.run_diagnose_study(names, objectives, budget, out, seed=seed, data_dir=data_dir,
                                            progress=progress)
-    click.echo(studies.diagnose_terminal_table(report))
+    click.echo(diagnose_lib.diagnose_terminal_table(report))
     click.echo(f"wrote {out}/diagnose_study.json, gaps.csv, totals.csv, gaps.png, samples_*.png")
 
 

@@ -32,7 +32,7 @@ from lossfloor.studies.common import (
     seeded,
     train_run,
 )
-from lossfloor.studies.losses_design import (
+from lossfloor.studies.losses.design import (
     IMAGE_DATASETS,
     LOSS_TARGETS,
     LOSS_WEIGHTS,
@@ -43,7 +43,7 @@ from lossfloor.studies.losses_design import (
     losses_objective,
     losses_preset,
 )
-from lossfloor.studies.losses_report import write_losses_report
+from lossfloor.studies.losses.report import write_losses_report
 from lossfloor.train.trainer import TrainConfig
 
 

@@ -19,7 +19,7 @@ from lossfloor.studies.common import (
     text_table,
     write_json,
 )
-from lossfloor.studies.losses_design import IMAGE_DATASETS, LOSS_TARGETS, LOSS_WEIGHTS, POINT_DATASETS
+from lossfloor.studies.losses.design import IMAGE_DATASETS, LOSS_TARGETS, LOSS_WEIGHTS, POINT_DATASETS
 
 SEED_2D_TABLE = {  # the seed paper's 2-D table (NELBO column: its clipped training loss, not a bound)
     ("clusters", "x0"): (0.6777, 0.1754, 0.5746, 0.4754, 0.4300, 0.2715),

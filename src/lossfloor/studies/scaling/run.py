@@ -46,7 +46,7 @@ from lossfloor.studies.common import (
     run_cells,
     write_json,
 )
-from lossfloor.studies.scaling_report import scaling_terminal_table, write_scaling_report
+from lossfloor.studies.scaling.report import scaling_terminal_table, write_scaling_report
 from lossfloor.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from lossfloor.train.trainer import TrainConfig, Trainer, data_info
 from lossfloor.train.trainer import train as run_training
