@@ -30,10 +30,11 @@ def test_latent_file_is_a_gaussian_mixture_with_scale_and_shift(tmp_path):
     shift = np.array([1.0, -1.0])[:, None, None]
     np.testing.assert_allclose(ds.x.numpy(), (raw["mean"] - shift) * 0.5, rtol=1e-6)
     np.testing.assert_allclose(ds.std.numpy(), raw["std"] * 0.5, rtol=1e-6)
-    assert ds.scaling["kind"] == "latent" and ds.scaling["scale"] == 0.5 and ds.scaling["shift"] == [1.0, -1.0]
+    assert ds.scaling["kind"] == "latent"
+    assert ds.scaling["scale"] == 0.5 and ds.scaling["shift"] == [1.0, -1.0]
     assert ds.describe()["mixture"] and ds.labels.tolist() == (np.arange(12) % 3).tolist()
-    other, _ = _latents(tmp_path, "other.npz", scale=np.float32(0.25), shift=np.array([1.0, -1.0], np.float32),
-                        labels=np.arange(12) % 3)
+    other, _ = _latents(tmp_path, "other.npz", scale=np.float32(0.25),
+                        shift=np.array([1.0, -1.0], np.float32), labels=np.arange(12) % 3)
     assert load_dataset(str(other)).fingerprint != ds.fingerprint  # the scaling is in the fingerprint
     sub = load_dataset(str(path), n=5, flip=True)
     assert len(sub) == 10 and torch.equal(sub.std[5:], sub.std[:5].flip(-1))

@@ -93,10 +93,13 @@ def reference_weight(std: Tensor, sigma: float) -> float:
 
 
 def mixture_posterior_stats(queries: Tensor, means: Tensor, std: Tensor, sigma: float, *,
-                            beta: float | None = None, chunk_size: int = DEFAULT_CHUNK) -> MixtureStats:
+                            beta: float | None = None, chunk_size: int = DEFAULT_CHUNK,
+                            coefficients: list | None = None) -> MixtureStats:
     """Posterior sums of `queries` (M, D) over the components N(means[n], diag std[n]^2) (tensors (N, D)),
     computed in the queries' dtype on their device, accumulated in float64.  `beta`: the reference's weight
-    (default `reference_weight(std, sigma)`; give it to merge sums over parts of the components)."""
+    (default `reference_weight(std, sigma)`; give it to merge sums over parts of the components).
+    `coefficients`: `mixture_coefficients` of the same arguments, when many batches of queries share them
+    (building them per call cost ~25% of the kernel's time on the CPU)."""
     if sigma <= 0:
         raise ValueError(f"sigma must be positive, got {sigma}")
     device, dtype = queries.device, queries.dtype
@@ -109,20 +112,13 @@ def mixture_posterior_stats(queries: Tensor, means: Tensor, std: Tensor, sigma: 
     total = MixtureStats(beta * q64, torch.full((m,), -torch.inf, dtype=F64, device=device), zeros,
                          torch.zeros(m, d, dtype=F64, device=device), zeros)
     floor = exp_floor(dtype)
-    for start in range(0, len(means), chunk_size):
-        mu = means[start:start + chunk_size].to(device=device, dtype=F64)
-        s2 = std[start:start + chunk_size].to(device=device, dtype=F64).pow(2)
-        c = len(mu)
-        a = 1.0 / (s2 + var)
-        a_mu = a * mu
-        # m_n - r = t + u x~ with t = sigma^2 a mu, u = s^2 a - beta; float64 per-component constants: the
-        # logit's bias, and ||t||^2 plus the within-component variance tr V_n.
-        t, u = var * a_mu, s2 * a - beta
-        bias = -0.5 * (a_mu * mu).sum(1) - 0.5 * torch.log(s2 + var).sum(1)
-        second_bias = t.pow(2).sum(1) + var * (s2 * a).sum(1)
-        weights = torch.empty(2 * c, 2 * d, dtype=dtype, device=device)
-        weights[:c, :d], weights[:c, d:] = -0.5 * a, a_mu
-        weights[c:, :d], weights[c:, d:] = u * u, 2 * t * u
+    for index, start in enumerate(range(0, len(means), chunk_size)):
+        if coefficients is not None:
+            weights, bias, second_bias = coefficients[index]
+        else:
+            rows = slice(start, start + chunk_size)
+            weights, bias, second_bias = _coefficients(means[rows], std[rows], var, beta, dtype, device)
+        c = len(weights) // 2
         pair = features @ weights.T  # (M, 2C): logits and ||m_n - r||^2, less their constants
         logits = pair[:, :c].add_(bias.to(dtype))
         second = pair[:, c:].add_(second_bias.to(dtype))
@@ -139,6 +135,52 @@ def mixture_posterior_stats(queries: Tensor, means: Tensor, std: Tensor, sigma: 
         sq = torch.einsum("mc,mc->m", w, second).to(F64)
         total = total.merge(MixtureStats(total.reference, cmax.to(F64), weight, shift, sq))
     return total
+
+
+COEFFICIENT_BYTES = 1 << 30  # `mixture_values` keeps a level's coefficients (4 N D values) up to this size
+
+
+def mixture_coefficients(means: Tensor, std: Tensor, sigma: float, beta: float, dtype, device,
+                         chunk_size: int = DEFAULT_CHUNK) -> list:
+    """Every chunk's GEMM coefficients and constants at `sigma`, for `mixture_posterior_stats`."""
+    return [_coefficients(means[start:start + chunk_size], std[start:start + chunk_size], float(sigma) ** 2,
+                          beta, dtype, device) for start in range(0, len(means), chunk_size)]
+
+
+def _coefficients(means: Tensor, std: Tensor, var: float, beta: float, dtype, device):
+    """One chunk's GEMM coefficients [-a/2, a mu ; u^2, 2 t u] (2C x 2D) in `dtype`, built in place (float64
+    temporaries cost 6x the GEMMs on the CPU), and the float64 per-component constants: the logit's bias
+    -1/2 sum_d (a mu^2 + log(s^2 + sigma^2)) and ||t||^2 + tr V_n."""
+    mu = means.to(device=device, dtype=dtype)
+    c, d = mu.shape
+    weights = torch.empty(2 * c, 2 * d, dtype=dtype, device=device)
+    a, a_mu, u2, tu = weights[:c, :d], weights[:c, d:], weights[c:, :d], weights[c:, d:]
+    s2 = torch.mul(std, std, out=u2) if std.device == device and std.dtype == dtype else \
+        std.to(device=device, dtype=dtype).pow(2)
+    torch.add(s2, var, out=a)
+    log_v = _sum64(torch.log(a))
+    a.reciprocal_()
+    within = var * _sum64(torch.mul(s2, a, out=tu))  # tr V_n = sigma^2 sum s^2 a
+    torch.mul(a, mu, out=a_mu)
+    bias = -0.5 * _sum64(torch.mul(a_mu, mu, out=tu)) - 0.5 * log_v
+    # u = s^2 a - beta = (1 - beta) - sigma^2 a; t = sigma^2 a mu
+    torch.mul(a_mu, var, out=tu)  # t
+    second_bias = _sum64(tu * tu) + within
+    torch.mul(a, -var, out=u2).add_(1.0 - beta)  # u
+    tu.mul_(u2).mul_(2.0)  # 2 t u
+    u2.mul_(u2)  # u^2
+    a.mul_(-0.5)
+    return weights, bias, second_bias
+
+
+def _sum64(x: Tensor, block: int = 256) -> Tensor:
+    """Row sums in float64, converting `block` rows at a time (torch.sum(dtype=float64) was 15x slower)."""
+    out = torch.empty(len(x), dtype=F64, device=x.device)
+    buffer = torch.empty(min(block, len(x)), x.shape[1], dtype=F64, device=x.device)
+    for first in range(0, len(x), block):
+        rows = x[first:first + block]
+        torch.sum(buffer[:len(rows)].copy_(rows), 1, out=out[first:first + len(rows)])
+    return out
 
 
 class MixtureMatrix(DataMatrix):
@@ -184,10 +226,17 @@ def mixture_values(data: MixtureMatrix, sigma: float, config: EstimatorConfig, g
     """Per-query values (per dimension) over all components, and the queries' sources (stratified)."""
     sources = stratified_sources(data.n, config.queries, generator)
     means, _ = data.kernel_rows
+    beta = reference_weight(data.std, sigma)
+    size = 4 * data.n * data.dim * data.std.element_size()
+    coefficients = None
+    if len(sources) > config.batch_size and size <= COEFFICIENT_BYTES:
+        coefficients = mixture_coefficients(means, data.std, sigma, beta, data.dtype, data.device,
+                                            config.chunk_size)
     out = []
     for idx in sources.split(config.batch_size):
         queries = mixture_queries(data.centered_rows(idx), data.centered_std(idx), sigma, generator)
-        stats = mixture_posterior_stats(queries, means, data.std, sigma, chunk_size=config.chunk_size)
+        stats = mixture_posterior_stats(queries, means, data.std, sigma, beta=beta,
+                                        chunk_size=config.chunk_size, coefficients=coefficients)
         out.append(_value(stats, data, config.form).cpu())
         if progress is not None:
             progress(len(idx))
