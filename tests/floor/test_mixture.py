@@ -12,7 +12,12 @@ import torch
 from lossfloor.core.errors import InputError
 from lossfloor.floor.config import EstimatorConfig
 from lossfloor.floor.estimator import Estimator
-from lossfloor.floor.mixture import MixtureStats, mixture_posterior_stats, reference_weight
+from lossfloor.floor.mixture import (
+    MixtureStats,
+    mixture_coefficients,
+    mixture_posterior_stats,
+    reference_weight,
+)
 
 
 def _single(std_row, sigma, dtype=torch.float32):
@@ -152,3 +157,15 @@ def test_float32_agrees_with_float64_from_small_to_large_sigma(sigma):
     single = Estimator(x, config, std=std).level(sigma)
     double = Estimator(x, config, std=std, dtype=torch.float64).level(sigma)
     assert single.loss == pytest.approx(double.loss, rel=2e-5)
+
+
+def test_cached_coefficients_give_the_same_sums():
+    g = torch.Generator().manual_seed(6)
+    mu, std = torch.randn(50, 7, generator=g), torch.rand(50, 7, generator=g)
+    q = torch.randn(9, 7, generator=g)
+    beta = reference_weight(std, 0.2)
+    cached = mixture_coefficients(mu, std, 0.2, beta, torch.float32, q.device, chunk_size=16)
+    a = mixture_posterior_stats(q, mu, std, 0.2, beta=beta, chunk_size=16, coefficients=cached)
+    b = mixture_posterior_stats(q, mu, std, 0.2, chunk_size=16)
+    torch.testing.assert_close(a.variance(), b.variance(), rtol=0, atol=0)
+    torch.testing.assert_close(a.mean(), b.mean(), rtol=0, atol=0)
