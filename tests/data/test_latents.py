@@ -107,3 +107,16 @@ def test_subset_estimators_are_refused_for_latents(tmp_path, capsys):
     code, _, err = _run(["estimate", "--no-progress", "--sigmas", "0.1,1", "--queries", "8", "--data", path,
                          "--estimator", "cdol", "--subset", "4", "--out", tmp_path / "e"], capsys)
     assert code == 2 and "subset estimators" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_train_on_latents_and_diagnose_refused(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "flat.npz"
+    np.savez(path, mean=rng.standard_normal((32, 4)).astype(np.float32),
+             std=rng.uniform(0.05, 0.2, (32, 4)).astype(np.float32))
+    code, _, err = _run(["train", "--data", path, "--steps", "2", "--width", "8", "--depth", "1",
+                         "--no-progress", "--out", tmp_path / "tr"], capsys)
+    assert code == 0, err
+    code, _, err = _run(["diagnose", "--checkpoint", tmp_path / "tr", "--out", tmp_path / "dg"], capsys)
+    assert code == 2 and "stochastic latents" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "dg").exists() or not any((tmp_path / "dg").iterdir())
