@@ -161,6 +161,9 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
         train_set = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
         test_load = lambda: load_dataset(s.data, data_dir=s.data_dir, split="test", seed=s.data_seed)  # noqa: E731
     source.check_data(train_set)
+    if train_set.std is not None:  # issue 21: the model's losses would be on the means, the floor on points
+        raise InputError(f"{train_set.name}: diagnose does not yet support stochastic latents (mean/std); "
+                         "estimate their floor with `lossfloor estimate`")
     test_set = load_test_split(test_load)
     curve = None if s.curve is None else matching_curve(s.curve, train_set)
     if curve is None:

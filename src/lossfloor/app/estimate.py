@@ -201,7 +201,7 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
                              target_stderr=s.target_stderr, min_queries=s.min_queries,
                              control_subset=s.control_subset, prune=s.prune)
     est = Estimator(dataset.rows(), config, labels=dataset.labels if s.class_conditional else None,
-                    device=dev, dtype=getattr(torch, s.dtype))
+                    device=dev, dtype=getattr(torch, s.dtype), std=dataset.std_rows())
     identity = {"estimator": s.estimator, "queries": queries, "target_stderr": s.target_stderr,
                 "total_stderr": s.total_stderr, "min_queries": s.min_queries,
                 "control_subset": s.control_subset,

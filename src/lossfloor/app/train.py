@@ -109,7 +109,7 @@ def prepare_train(s: TrainSettings) -> TrainRun:
     n = len(dataset) if s.n is None and s.data in TOYS else s.n
     load = {"name": s.data, "data_dir": s.data_dir, "n": n, "seed": s.data_seed, "flip": s.flip}
     trainer = Trainer(dataset.x, obj, model_config, config, out=out, data_info=data_info(dataset, load),
-                      device=dev)
+                      device=dev, std=dataset.std)
     if ckpt is not None:
         trainer.load_state(ckpt)
         if trainer.step >= s.steps:

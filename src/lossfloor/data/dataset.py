@@ -38,6 +38,7 @@ class Dataset:
     source: str = ""
     flip: bool = False
     classes: list = field(default_factory=list)
+    std: torch.Tensor | None = None  # per-point std: a Gaussian mixture (stochastic latents, data/latents.py)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -50,11 +51,17 @@ class Dataset:
         """The data as an (N, D) matrix."""
         return self.x.reshape(len(self.x), -1)
 
+    def std_rows(self) -> torch.Tensor | None:
+        """A Gaussian mixture's per-point standard deviations as an (N, D) matrix; None for point data."""
+        return None if self.std is None else self.std.reshape(len(self.std), -1)
+
     def describe(self) -> dict:
         """Where the data came from, for output files."""
         return {"name": self.name, "split": self.split, "n": len(self), "shape": list(self.shape),
                 "source": self.source, "flip": self.flip, "labels": self.labels is not None,
-                "classes": self.classes, "fingerprint": self.fingerprint}
+                "classes": self.classes, "fingerprint": self.fingerprint,
+                **({"mixture": True, "mean_std": float(self.std.double().mean())} if self.std is not None
+                   else {})}
 
 
 def fingerprint(x: torch.Tensor) -> str:

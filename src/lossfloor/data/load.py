@@ -9,6 +9,7 @@ Every loader returns a `Dataset` whose rows are float32 and finite.  Images are 
 - 2-D toys: ``train`` and ``test`` are independent draws (different seeds, no shared points), both
   standardised with the per-coordinate mean and std of the train draw.
 - arrays: an .npz may hold a test split as ``x_test`` (and ``labels_test``); folders have no test split.
+- latents: an .npz with ``mean`` and ``std`` (or ``logvar``) is a Gaussian mixture (data/latents.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from lossfloor.core.errors import InputError
 from lossfloor.data.arrays import _npz, _scaled_array, read_npy
 from lossfloor.data.dataset import FASHION_DIR, SPLITS, Dataset, NoTestSplit, _flipped, _make, _subsample
 from lossfloor.data.images import _digits, _fashion, _image_folder
+from lossfloor.data.latents import is_latent_file, load_latents
 from lossfloor.data.toys import TOY_SIZE, TOYS, load_toy
 
 BUILTIN = ("digits", "fashion-mnist", *TOYS)
@@ -38,6 +40,8 @@ def load_dataset(name: str = "digits", *, data_dir=None, split: str = "train", f
         raise InputError(f"the number of points must be positive, got {n}")
     if data_dir is not None and name != "fashion-mnist":
         raise InputError("--data-dir applies to fashion-mnist only")
+    if name not in BUILTIN and is_latent_file(name):  # stochastic latents: a Gaussian mixture
+        return load_latents(name, split, n=n, seed=seed, flip=flip)
     if name in TOYS:
         ds = load_toy(name, split, n if n is not None else TOY_SIZE, seed)
     else:

@@ -35,17 +35,24 @@ from lossfloor.floor.config import EstimatorConfig, LevelEstimate, level_generat
 from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.floor.levels import PROJECTION_SLACK, estimate_level
 from lossfloor.floor.matrix import DataMatrix
+from lossfloor.floor.mixture import MixtureMatrix, check_mixture_config
 
 DEFAULT_CONFIG = EstimatorConfig()  # the full estimator, `DEFAULT_QUERIES` queries per level
 
 
 class Estimator:
-    """J*(sigma) on one dataset, optionally class-conditional (posterior within the query's class)."""
+    """J*(sigma) on one dataset, optionally class-conditional (posterior within the query's class).
+
+    With `std` (the shape of `rows`) every row is a Gaussian N(row, diag std^2), as stochastic VAE latents
+    are: the exact floor of the mixture (`floor/mixture.py`; full estimator only).  std = 0 is the point
+    data's estimator."""
 
     def __init__(self, rows, config: EstimatorConfig = DEFAULT_CONFIG, *, labels=None,
-                 device="cpu", dtype=torch.float32):
+                 device="cpu", dtype=torch.float32, std=None):
         self.config = config
-        self.data = DataMatrix(rows, device=device, dtype=dtype, chunk_size=config.chunk_size)
+        if std is not None:
+            check_mixture_config(config)
+        self.data = _matrix(rows, std, device, dtype, config)
         self.classes: list[tuple[float, DataMatrix]] = []
         if labels is not None:
             labels = np.asarray(labels)
@@ -53,8 +60,8 @@ class Estimator:
                 raise InputError(f"{len(labels)} labels for {self.data.n} data points")
             for c in np.unique(labels):
                 idx = np.nonzero(labels == c)[0]
-                part = DataMatrix(take_rows(self.data.rows, idx), device=device, dtype=dtype,
-                                  chunk_size=config.chunk_size)
+                part = _matrix(take_rows(self.data.rows, idx), None if std is None else take_rows(std, idx),
+                               device, dtype, config)
                 self.classes.append((len(idx) / self.data.n, part))
         config.subset_size(min([self.data.n] + [d.n for _, d in self.classes]))  # L <= N, checked early
         if not self.data_variance > 0:  # J* = 0 at every sigma; every ratio to the variance would be NaN
@@ -119,6 +126,8 @@ class Estimator:
             settings={**asdict(self.config), "seed": seed,
                       "dtype": str(self.data.dtype).replace("torch.", ""),
                       "class_conditional": bool(self.classes),
+                      **({"mixture": True, "within_variance": self.data.within_sq / self.data.dim}
+                         if isinstance(self.data, MixtureMatrix) else {}),
                       "C_used": self.config.strategy.self_weight(self.config, self.data.n),
                       "queries_used": [e.queries for e in levels],
                       **({"control_queries_used": [e.control_queries for e in levels]}
@@ -193,6 +202,13 @@ class Estimator:
         curve.settings["total_stderr"] = total_stderr
         curve.settings["total_objective"] = getattr(objective, "name", str(objective))
         return curve
+
+
+def _matrix(rows, std, device, dtype, config: EstimatorConfig) -> DataMatrix:
+    """Point rows, or a Gaussian mixture's means and standard deviations."""
+    if std is None:
+        return DataMatrix(rows, device=device, dtype=dtype, chunk_size=config.chunk_size)
+    return MixtureMatrix(rows, std, device=device, dtype=dtype, chunk_size=config.chunk_size)
 
 
 def _neyman_queries(curve: OptimalLossCurve, objective, target: float,

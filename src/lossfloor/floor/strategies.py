@@ -26,6 +26,7 @@ from torch import Tensor
 
 from lossfloor.floor.config import ESTIMATORS, EstimatorConfig
 from lossfloor.floor.matrix import DataMatrix
+from lossfloor.floor.mixture import MixtureMatrix, mixture_values
 from lossfloor.floor.values import full_values, subset_values
 
 
@@ -68,6 +69,9 @@ class FullEstimator(EstimatorStrategy):
     sized_rounds = pruning = control_variates = zero_bound = True
 
     def round(self, data, sigma, config, generator, progress) -> Round:
+        if isinstance(data, MixtureMatrix):  # a Gaussian mixture (latent mean/std): floor/mixture.py
+            values, sources = mixture_values(data, sigma, config, generator, progress)
+            return Round(values, len(values), sources)
         values, sources = full_values(data, sigma, config, generator, progress)
         return Round(values, len(values), sources)
 

@@ -85,13 +85,18 @@ class Trainer:
     """Trains a network under an objective; see the module docstring."""
 
     def __init__(self, data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *,
-                 out=None, data_info: dict | None = None, device="cpu", sigma_edges=None):
+                 out=None, data_info: dict | None = None, device="cpu", sigma_edges=None, std=None):
         self.objective = get_objective(objective) if isinstance(objective, str) else objective
         if self.objective.is_dynamic:  # training mutates its state: keep the caller's copy intact
             self.objective = copy.deepcopy(self.objective)
         self.data = torch.as_tensor(data, dtype=torch.float32).to(device)
         if tuple(self.data.shape[1:]) != model.shape:
             raise InputError(f"data of shape {tuple(self.data.shape[1:])} for a model of shape {model.shape}")
+        # Stochastic latents (a Gaussian mixture, data/latents.py): a fresh z = mean + std eps every step.
+        self.std = None if std is None else torch.as_tensor(std, dtype=torch.float32).to(device)
+        if self.std is not None and self.std.shape != self.data.shape:
+            raise InputError(f"std of shape {tuple(self.std.shape)} for data of shape "
+                             f"{tuple(self.data.shape)}")
         self.model_config, self.config, self.device = model, config, torch.device(device)
         self.data_info = dict(data_info or {})
         self.out = Path(out) if out is not None else None
@@ -124,7 +129,11 @@ class Trainer:
         idx = torch.randint(n, (cfg.batch_size,), generator=self.generator)
         t = self.objective.sample_t(cfg.batch_size, self.generator)
         eps = torch.randn((cfg.batch_size, *self.data.shape[1:]), generator=self.generator).to(self.device)
-        loss, x0_loss = self.losses(self.data[idx.to(self.device)], t, eps)
+        x0 = self.data[idx.to(self.device)]
+        if self.std is not None:
+            z = torch.randn((cfg.batch_size, *self.data.shape[1:]), generator=self.generator).to(self.device)
+            x0 = x0 + self.std[idx.to(self.device)] * z
+        loss, x0_loss = self.losses(x0, t, eps)
         loss = loss.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -290,9 +299,10 @@ class TrainingDiverged(InputError):
 
 def train(data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *, out=None,
           resume: bool = False, data_info: dict | None = None, device="cpu",
-          progress: bool = True) -> Trainer:
-    """Train (or, with `resume`, continue) a model; checkpoints go to `out/checkpoint.pt` if `out` is set."""
-    trainer = Trainer(data, objective, model, config, out=out, data_info=data_info, device=device)
+          progress: bool = True, std=None) -> Trainer:
+    """Train (or, with `resume`, continue) a model; checkpoints go to `out/checkpoint.pt` if `out` is set.
+    With `std` (data's shape) every point is a Gaussian: a fresh z = data + std eps each step."""
+    trainer = Trainer(data, objective, model, config, out=out, data_info=data_info, device=device, std=std)
     if out is not None:
         path = Path(out) / CHECKPOINT_NAME
         if resume and path.exists():
