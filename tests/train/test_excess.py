@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lossfloor.core.errors import InputError
 from lossfloor.evaluate.validation import FloorValidator
 from lossfloor.floor.config import EstimatorConfig
 from lossfloor.floor.estimator import Estimator
@@ -78,6 +79,11 @@ def test_the_trainer_logs_the_gap_monitors_scalar(plane, tmp_path):
     sigma, gap = [float(r["sigma"]) for r in bins], [float(r["gap"]) for r in bins]
     again = weighted_excess(trainer.objective, sigma, gap)
     assert again.value == pytest.approx(float(row["excess"]), rel=1e-9)
+
+
+def test_a_curve_of_other_data_is_refused(toy, plane):
+    with pytest.raises(InputError, match="dimension 4"):
+        Trainer(plane[0], "edm", TINY, curve=toy[1])
 
 
 def test_resume_with_a_curve_is_bit_for_bit(plane, tmp_path):

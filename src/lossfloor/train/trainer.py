@@ -114,6 +114,10 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.binned = BinnedLoss(sigma_edges)
         self.last_interval = BinnedLoss(sigma_edges)  # the bins of the last finished logging interval
+        dim = math.prod(model.shape)
+        if curve is not None and curve.dim != dim:
+            raise InputError(f"the J* curve is for dimension {curve.dim}, the data have {dim}: give the "
+                             "curve of this training data")
         self.curve = curve
         self.gaps = BinnedLoss(sigma_edges) if curve is not None else None  # x0 loss - J*(sigma) per sample
         self.excess = None  # the last logged objective-weighted excess (with a curve)
