@@ -14,8 +14,9 @@ convention; `evaluate.adapters` turns epsilon-, v- and flow-networks into one) i
 
 and one scalar, ``excess``: the objective-weighted gap sum_k w_k gap(sigma_k), with w_k the weight
 lambda(sigma) p(log sigma) d log sigma of the objective integrated against the piecewise-linear (in log
-sigma) interpolation of the gap between the grid's levels (`grid_weights`; noise levels outside the grid
-are not counted -- ``weight_coverage`` is the share of p(sigma) inside it).  Every call uses the same draws,
+sigma) interpolation of the gap between the grid's levels (`floor.excess.grid_weights`, shared with
+`GapMonitor` and the trainer's logs; noise levels outside the grid are not counted -- ``weight_coverage``
+is the share of p(sigma) inside it).  Every call uses the same draws,
 so `ValidationResult.minus` gives paired differences between two checkpoints with standard errors, and
 two calls on the same model give identical numbers.  `ValidationResult.scalars` is a flat dict for
 TensorBoard or Weights & Biases.
@@ -35,32 +36,9 @@ from torch import Tensor
 from lossfloor.core.errors import InputError
 from lossfloor.evaluate.posterior import posterior_moments
 from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.excess import grid_weights
 from lossfloor.nets.denoiser import per_sample_x0_loss
 from lossfloor.objective.objective import Objective
-
-MESH = 2001  # quadrature nodes between the grid's ends (plus the grid's own levels)
-
-
-def grid_weights(objective: Objective, sigmas) -> tuple[np.ndarray, float]:
-    """(w_k, coverage): sum_k w_k g(sigma_k) integrates lambda(sigma) p(log sigma) g over the grid's range
-    for g piecewise linear in log sigma between the levels; coverage is the share of p(sigma) (or of the
-    atoms) inside that range."""
-    grid = np.log(np.asarray(sigmas, dtype=float))
-    if objective.is_discrete:
-        ls = np.log(objective.atoms().numpy())
-        inside = (ls >= grid[0]) & (ls <= grid[-1])
-        ls, coef, coverage = ls[inside], np.full(int(inside.sum()), 1.0 / len(inside)), float(inside.mean())
-    else:
-        ls = np.union1d(np.linspace(grid[0], grid[-1], MESH), grid)
-        logp = objective.log_density(torch.tensor(ls)).numpy()
-        h = np.diff(ls)
-        coef = np.where(np.isfinite(logp), np.exp(logp), 0.0) * (np.r_[h, 0.0] + np.r_[0.0, h]) / 2
-        cdf = objective.cdf(torch.tensor([grid[0], grid[-1]])).numpy()
-        coverage = float(cdf[1] - cdf[0])
-    lam = objective.x0_weight(torch.tensor(np.exp(ls))).numpy()
-    coef = coef * np.where(coef > 0, lam, 0.0)  # lambda may be infinite where p vanishes
-    hats = np.stack([np.interp(ls, grid, row) for row in np.eye(len(grid))])
-    return hats @ coef, coverage
 
 
 @dataclass(frozen=True)

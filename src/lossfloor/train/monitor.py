@@ -16,6 +16,7 @@ import torch
 
 from lossfloor.core.files import atomic_write_text
 from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.excess import Excess, weighted_excess
 from lossfloor.objective.objective import Objective
 
 
@@ -92,6 +93,13 @@ class BinnedLoss:
         self.outside = int(state["outside"])
 
 
+def binned_excess(gap: BinnedLoss, objective: Objective) -> Excess:
+    """`FloorValidator`'s scalar on binned gaps: the objective-weighted excess sum_k w_k gap_k over the
+    non-empty bins, at their geometric centres (`floor.excess.weighted_excess`; nan with fewer than 2)."""
+    full = gap.count > 0
+    return weighted_excess(objective, gap.centers[full], gap.mean()[full], gap.stderr()[full])
+
+
 class GapMonitor:
     """Running per-log-sigma-bin x0 loss, optimal loss and gap of a training loop.
 
@@ -99,7 +107,8 @@ class GapMonitor:
     ``update_from_target(t, target_loss)`` converts a per-sample target loss (eps, v, ...) of the
     objective at process times t first.  Each sample's floor J*(sigma_i) is binned alongside, so a bin's
     gap compares like with like however wide it is.  With an objective, `summary` adds the weighted
-    totals E[lambda (J - J*)] over the samples seen.
+    totals E[lambda (J - J*)] over the samples seen and ``excess``: `FloorValidator`'s scalar, the
+    objective-weighted excess over the floor on the binned gaps (`binned_excess`), as the trainer logs it.
     """
 
     def __init__(self, curve: OptimalLossCurve, objective: Objective | None = None, edges=None):
@@ -145,8 +154,10 @@ class GapMonitor:
         out = {"bins": rows, "outside": self.loss.outside}
         if self.objective is not None and self._weighted[2]:
             model, floor, n = self._weighted
+            excess = binned_excess(self.gap, self.objective)
             out.update(objective=self.objective.name, weighted_loss=model / n, weighted_optimal=floor / n,
-                       weighted_gap=(model - floor) / n)
+                       weighted_gap=(model - floor) / n, excess=excess.value, excess_stderr=excess.stderr,
+                       excess_coverage=excess.coverage)
         return out
 
     def to_csv(self, path=None) -> str:
@@ -168,3 +179,4 @@ class GapMonitor:
             writer.add_scalar(f"gap/log_sigma_{math.log(row['sigma']):+.2f}", row["gap"], step)
         if "weighted_gap" in summary:
             writer.add_scalar("gap/weighted_total", summary["weighted_gap"], step)
+            writer.add_scalar("floor/excess", summary["excess"], step)

@@ -22,6 +22,10 @@ Programmatic API::
 - The per-sample x0 loss ``||x0_hat - x0||^2 / D`` (the normalisation of J*) is the target error divided
   by `target_error_factor` (`Objective.x0_loss_from_target`); `monitor.BinnedLoss` bins it in log sigma, and
   `out/binned.csv` holds one block of bins per logging interval.  `monitor.GapMonitor` reuses `BinnedLoss`.
+- Given the data's J*(sigma) curve (``curve=``), the trainer also bins each sample's gap x0 loss - J*(sigma)
+  and logs `FloorValidator`'s scalar on those bins (`monitor.binned_excess`, the same function as
+  `GapMonitor`'s): ``excess`` and ``excess_stderr`` in log.csv, ``gap`` / ``gap_stderr`` per bin in
+  binned.csv, ``excess`` on the progress line and ``floor/excess`` in TensorBoard.
 """
 
 from __future__ import annotations
@@ -40,13 +44,14 @@ from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_torch_save
 from lossfloor.data.load import load_dataset
 from lossfloor.data.toys import TOYS
+from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.nets.denoiser import Denoiser
 from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
 from lossfloor.objective.components import static_dict
 from lossfloor.objective.objective import get_objective
 from lossfloor.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, Checkpoint, load_checkpoint
 from lossfloor.train.logs import LOG_FILES, _append_csv, _truncate_csv
-from lossfloor.train.monitor import BinnedLoss
+from lossfloor.train.monitor import BinnedLoss, binned_excess
 
 # --------------------------------------------------------------------------------------------
 # The trainer.
@@ -85,7 +90,8 @@ class Trainer:
     """Trains a network under an objective; see the module docstring."""
 
     def __init__(self, data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *,
-                 out=None, data_info: dict | None = None, device="cpu", sigma_edges=None, std=None):
+                 out=None, data_info: dict | None = None, device="cpu", sigma_edges=None, std=None,
+                 curve: OptimalLossCurve | None = None):
         self.objective = get_objective(objective) if isinstance(objective, str) else objective
         if self.objective.is_dynamic:  # training mutates its state: keep the caller's copy intact
             self.objective = copy.deepcopy(self.objective)
@@ -113,6 +119,13 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.binned = BinnedLoss(sigma_edges)
         self.last_interval = BinnedLoss(sigma_edges)  # the bins of the last finished logging interval
+        dim = math.prod(model.shape)
+        if curve is not None and curve.dim != dim:
+            raise InputError(f"the J* curve is for dimension {curve.dim}, the data have {dim}: give the "
+                             "curve of this training data")
+        self.curve = curve
+        self.gaps = BinnedLoss(sigma_edges) if curve is not None else None  # x0 loss - J*(sigma) per sample
+        self.excess = None  # the last logged objective-weighted excess (with a curve)
         self.step = 0
         self.elapsed = 0.0  # seconds spent in `run`, over all resumed sessions
         self._loss_sum, self._loss_count = 0.0, 0
@@ -145,6 +158,9 @@ class Trainer:
         self._update_ema()
         self.step += 1
         self.binned.update(self.objective.process.ve_sigma(t), x0_loss)
+        if self.gaps is not None:
+            sigma = self.objective.process.ve_sigma(t).detach().cpu().double().numpy()
+            self.gaps.update(sigma, x0_loss.detach().cpu().double().numpy() - self.curve(sigma))
         self.objective.update(self.objective.process.ve_sigma(t), x0_loss)  # adaptive p(sigma)
         value = loss.item()
         self._loss_sum += value
@@ -188,7 +204,8 @@ class Trainer:
                 self.elapsed = time.perf_counter() - start
                 bar.update(1)
                 # The mean objective loss since the last log row: at a log step, log.csv's `loss`.
-                bar.set_postfix(loss=f"{self._loss_sum / max(self._loss_count, 1):.4g}")
+                excess = {} if self.excess is None else {"excess": f"{self.excess.value:.3g}"}
+                bar.set_postfix(loss=f"{self._loss_sum / max(self._loss_count, 1):.4g}", **excess)
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     self._log()
                 if self.out is not None and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
@@ -213,18 +230,29 @@ class Trainer:
     def _log(self) -> None:
         """Append the interval's mean loss and binned x0 losses to CSV (and TensorBoard), then reset."""
         mean_loss = self._loss_sum / max(self._loss_count, 1)
+        log = dict(step=self.step, loss=mean_loss)
+        bins = [dict(step=self.step, **r) for r in self.binned.rows()]
+        if self.gaps is not None:
+            self.excess = binned_excess(self.gaps, self.objective)
+            log.update(excess=self.excess.value, excess_stderr=self.excess.stderr)
+            for row, gap in zip(bins, self.gaps.rows(), strict=True):
+                row.update(gap=gap["x0_loss"], gap_stderr=gap["stderr"])
         if self.out is not None:
-            _append_csv(self.out / "log.csv", [dict(step=self.step, loss=mean_loss)])
-            _append_csv(self.out / "binned.csv", [dict(step=self.step, **r) for r in self.binned.rows()])
+            _append_csv(self.out / "log.csv", [log])
+            _append_csv(self.out / "binned.csv", bins)
             writer = self._tensorboard()
             if writer is not None:
                 writer.add_scalar("loss/objective", mean_loss, self.step)
+                if self.excess is not None:
+                    writer.add_scalar("floor/excess", self.excess.value, self.step)
                 for r in self.binned.rows():
                     if r["count"]:
                         tag = f"x0_loss/log_sigma_{math.log(r['sigma']):+.2f}"
                         writer.add_scalar(tag, r["x0_loss"], self.step)
         self.last_interval = copy.deepcopy(self.binned)
         self.binned.reset()
+        if self.gaps is not None:
+            self.gaps.reset()
         self._loss_sum, self._loss_count = 0.0, 0
 
     def _tensorboard(self):
@@ -245,7 +273,7 @@ class Trainer:
             parameters=parameter_count(self.net), net=self.net.state_dict(), ema=self.ema.state_dict(),
             optimizer=self.optimizer.state_dict(), generator=self.generator.get_state(),
             binned=self.binned.state_dict(), interval=[self._loss_sum, self._loss_count],
-            elapsed=self.elapsed)
+            elapsed=self.elapsed, **({"gaps": self.gaps.state_dict()} if self.gaps is not None else {}))
 
     def save(self, path=None) -> Path:
         """Write the checkpoint atomically (default `out/checkpoint.pt`)."""
@@ -284,6 +312,8 @@ class Trainer:
         self.optimizer.load_state_dict(s["optimizer"])
         self.generator.set_state(s["generator"])
         self.binned.load_state_dict(s["binned"])
+        if self.gaps is not None and "gaps" in s:
+            self.gaps.load_state_dict(s["gaps"])
         self._loss_sum, self._loss_count = float(s["interval"][0]), int(s["interval"][1])
         self.step = ckpt.step
         self.elapsed = float(s.get("elapsed", 0.0))  # run() drops log rows written after the checkpoint
@@ -299,10 +329,12 @@ class TrainingDiverged(InputError):
 
 def train(data: Tensor, objective, model: ModelConfig, config: TrainConfig = TrainConfig(), *, out=None,
           resume: bool = False, data_info: dict | None = None, device="cpu",
-          progress: bool = True, std=None) -> Trainer:
+          progress: bool = True, std=None, curve: OptimalLossCurve | None = None) -> Trainer:
     """Train (or, with `resume`, continue) a model; checkpoints go to `out/checkpoint.pt` if `out` is set.
-    With `std` (data's shape) every point is a Gaussian: a fresh z = data + std eps each step."""
-    trainer = Trainer(data, objective, model, config, out=out, data_info=data_info, device=device, std=std)
+    With `std` (data's shape) every point is a Gaussian: a fresh z = data + std eps each step; with the
+    data's J*(sigma) `curve`, the logs carry the objective-weighted excess over the floor."""
+    trainer = Trainer(data, objective, model, config, out=out, data_info=data_info, device=device, std=std,
+                      curve=curve)
     if out is not None:
         path = Path(out) / CHECKPOINT_NAME
         if resume and path.exists():
