@@ -70,3 +70,20 @@ def test_a_registered_estimator_is_a_cli_choice(tmp_path, monkeypatch, capsys):
         docs[name] = json.loads((tmp_path / name / "optimal_loss.json").read_text())
     assert docs["plain"]["estimator"] == "plain"
     assert (docs["plain"]["loss"], docs["plain"]["stderr"]) == (docs["full"]["loss"], docs["full"]["stderr"])
+
+
+def test_targets_and_image_sets_are_registries_the_cli_reads():
+    """Targets (one affine pair each) and the built-in image sets are registry entries too: the objective
+    help and --data's names come from them, and an unknown target is one line naming the choices."""
+    import torch
+
+    from lossfloor.core.errors import InputError
+    from lossfloor.data.images import IMAGE_SETS
+    from lossfloor.data.load import BUILTIN
+    from lossfloor.objective.processes import VP
+    from lossfloor.objective.targets import TARGETS, target_coefficients
+
+    assert set(IMAGE_SETS) <= set(BUILTIN) and all(name in DATA_HELP for name in IMAGE_SETS)
+    assert list(TARGETS) == ["x0", "eps", "v", "score", "velocity", "F"]
+    with pytest.raises(InputError, match="unknown target 'nope'; choose from x0, eps"):
+        target_coefficients("nope", VP(), torch.tensor([0.5]))

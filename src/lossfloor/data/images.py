@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from lossfloor.core.errors import InputError, reason
-from lossfloor.data.dataset import FASHION_HINT, UINT8_SCALING
+from lossfloor.core.registry import Registry
+from lossfloor.data.dataset import FASHION_DIR, FASHION_HINT, UINT8_SCALING
 
 DIGITS_TEST_FRACTION = 0.2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -151,3 +152,12 @@ def _bits_per_sample(im, path: Path) -> int:
         raise InputError(f"{path}: a 16-bit colour image (mode {im.mode}); Pillow reads only its 8 high "
                          "bits: convert it to 8 bits or save the array as .npy")
     return 8
+
+
+IMAGE_SETS = Registry("image set")
+"""Built-in image sets: name -> load(split, data_dir) -> (x, labels, scaling, source, classes)."""
+IMAGE_SETS.add("digits", lambda split, data_dir=None: _digits(split),
+               "scikit-learn's 1,797 8x8 digits (1,438 train / 359 test)")
+IMAGE_SETS.add("fashion-mnist",
+               lambda split, data_dir=None: _fashion(Path(data_dir) if data_dir else FASHION_DIR, split),
+               "Fashion-MNIST 28x28 (Debian's dataset-fashion-mnist; 60,000 train / 10,000 test)")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 from lossfloor.core.errors import InputError
 from lossfloor.data.arrays import _npz, _scaled_array, read_npy
-from lossfloor.data.dataset import FASHION_DIR, SPLITS, Dataset, NoTestSplit, _flipped, _make, _subsample
-from lossfloor.data.images import _digits, _fashion, _image_folder
+from lossfloor.data.dataset import SPLITS, Dataset, NoTestSplit, _flipped, _make, _subsample
+from lossfloor.data.images import IMAGE_SETS, _image_folder
 from lossfloor.data.latents import is_latent_file, load_latents
 from lossfloor.data.toys import TOY_SIZE, TOYS, load_toy
 
-BUILTIN = ("digits", "fashion-mnist", *TOYS)
+BUILTIN = (*IMAGE_SETS, *TOYS)  # the names --data takes besides paths (both registries)
 
 
 def load_dataset(name: str = "digits", *, data_dir=None, split: str = "train", flip: bool = False,
@@ -45,10 +45,8 @@ def load_dataset(name: str = "digits", *, data_dir=None, split: str = "train", f
     if name in TOYS:
         ds = load_toy(name, split, n if n is not None else TOY_SIZE, seed)
     else:
-        if name == "digits":
-            x, labels, scaling, source, classes = _digits(split)
-        elif name == "fashion-mnist":
-            x, labels, scaling, source, classes = _fashion(Path(data_dir) if data_dir else FASHION_DIR, split)
+        if name in IMAGE_SETS:
+            x, labels, scaling, source, classes = IMAGE_SETS[name](split, data_dir)
         else:
             x, labels, scaling, source, classes = _from_path(name, split)
         x, labels = _subsample(x, labels, n, seed)

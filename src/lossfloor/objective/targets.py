@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lossfloor.core.errors import InputError
+from lossfloor.core.registry import Registry
 from lossfloor.objective.components import Component, _t64, register_component
 from lossfloor.objective.processes import Process
 
@@ -16,7 +16,29 @@ from lossfloor.objective.processes import Process
 # Targets: each is affine in x0 for fixed x_t, target = a x_t + b x0.
 # --------------------------------------------------------------------------------------------
 
-TARGETS = ("x0", "eps", "v", "score", "velocity", "F")
+TARGETS = Registry("target")
+"""Target name -> coefficients(process, t, alpha_t, sigma_t, precond) -> (a, b): one affine pair each."""
+TARGETS.add("x0", lambda p, t, al, si, pre: (torch.zeros_like(t), torch.ones_like(t)), "the clean data x0")
+TARGETS.add("eps", lambda p, t, al, si, pre: (1 / si, -al / si), "the noise eps = (x_t - alpha x0) / sigma")
+TARGETS.add("v", lambda p, t, al, si, pre: (al / si, -(al**2 + si**2) / si),
+            "v = alpha eps - sigma x0 (Salimans & Ho)")
+TARGETS.add("score", lambda p, t, al, si, pre: (-1 / si**2, al / si**2),
+            "the score grad log p(x_t | x0) = -eps / sigma")
+
+
+def _velocity(process, t, al, si, precond):
+    da, ds = process.derivatives(t)  # d x_t / dt = alpha' x0 + sigma' eps
+    return ds / si, da - ds * al / si
+
+
+def _edm_f(process, t, al, si, precond):
+    s = si / al  # x0 = c_skip x~ + c_out F, x~ = x_t / alpha
+    c_out = precond.c_out(s)
+    return -precond.c_skip(s) / (al * c_out), 1 / c_out
+
+
+TARGETS.add("velocity", _velocity, "the flow velocity d x_t / dt")
+TARGETS.add("F", _edm_f, "EDM's raw network output F (preconditioned)")
 
 
 @register_component("edm_precond")
@@ -42,24 +64,9 @@ class Preconditioning(Component):
 def target_coefficients(target: str, process: Process, t: Tensor,
                         precond: Preconditioning = Preconditioning()) -> tuple[Tensor, Tensor]:
     """(a, b) with target = a * x_t + b * x0 at time t."""
+    coefficients = TARGETS.require(target)
     t = _t64(t)
-    al, si = process.alpha(t), process.sigma(t)
-    if target == "x0":
-        return torch.zeros_like(t), torch.ones_like(t)
-    if target == "eps":  # eps = (x_t - alpha x0) / sigma
-        return 1 / si, -al / si
-    if target == "v":  # v = alpha eps - sigma x0 (Salimans & Ho)
-        return al / si, -(al**2 + si**2) / si
-    if target == "score":  # grad log p(x_t | x0) = -eps / sigma
-        return -1 / si**2, al / si**2
-    if target == "velocity":  # d x_t / dt = alpha' x0 + sigma' eps
-        da, ds = process.derivatives(t)
-        return ds / si, da - ds * al / si
-    if target == "F":  # x0 = c_skip x~ + c_out F, x~ = x_t / alpha
-        s = si / al
-        c_out = precond.c_out(s)
-        return -precond.c_skip(s) / (al * c_out), 1 / c_out
-    raise InputError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    return coefficients(process, t, process.alpha(t), process.sigma(t), precond)
 
 
 def per_sample(c: Tensor, like: Tensor) -> Tensor:
