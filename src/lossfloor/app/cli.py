@@ -32,6 +32,7 @@ from lossfloor.app.options import (
 from lossfloor.app.sample import SampleSettings, run_sample
 from lossfloor.app.study_commands import study
 from lossfloor.app.train import TrainSettings, prepare_train, run_train
+from lossfloor.app.warn import clean_warnings
 from lossfloor.core.errors import InputError
 from lossfloor.data.dataset import SPLITS
 from lossfloor.data.load import BUILTIN
@@ -198,7 +199,9 @@ def sample(progress, **options):
 @click.option("--objective", help="with --denoiser: the objective it was trained with; " + OBJECTIVE_HELP)
 @click.option("--data", help="evaluate on this dataset instead of the checkpoint's (same shape)")
 @data_options(DIAG)
-@click.option("--curve", type=PATH, help="optimal_loss.json of the same data [estimated here]")
+@click.option("--test-data", type=PATH, help="held-out data for --data without a test split (same shape)")
+@click.option("--curve", type=PATH, help="optimal_loss.json of the same data [estimated here and saved in "
+              "--out]")
 @click.option("--levels", type=LEVELS, default=DIAG.levels, help="sigma levels (without --curve)")
 @click.option("--sigma-min", type=SIGMA, default=DIAG.sigma_min, help="smallest level (without --curve)")
 @click.option("--sigma-max", type=SIGMA, default=DIAG.sigma_max, help="largest level (without --curve)")
@@ -212,9 +215,10 @@ def sample(progress, **options):
 def diagnose(progress, **options):
     """A trained model's x0 loss against the optimal loss J*(sigma), per level and in total."""
 
-    run = prepare_diagnose(DiagnoseSettings(**options))
-    echo(run.header())
-    result = run_diagnose(run, progress)
+    with clean_warnings("diagnose --curve" if options["curve"] else "diagnose"):
+        run = prepare_diagnose(DiagnoseSettings(**options))
+        echo(run.header())
+        result = run_diagnose(run, progress)
     echo(result.report())
     if result.diagnosis.violations:
         click.echo("!" * 100 + "\n" + violation_message(result.diagnosis) + "\n" + "!" * 100, err=True)
@@ -255,8 +259,10 @@ cli.add_command(study)
 def main(argv=None):
     """Entry point: user errors (`InputError`, or the system refusing a read or write) exit 2 with one line on
     stderr; anything else is a bug and surfaces with its traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, standalone_mode=False)
+        with clean_warnings(args[0] if args else ""):  # no raw Python warning reaches the terminal
+            cli.main(args=args, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
