@@ -130,8 +130,8 @@ class DiagnoseResult:
                          f"± {t['optimal_stderr']:.2g}, gap {t['gap']:.5g} ± {t['gap_stderr']:.2g}")
         lines += d.band_lines()
         if self.saved_curve is not None:
-            lines.append(f"saved J*(sigma) as {self.saved_curve}; pass --curve {self.saved_curve} to diagnose "
-                         "another model of the same data without estimating it again")
+            lines.append(f"saved J*(sigma) as {self.saved_curve}; pass --curve {self.saved_curve} to "
+                         "diagnose another model of the same data without estimating it again")
         return lines
 
 

@@ -120,8 +120,9 @@ class EstimateResult:
         used = curve.settings.get("queries_used") or []
         if used and min(used) != max(used):
             lines.append(f"queries used per level: {min(used):,}–{max(used):,} (optimal_loss.csv: per level)")
-        lines.append(f"critical sigma (J* > 1% of the {'within-class ' * self.class_conditional}data variance,"
-                     f" interpolated): {curve.critical()}")
+        within = "within-class " * self.class_conditional
+        lines.append(f"critical sigma (J* > 1% of the {within}data variance, interpolated): "
+                     f"{curve.critical()}")
         if curve.loss[-1] < 0.9 * curve.data_variance:
             lines.append(f"note: J*(sigma_max) is {curve.loss[-1] / curve.data_variance:.2f} of the data "
                          "variance; raise --sigma-max to reach the plateau")

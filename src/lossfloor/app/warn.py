@@ -10,7 +10,8 @@ import warnings
 import click
 
 # The library's remedies (floor/totals.py, floor/estimator.py) as regular expressions.
-GRID_REMEDY = r"add levels where lambda p J\* changes fastest \(OptimalLossCurve\.refinement_scores\) or use estimate --total-stderr"
+GRID_REMEDY = (r"add levels where lambda p J\* changes fastest \(OptimalLossCurve\.refinement_scores\) "
+               r"or use estimate --total-stderr")
 SIGMA_MIN_REMEDY = r"lower --sigma-min to (\S+) or below"
 
 # Per command (its first word, `study` for every study): what the user can do there instead.

@@ -61,7 +61,8 @@ def critical_sigma(sigma, loss, data_variance: float, fraction: float = CRITICAL
 
     def root(linear: bool) -> float:
         def f(ls):
-            return interpolate_loss(grid, loss, v, np.array([ls]), logit, linear=linear, tail=tail)[0] - target
+            j = interpolate_loss(grid, loss, v, np.array([ls]), logit, linear=linear, tail=tail)[0]
+            return j - target
         return math.exp(brentq(f, grid[i - 1], grid[i], xtol=1e-12))
 
     value = root(False)
