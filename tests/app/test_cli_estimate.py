@@ -118,7 +118,7 @@ def test_existing_results_need_resume_or_force(tmp_path, capsys, points):
     code, _, stderr = run(args, capsys)
     assert code == 2 and "--resume" in stderr and snapshot(out) == before
     code, _, stderr = run([*args, "--resume", "--seed", 1], capsys)
-    assert code == 2 and "different settings (seed)" in stderr and snapshot(out) == before
+    assert code == 2 and "different settings (seed 0 (now 1))" in stderr and snapshot(out) == before
     assert run([*args, "--force", "--seed", 1], capsys)[0] == 0
     assert json.loads((out / "optimal_loss.json").read_text())["settings"]["seed"] == 1
 

@@ -176,7 +176,9 @@ def test_diagnose_rejects_a_curve_of_other_data(trained, tmp_path, capsys):
     out = tmp_path / "d"
     result = run(["diagnose", "--checkpoint", trained, "--curve", curve_dir / "optimal_loss.json",
                   "--out", out], capsys)
-    assert_usage_error(result, "other data")
+    # The message names the two datasets, not two fingerprint hashes.
+    assert_usage_error(result, "was computed on ring (train, N = 300), the model is evaluated on ring "
+                               "(train, N = 400)")
     assert not out.exists()
 
 
@@ -184,7 +186,7 @@ def test_train_refuses_to_overwrite_or_to_resume_with_other_settings(trained, ca
     before = (trained / "checkpoint.pt").read_bytes()
     assert_usage_error(run([*TRAIN, "--steps", "30", "--out", trained], capsys), "--resume")
     assert_usage_error(run([*TRAIN, "--steps", "30", "--lr", "0.01", "--out", trained, "--resume"], capsys),
-                       "different lr")
+                       "lr 0.001 (now 0.01)")
     assert_usage_error(run([*TRAIN, "--steps", "20", "--out", trained, "--resume"], capsys),
                        "already at step")
     assert (trained / "checkpoint.pt").read_bytes() == before

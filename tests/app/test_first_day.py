@@ -61,3 +61,51 @@ def test_library_warnings_become_one_line_with_the_commands_remedy(capsys):
     assert warning_lines(caught, "diagnose --curve") == [
         "warning: x: re-estimate the --curve with `lossfloor estimate --sigma-min 0.001`"]
     assert "budget" in warning_lines(caught, "study")[0]
+
+
+# -- the small items (issue 19, point 8) ----------------------------------------------------------
+
+
+def test_objective_names_are_case_insensitive_and_near_misses_get_a_did_you_mean(capsys):
+    from lossfloor.core.errors import InputError
+    from lossfloor.objective.objective import get_objective
+
+    assert get_objective("EDM").name == "edm" and get_objective("Flow-V-Simple").name == "flow-v-simple"
+    with pytest.raises(InputError, match=r"unknown objective 'edn' \(did you mean 'edm'\?\)"):
+        get_objective("edn")
+    code, _, err = run(["estimate", "--estimator", "ful"], capsys)
+    assert code == 2 and "(did you mean 'full'?)" in err and err.count("\n") == 1
+
+
+def test_estimate_and_train_say_what_comes_next(tmp_path, capsys):
+    code, out, err = run(["estimate", "--no-progress", "--data", "ring", "--n", 200, "--sigmas", "0.1,1,3",
+                          "--queries", 32, "--out", tmp_path / "e"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith(f"next: lossfloor diagnose --checkpoint RUN --curve {tmp_path}")
+    code, out, err = run(["train", "--no-progress", "--data", "ring", "--n", 200, "--model", "mlp",
+                          "--width", 8, "--depth", 1, "--steps", 2, "--batch-size", 8, "--out", tmp_path / "t"], capsys)
+    assert code == 0, err
+    assert out.splitlines()[-1].startswith(f"next: lossfloor diagnose --checkpoint {tmp_path / 't'}")
+
+
+def test_sigterm_of_train_prints_one_line(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "t"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lossfloor", "train", "--no-progress", "--data", "ring",
+                             "--n", "200", "--model", "mlp", "--width", "8", "--depth", "1", "--steps",
+                             "1000000", "--batch-size", "8", "--checkpoint-every", "5", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.pt").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err.count("\n") == 1 and err.startswith("terminated (SIGTERM) at step ")
+    assert "--resume" in err

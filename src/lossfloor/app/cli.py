@@ -31,7 +31,15 @@ from lossfloor.app.options import (
 )
 from lossfloor.app.sample import SampleSettings, run_sample
 from lossfloor.app.study_commands import study
-from lossfloor.app.train import TrainSettings, prepare_train, run_train
+from lossfloor.app.train import (
+    Terminated,
+    TrainSettings,
+    next_steps,
+    prepare_train,
+    run_train,
+    sigterm_raises,
+    terminated_line,
+)
 from lossfloor.app.warn import clean_warnings
 from lossfloor.core.errors import InputError
 from lossfloor.data.dataset import SPLITS
@@ -165,8 +173,14 @@ def train(progress, **options):
     """
     run = prepare_train(TrainSettings(**options))
     click.echo(run.header())
-    trainer = run_train(run, progress)
+    with sigterm_raises():
+        try:
+            trainer = run_train(run, progress)
+        except Terminated:
+            click.echo(terminated_line(run), err=True)
+            sys.exit(143)
     click.echo(f"wrote {run.files[0]} (step {trainer.step}), {run.files[1]}, {run.files[2]}")
+    click.echo(next_steps(run))
 
 
 @cli.command(short_help="Draw samples from a checkpoint (PNG).")

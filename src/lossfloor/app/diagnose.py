@@ -15,7 +15,8 @@ from lossfloor.app.common import SIGMA_GRID, check_coverage, check_out_dir, reso
 from lossfloor.app.sources import SOURCES, DenoiserSource
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_text
-from lossfloor.data.dataset import Dataset, NoTestSplit
+from lossfloor.core.schema import read_json
+from lossfloor.data.dataset import Dataset, NoTestSplit, data_label
 from lossfloor.data.load import load_dataset
 from lossfloor.evaluate.diagnosis import Diagnosis, diagnose
 from lossfloor.floor.config import EstimatorConfig
@@ -196,9 +197,11 @@ def load_test_split(load):
 def matching_curve(path, train_set) -> OptimalLossCurve:
     curve = OptimalLossCurve.load(path)
     if curve.fingerprint != train_set.fingerprint:
-        raise InputError(f"--curve {path} was computed on other data than {train_set.name} "
-                         f"(fingerprint {curve.fingerprint[:12] or 'missing'} vs "
-                         f"{train_set.fingerprint[:12]}); recompute it with `lossfloor estimate`")
+        theirs = data_label(read_json(path, "curve JSON file").get("data"))
+        ours = data_label(train_set.describe())
+        same = " (the same name, but other points)" * (theirs == ours)
+        raise InputError(f"--curve {path} was computed on {theirs}, the model is evaluated on {ours}{same}; "
+                         f"recompute it with `lossfloor estimate --data {train_set.name}`")
     if curve.settings.get("class_conditional"):
         raise InputError(f"--curve {path} is class-conditional; the model is unconditional")
     return curve

@@ -127,6 +127,9 @@ class EstimateResult:
             lines.append(f"note: J*(sigma_max) is {curve.loss[-1] / curve.data_variance:.2f} of the data "
                          "variance; raise --sigma-max to reach the plateau")
         lines.append(f"wrote {', '.join(str(f) for f in self.files)}")
+        lines.append(f"next: lossfloor diagnose --checkpoint RUN --curve {self.files[0]} (a model trained on "
+                     f"this data against J*), or lossfloor train ... --schedule optimal-loss --curve "
+                     f"{self.files[0]}")
         return lines, warnings
 
 
@@ -225,7 +228,9 @@ def finished_levels(out, identity: dict) -> dict:
             raise InputError(f"--resume: {path} is not a lossfloor estimate ({err})") from None
         changed = [k for k in identity if saved.get(k) != identity[k]]
         if changed:
-            raise InputError(f"--resume: {path} was made with different settings ({', '.join(changed)}); "
+            both = ", ".join(f"{k} {saved.get(k)!r} (now {identity[k]!r})" for k in changed
+                             if k != "fingerprint") + ("; other data" if "fingerprint" in changed else "")
+            raise InputError(f"--resume: {path} was made with different settings ({both.lstrip('; ')}); "
                              "use another --out or --force")
         return {s: LevelEstimate(s, v, e, q, c) for s, v, e, q, c in levels}
     return {}
