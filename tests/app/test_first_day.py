@@ -83,7 +83,8 @@ def test_estimate_and_train_say_what_comes_next(tmp_path, capsys):
     assert code == 0, err
     assert out.splitlines()[-1].startswith(f"next: lossfloor diagnose --checkpoint RUN --curve {tmp_path}")
     code, out, err = run(["train", "--no-progress", "--data", "ring", "--n", 200, "--model", "mlp",
-                          "--width", 8, "--depth", 1, "--steps", 2, "--batch-size", 8, "--out", tmp_path / "t"], capsys)
+                          "--width", 8, "--depth", 1, "--steps", 2, "--batch-size", 8, "--out",
+                          tmp_path / "t"], capsys)
     assert code == 0, err
     assert out.splitlines()[-1].startswith(f"next: lossfloor diagnose --checkpoint {tmp_path / 't'}")
 
