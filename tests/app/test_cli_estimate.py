@@ -18,8 +18,8 @@ from lossfloor.objective.objective import get_objective, objective_names
 
 SIGMAS = "0.05,0.3,1,3"
 JSON_KEYS = {"sigma", "loss", "stderr", "data_variance", "n", "dim", "estimator", "objective", "total",
-             "total_stderr", "settings", "fingerprint", "critical_sigma", "critical_sigma_error", "data",
-             "scaling"}
+             "total_stderr", "settings", "fingerprint", "critical_sigma", "critical_sigma_error",
+             "critical_sigma_mc_error", "data", "scaling"}
 
 
 def run(args, capsys):

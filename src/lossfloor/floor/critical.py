@@ -34,19 +34,25 @@ class CriticalSigma:
     lower: float
     upper: float
     fraction: float = CRITICAL_FRACTION
+    mc_error: float = 0.0  # the levels' standard errors at the crossing over J*'s slope there (in sigma)
 
     def __str__(self) -> str:
         if not math.isfinite(self.value):
             return "none on the grid"
-        return f"{self.value:.4g} ± {self.error:.2g} (interpolation)"
+        mc = f" ± {self.mc_error:.2g} (Monte-Carlo)" if self.mc_error > 0 else ""
+        return f"{self.value:.4g} ± {self.error:.2g} (interpolation){mc}"
 
 
-def critical_sigma(sigma, loss, data_variance: float, fraction: float = CRITICAL_FRACTION) -> CriticalSigma:
+def critical_sigma(sigma, loss, data_variance: float, fraction: float = CRITICAL_FRACTION,
+                   stderr=None) -> CriticalSigma:
     """sigma* of levels `loss` at `sigma` (see the top); nan (and the grid's ends) when J*/V never crosses
-    `fraction` on the grid; the lowest level when it is already above it there (error: down to 0)."""
+    `fraction` on the grid; the lowest level when it is already above it there (error: down to 0).  With
+    the levels' `stderr`, `mc_error`: the standard error at the crossing (interpolated in log sigma)
+    divided by the interpolant's slope dJ/dsigma there."""
     sigma, loss = np.asarray(sigma, dtype=float), np.asarray(loss, dtype=float)
     order = np.argsort(sigma)
     sigma, loss = sigma[order], loss[order]
+    stderr = np.zeros(len(sigma)) if stderr is None else np.asarray(stderr, dtype=float)[order]
     target = fraction * data_variance
     above = np.flatnonzero(loss > target)
     nan = CriticalSigma(math.nan, math.nan, float(sigma[0]), float(sigma[-1]), fraction)
@@ -68,7 +74,12 @@ def critical_sigma(sigma, loss, data_variance: float, fraction: float = CRITICAL
     value = root(False)
     lo, hi = float(sigma[i - 1]), float(sigma[i])
     error = min(LINEAR_SAFETY * abs(value - root(True)), max(value - lo, hi - value))
-    return CriticalSigma(value, error, lo, hi, fraction)
+    se = float(np.interp(math.log(value), grid[i - 1:i + 1], stderr[i - 1:i + 1]))
+    step = 1e-4 * (grid[i] - grid[i - 1])
+    ends = interpolate_loss(grid, loss, v, math.log(value) + np.array([-step, step]), logit, tail=tail)
+    slope = (ends[1] - ends[0]) / (2 * step * value)  # dJ/dsigma
+    mc = min(se / slope, hi - lo) if slope > 0 else hi - lo
+    return CriticalSigma(value, error, lo, hi, fraction, float(mc) if se > 0 else 0.0)
 
 
 def band_edges(sigma_star: float, factors=BAND_FACTORS) -> np.ndarray:

@@ -323,7 +323,7 @@ class OptimalLossCurve:
 
     def critical(self, fraction: float = CRITICAL_FRACTION) -> CriticalSigma:
         """sigma* with its interpolation uncertainty (`floor.critical.critical_sigma`)."""
-        return _critical_sigma(self.sigma, self.loss, self.data_variance, fraction)
+        return _critical_sigma(self.sigma, self.loss, self.data_variance, fraction, self.stderr)
 
     def split_total(self, objective: Objective, edges) -> np.ndarray:
         """`total(objective).value`'s quadrature summed per sigma band between the increasing `edges`
@@ -339,6 +339,7 @@ class OptimalLossCurve:
             d[k] = [float(v) for v in d[k]]
         critical = self.critical()
         d["critical_sigma"], d["critical_sigma_error"] = critical.value, critical.error
+        d["critical_sigma_mc_error"] = critical.mc_error
         return d
 
     @classmethod
