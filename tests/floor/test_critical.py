@@ -59,3 +59,13 @@ def test_band_summary_reads_like_the_issue():
                                   "0% at σ ≥ 5")
     negative = band_rows([1.0], [-0.1, 0.05])
     assert band_summary(negative).startswith("weighted gap -0.1 at σ < 1")
+
+
+def test_the_monte_carlo_error_is_the_standard_error_over_the_slope():
+    s = np.geomspace(0.01, 100, 16)
+    loss = two_point_optimal_loss(s)
+    c = critical_sigma(s, loss, 1.0, stderr=0.02 * loss)  # 2% at every level: 2e-4 at the crossing
+    h = 1e-5
+    slope = (two_point_optimal_loss(c.value + h) - two_point_optimal_loss(c.value - h)) / (2 * h)
+    assert c.mc_error == pytest.approx(0.02 * 0.01 / slope, rel=0.1)
+    assert critical_sigma(s, loss, 1.0).mc_error == 0.0  # no standard errors, no Monte-Carlo error

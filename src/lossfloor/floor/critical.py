@@ -47,8 +47,8 @@ def critical_sigma(sigma, loss, data_variance: float, fraction: float = CRITICAL
                    stderr=None) -> CriticalSigma:
     """sigma* of levels `loss` at `sigma` (see the top); nan (and the grid's ends) when J*/V never crosses
     `fraction` on the grid; the lowest level when it is already above it there (error: down to 0).  With
-    the levels' `stderr`, `mc_error`: the standard error at the crossing (interpolated in log sigma)
-    divided by the interpolant's slope dJ/dsigma there."""
+    the levels' `stderr`, `mc_error`: the standard error at the crossing (its ratio to J interpolated in
+    log sigma) divided by the interpolant's slope dJ/dsigma there."""
     sigma, loss = np.asarray(sigma, dtype=float), np.asarray(loss, dtype=float)
     order = np.argsort(sigma)
     sigma, loss = sigma[order], loss[order]
@@ -74,7 +74,9 @@ def critical_sigma(sigma, loss, data_variance: float, fraction: float = CRITICAL
     value = root(False)
     lo, hi = float(sigma[i - 1]), float(sigma[i])
     error = min(LINEAR_SAFETY * abs(value - root(True)), max(value - lo, hi - value))
-    se = float(np.interp(math.log(value), grid[i - 1:i + 1], stderr[i - 1:i + 1]))
+    pair = slice(i - 1, i + 1)  # the standard error at the crossing: relative to J, interpolated in log sigma
+    se = (target * float(np.interp(math.log(value), grid[pair], stderr[pair] / loss[pair]))
+          if np.all(loss[pair] > 0) else float(np.interp(math.log(value), grid[pair], stderr[pair])))
     step = 1e-4 * (grid[i] - grid[i - 1])
     ends = interpolate_loss(grid, loss, v, math.log(value) + np.array([-step, step]), logit, tail=tail)
     slope = (ends[1] - ends[0]) / (2 * step * value)  # dJ/dsigma
