@@ -69,3 +69,8 @@ def test_the_monte_carlo_error_is_the_standard_error_over_the_slope():
     slope = (two_point_optimal_loss(c.value + h) - two_point_optimal_loss(c.value - h)) / (2 * h)
     assert c.mc_error == pytest.approx(0.02 * 0.01 / slope, rel=0.1)
     assert critical_sigma(s, loss, 1.0).mc_error == 0.0  # no standard errors, no Monte-Carlo error
+
+
+def test_a_level_exactly_at_the_fraction_is_the_crossing():
+    c = critical_sigma([0.1, 1.0, 10.0], [0.01, 0.3, 0.9], 1.0)
+    assert c.value == pytest.approx(0.1) and 0.1 <= c.value <= 1.0

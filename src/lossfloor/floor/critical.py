@@ -69,6 +69,10 @@ def critical_sigma(sigma, loss, data_variance: float, fraction: float = CRITICAL
         def f(ls):
             j = interpolate_loss(grid, loss, v, np.array([ls]), logit, linear=linear, tail=tail)[0]
             return j - target
+        if f(grid[i - 1]) >= 0:  # the lower level reads the fraction itself (to round-off)
+            return math.exp(grid[i - 1])
+        if f(grid[i]) <= 0:  # the upper level is above it only by round-off
+            return math.exp(grid[i])
         return math.exp(brentq(f, grid[i - 1], grid[i], xtol=1e-12))
 
     value = root(False)
