@@ -71,6 +71,7 @@ def test_objective_names_are_case_insensitive_and_near_misses_get_a_did_you_mean
     from lossfloor.objective.objective import get_objective
 
     assert get_objective("EDM").name == "edm" and get_objective("Flow-V-Simple").name == "flow-v-simple"
+    assert get_objective("EDM-f-Simple").name == "edm-F-simple"  # F is the registered spelling
     with pytest.raises(InputError, match=r"unknown objective 'edn' \(did you mean 'edm'\?\)"):
         get_objective("edn")
     code, _, err = run(["estimate", "--estimator", "ful"], capsys)

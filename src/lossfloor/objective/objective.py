@@ -204,10 +204,17 @@ def objective_names() -> list[str]:
     return PRESETS.names()
 
 
+def _registered_case(part: str, names) -> str:
+    """`part` as spelled in `names` where only its case differs (`EDM` -> `edm`, `f` -> `F`), else as is."""
+    return part if part in names else next((n for n in names if n.lower() == part.lower()), part)
+
+
 def get_objective(name: str) -> Objective:
     """An objective by name: a preset (`edm`) or `<preset>-<target>-<weight>` (`cosine-v-nelbo`)."""
-    if name not in PRESETS and name.lower() != name:  # `EDM`, `Flow-V-Simple`: the names are lowercase
-        name = name.lower()
+    if name not in PRESETS:  # `EDM`, `Flow-v-Simple`: each part's case as registered (x0, F, simple)
+        parts = name.split("-")
+        kinds = (PRESETS, TARGETS, WEIGHTS)
+        name = "-".join([_registered_case(p, n) for p, n in zip(parts, kinds, strict=False)] + parts[3:])
     base, *rest = name.split("-")
     if base not in PRESETS or len(rest) not in (0, 2):
         hint = did_you_mean(base, PRESETS) if base not in PRESETS else ""
