@@ -111,3 +111,17 @@ def test_sigterm_of_train_prints_one_line(tmp_path):
     assert proc.returncode == 143
     assert err.count("\n") == 1 and err.startswith("terminated (SIGTERM) at step ")
     assert "--resume" in err
+
+
+def test_threads_option_sets_torch_threads(tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        code, out, err = run(["--threads", 1, "estimate", "--no-progress", "--data", "ring", "--n", 100,
+                              "--sigmas", "0.1,1", "--queries", 8, "--out", tmp_path / "e"], capsys)
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert run(["--threads", 0, "estimate"], capsys)[0] == 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import click
+import torch
 
 from lossfloor.app.common import DTYPES, SIGMA_GRID
 from lossfloor.app.diagnose import DiagnoseSettings, prepare_diagnose, run_diagnose
@@ -79,8 +80,13 @@ def data_options(defaults):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="lossfloor")
-def cli():
+@click.option("--threads", type=Integer(1, 1024),
+              help="CPU threads of torch [torch's default: one per core]; on a machine whose cores are busy "
+                   "with other jobs, 1 is often several times faster (README: Speed on a shared machine)")
+def cli(threads):
     """How low can a diffusion model's training loss go?  The exact optimal loss on a finite dataset."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 # -- estimate -----------------------------------------------------------------------------------
@@ -275,7 +281,8 @@ def main(argv=None):
     stderr; anything else is a bug and surfaces with its traceback."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        with clean_warnings(args[0] if args else ""):  # no raw Python warning reaches the terminal
+        command = next((a for a in args if a in cli.commands), "")
+        with clean_warnings(command):  # no raw Python warning reaches the terminal
             cli.main(args=args, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
