@@ -19,7 +19,8 @@ from lossfloor.objective.objective import get_objective, objective_names
 
 SIGMAS = "0.05,0.3,1,3"
 JSON_KEYS = {"sigma", "loss", "stderr", "data_variance", "n", "dim", "estimator", "objective", "total",
-             "total_stderr", "settings", "fingerprint", "critical_sigma", "data", "scaling"}
+             "total_stderr", "settings", "fingerprint", "critical_sigma", "critical_sigma_error",
+             "critical_sigma_mc_error", "data", "scaling"}
 
 
 def run(args, capsys):
@@ -118,7 +119,7 @@ def test_existing_results_need_resume_or_force(tmp_path, capsys, points):
     code, _, stderr = run(args, capsys)
     assert code == 2 and "--resume" in stderr and snapshot(out) == before
     code, _, stderr = run([*args, "--resume", "--seed", 1], capsys)
-    assert code == 2 and "different settings (seed)" in stderr and snapshot(out) == before
+    assert code == 2 and "different settings (seed 0 (now 1))" in stderr and snapshot(out) == before
     assert run([*args, "--force", "--seed", 1], capsys)[0] == 0
     assert json.loads((out / "optimal_loss.json").read_text())["settings"]["seed"] == 1
 

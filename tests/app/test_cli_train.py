@@ -4,6 +4,7 @@ nothing written)."""
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,8 +88,25 @@ def test_diagnose_estimates_the_floor_and_reports_train_and_test(trained, tmp_pa
     code, stdout, err = run(["diagnose", "--checkpoint", trained, "--levels", 4, "--queries", 64,
                              "--out", out], capsys)
     assert code == 0, err
-    assert sorted(p.name for p in out.iterdir()) == ["diagnosis.csv", "diagnosis.json", "diagnosis.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["diagnosis.csv", "diagnosis.json", "diagnosis.png",
+                                                     "diagnosis_bands.csv", "optimal_loss.json"]
     doc = json.loads((out / "diagnosis.json").read_text())
+    # Where the gap is (issue 19): each sigma band's share of the weighted total gap, in JSON, CSV and the
+    # printout's last lines; the bands add up to the total gap.
+    for split in ("train", "test"):
+        bands = doc["gap_bands"][split]
+        assert len(bands) == 4 and bands[0]["sigma_lo"] == 0
+        assert sum(b["weighted_gap"] for b in bands) == pytest.approx(doc["totals"][split]["gap"], rel=1e-9)
+        assert f"where the gap is ({split}): " in stdout and "% of the gap at " in stdout
+    assert (out / "diagnosis_bands.csv").read_text().startswith("split,sigma_lo,sigma_hi,weighted_gap,share")
+    assert "UserWarning" not in err
+    # The curve estimated here is saved, with the data's fingerprint, and the printout says how to reuse it.
+    saved = out / "optimal_loss.json"
+    assert f"pass --curve {saved}" in stdout
+    again = run(["diagnose", "--checkpoint", trained, "--curve", saved, "--queries", 64, "--out",
+                 tmp_path / "d2", "--no-progress"], capsys)
+    assert again[0] == 0, again[2]
+    assert not (tmp_path / "d2" / "optimal_loss.json").exists()
     assert len(doc["train"]) == len(doc["test"]) == 4 and doc["objective"] == "edm"
     assert set(doc["totals"]) == {"train", "test"} and not doc["floor_violation"]
     assert doc["objective_spec"] == load_checkpoint(trained).objective.to_dict()
@@ -100,6 +118,25 @@ def test_diagnose_estimates_the_floor_and_reports_train_and_test(trained, tmp_pa
     assert "estimated here: 4 levels" in head[3]
     assert "model loss (train)" in err and "model loss (test)" in err and "4/4" in err and "8/8" not in err
     assert "optimal loss" in err
+
+
+def test_diagnose_test_data_for_data_without_a_test_split(trained, tmp_path, capsys):
+    """--test-data: held-out points from a file of their own, where --data (a .npy file) has no test split."""
+    rng = np.random.default_rng(0)
+    angle = rng.uniform(0, 2 * np.pi, (2, 300))
+    for name, a in (("train.npy", angle[0]), ("held.npy", angle[1])):
+        np.save(tmp_path / name, np.stack([np.cos(a), np.sin(a)], 1).astype(np.float32))
+    out = tmp_path / "d"
+    code, stdout, err = run(["diagnose", "--checkpoint", trained, "--data", tmp_path / "train.npy",
+                             "--test-data", tmp_path / "held.npy", "--levels", 3, "--queries", 32,
+                             "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    doc = json.loads((out / "diagnosis.json").read_text())
+    assert len(doc["test"]) == 3 and "held.npy" in json.dumps(doc["test_data"])
+    assert "test N = 300" in stdout
+    missing = run(["diagnose", "--checkpoint", trained, "--data", tmp_path / "train.npy", "--test-data",
+                   tmp_path / "none.npy", "--out", tmp_path / "d3"], capsys)
+    assert missing[0] == 2
 
 
 def test_diagnose_with_a_matching_curve(trained, tmp_path, capsys):
@@ -139,7 +176,9 @@ def test_diagnose_rejects_a_curve_of_other_data(trained, tmp_path, capsys):
     out = tmp_path / "d"
     result = run(["diagnose", "--checkpoint", trained, "--curve", curve_dir / "optimal_loss.json",
                   "--out", out], capsys)
-    assert_usage_error(result, "other data")
+    # The message names the two datasets, not two fingerprint hashes.
+    assert_usage_error(result, "was computed on ring (train, N = 300), the model is evaluated on ring "
+                               "(train, N = 400)")
     assert not out.exists()
 
 
@@ -147,7 +186,7 @@ def test_train_refuses_to_overwrite_or_to_resume_with_other_settings(trained, ca
     before = (trained / "checkpoint.pt").read_bytes()
     assert_usage_error(run([*TRAIN, "--steps", "30", "--out", trained], capsys), "--resume")
     assert_usage_error(run([*TRAIN, "--steps", "30", "--lr", "0.01", "--out", trained, "--resume"], capsys),
-                       "different lr")
+                       "lr 0.001 (now 0.01)")
     assert_usage_error(run([*TRAIN, "--steps", "20", "--out", trained, "--resume"], capsys),
                        "already at step")
     assert (trained / "checkpoint.pt").read_bytes() == before

@@ -23,3 +23,16 @@ def test_registry_lookups():
         shapes["circle"]
     with pytest.raises(InputError, match="unknown shape 'circle'; choose from square, triangle"):
         shapes.require("circle")
+
+
+def test_near_miss_names_get_a_did_you_mean():
+    from lossfloor.core.registry import did_you_mean
+
+    shapes = Registry("shape")
+    shapes.add("square", lambda: 4)
+    shapes.add("triangle", lambda: 3)
+    with pytest.raises(InputError, match=r"unknown shape 'sqare' \(did you mean 'square'\?\); choose from"):
+        shapes.require("sqare")
+    with pytest.raises(KeyError, match="did you mean 'triangle'"):
+        shapes["Triangle"]
+    assert did_you_mean("circle", shapes) == ""

@@ -193,3 +193,56 @@ def test_a_curve_that_reaches_zero_shows_where_it_leaves_zero(monkeypatch):
     assert np.isnan(line.get_ydata()[:2]).all() and np.allclose(line.get_ydata()[2:], y[2:])
     assert list(marks.get_xdata()) == [1.0, 2.0] and marks.get_marker() == "v"
     plots.plt.close(fig)
+
+
+# -- where the gap is (issue 19) -------------------------------------------------------------------
+
+
+def test_gap_bands_add_up_to_the_total_gap_and_are_plotted(digits, monkeypatch, tmp_path):
+    from lossfloor.plots import figures as plots
+
+    ds, curve = digits
+    result = diagnose(lambda x, s: 0.9 * posterior_mean(ds.rows())(x, s), get_objective("edm"), curve, ds.x,
+                      queries=64)
+    bands = result.bands["train"]
+    assert sum(b["weighted_gap"] for b in bands) == pytest.approx(result.totals["train"]["gap"], rel=1e-9)
+    assert sum(b["share"] for b in bands) == pytest.approx(1.0)
+    assert bands[1]["sigma_hi"] == pytest.approx(curve.critical_sigma())  # edges sigma* x {0.1, 1, 10}
+    assert result.to_dict()["gap_bands"] == result.bands
+    assert result.band_lines()[0].startswith("where the gap is (train): ")
+    assert len(result.bands_csv_text().splitlines()) == 1 + 4
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    plot_diagnosis(result, tmp_path / "d.png")
+    weighted = figures[0].axes[2]
+    assert "λ·p·gap" in weighted.get_ylabel()
+    assert any("of the gap" in t.get_text() for t in weighted.texts)
+
+
+def test_the_gap_axis_fits_the_data():
+    from lossfloor.plots.common import gap_limits
+
+    gaps, se = np.array([1e-3, 2e-3, 5e-3]), np.array([1e-4, 1e-2, 0.5])
+    bottom, top = gap_limits(gaps, se, linthresh=1e-4)
+    assert bottom == -1e-4  # no empty negative half: every gap is positive
+    assert top <= 1.5 * 3 * 5e-3  # the +-2 SE band of the last level (1.0) does not set the range
+    bottom, top = gap_limits(-gaps, se, linthresh=1e-4)
+    assert top == 1e-4 and bottom >= -1.5 * 3 * 5e-3
+
+
+def test_gap_monitor_reports_each_bands_share_of_the_weighted_gap():
+    obj = get_objective("edm")
+    monitor = GapMonitor(linear_curve(), obj, edges=[0.1, 1000.0], band_edges=[2.0, 5.0])
+    sigma = np.array([1.0, 3.0, 4.0, 8.0, 9.0])
+    loss = np.array([0.5, 0.7, 0.9, 0.6, 0.4])
+    monitor.update(torch.tensor(sigma), torch.tensor(loss))
+    lam = obj.x0_weight(torch.tensor(sigma)).numpy()
+    part = lam * (loss - linear_curve()(sigma)) / len(sigma)
+    bands = monitor.summary()["gap_bands"]
+    hand = [part[:1].sum(), part[1:3].sum(), part[3:].sum()]
+    assert [b["weighted_gap"] for b in bands] == pytest.approx(hand, rel=1e-9)
+    assert sum(b["weighted_gap"] for b in bands) == pytest.approx(monitor.summary()["weighted_gap"])
+    assert monitor.where().startswith(f"{max(hand) / sum(hand):.0%} of the gap at ")
+    # By default the bands are sigma* x {0.1, 1, 10} of the curve.
+    default = GapMonitor(linear_curve(), obj)
+    assert default.band_edges == pytest.approx(linear_curve().critical_sigma() * np.array([0.1, 1, 10]))

@@ -45,8 +45,13 @@ def points(n=256, seed=0) -> torch.Tensor:
 
 def test_optimal_loss_weight_matches_a_hand_computation():
     curve = OptimalLossCurve([0.01, 0.1, 1.0, 10.0], [0.0, 1e-4, 0.2, 0.9], [0.0] * 4, 1.0, 10, 1)
-    w = OptimalLossWeight(curve)
-    # sigma* = smallest grid sigma with J* > 1% of the variance = 1; w_max = 1/J*(1) = 5; a = 1/5.
+    default = OptimalLossWeight(curve)
+    # sigma* by default: where the interpolated J* crosses 1% of the variance (between 0.1 and 1), so
+    # w_max = 1/J*(sigma*) = 100 exactly.
+    assert default.sigma_star == curve.critical_sigma() and 0.1 < default.sigma_star < 1.0
+    assert default.w_max == pytest.approx(100.0, rel=1e-6)
+    w = OptimalLossWeight(curve, sigma_star=1.0)
+    # sigma* = 1; w_max = 1/J*(1) = 5; a = 1/5.
     assert w.sigma_star == 1.0 and w.w_max == pytest.approx(5.0) and w.a == pytest.approx(0.2)
     assert w.mu == pytest.approx(-0.5) and w.width == 0.5
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import click
+import torch
 
 from lossfloor.app.common import DTYPES, SIGMA_GRID
 from lossfloor.app.diagnose import DiagnoseSettings, prepare_diagnose, run_diagnose
@@ -31,7 +32,16 @@ from lossfloor.app.options import (
 )
 from lossfloor.app.sample import SampleSettings, run_sample
 from lossfloor.app.study_commands import study
-from lossfloor.app.train import TrainSettings, prepare_train, run_train
+from lossfloor.app.train import (
+    Terminated,
+    TrainSettings,
+    next_steps,
+    prepare_train,
+    run_train,
+    sigterm_raises,
+    terminated_line,
+)
+from lossfloor.app.warn import clean_warnings
 from lossfloor.core.errors import InputError
 from lossfloor.data.dataset import SPLITS
 from lossfloor.data.load import BUILTIN
@@ -70,8 +80,13 @@ def data_options(defaults):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="lossfloor")
-def cli():
+@click.option("--threads", type=Integer(1, 1024),
+              help="CPU threads of torch [torch's default: one per core]; on a machine whose cores are busy "
+                   "with other jobs, 1 is often several times faster (README: Speed on a shared machine)")
+def cli(threads):
     """How low can a diffusion model's training loss go?  The exact optimal loss on a finite dataset."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 # -- estimate -----------------------------------------------------------------------------------
@@ -164,8 +179,14 @@ def train(progress, **options):
     """
     run = prepare_train(TrainSettings(**options))
     click.echo(run.header())
-    trainer = run_train(run, progress)
+    with sigterm_raises():
+        try:
+            trainer = run_train(run, progress)
+        except Terminated:
+            click.echo(terminated_line(run), err=True)
+            sys.exit(143)
     click.echo(f"wrote {run.files[0]} (step {trainer.step}), {run.files[1]}, {run.files[2]}")
+    click.echo(next_steps(run))
 
 
 @cli.command(short_help="Draw samples from a checkpoint (PNG).")
@@ -198,7 +219,9 @@ def sample(progress, **options):
 @click.option("--objective", help="with --denoiser: the objective it was trained with; " + OBJECTIVE_HELP)
 @click.option("--data", help="evaluate on this dataset instead of the checkpoint's (same shape)")
 @data_options(DIAG)
-@click.option("--curve", type=PATH, help="optimal_loss.json of the same data [estimated here]")
+@click.option("--test-data", type=PATH, help="held-out data for --data without a test split (same shape)")
+@click.option("--curve", type=PATH, help="optimal_loss.json of the same data [estimated here and saved in "
+              "--out]")
 @click.option("--levels", type=LEVELS, default=DIAG.levels, help="sigma levels (without --curve)")
 @click.option("--sigma-min", type=SIGMA, default=DIAG.sigma_min, help="smallest level (without --curve)")
 @click.option("--sigma-max", type=SIGMA, default=DIAG.sigma_max, help="largest level (without --curve)")
@@ -212,9 +235,10 @@ def sample(progress, **options):
 def diagnose(progress, **options):
     """A trained model's x0 loss against the optimal loss J*(sigma), per level and in total."""
 
-    run = prepare_diagnose(DiagnoseSettings(**options))
-    echo(run.header())
-    result = run_diagnose(run, progress)
+    with clean_warnings("diagnose --curve" if options["curve"] else "diagnose"):
+        run = prepare_diagnose(DiagnoseSettings(**options))
+        echo(run.header())
+        result = run_diagnose(run, progress)
     echo(result.report())
     if result.diagnosis.violations:
         click.echo("!" * 100 + "\n" + violation_message(result.diagnosis) + "\n" + "!" * 100, err=True)
@@ -255,8 +279,11 @@ cli.add_command(study)
 def main(argv=None):
     """Entry point: user errors (`InputError`, or the system refusing a read or write) exit 2 with one line on
     stderr; anything else is a bug and surfaces with its traceback."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, standalone_mode=False)
+        command = next((a for a in args if a in cli.commands), "")
+        with clean_warnings(command):  # no raw Python warning reaches the terminal
+            cli.main(args=args, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -11,6 +11,8 @@ import torch
 
 from lossfloor.app.checks import check_out_path
 from lossfloor.core.errors import InputError
+from lossfloor.core.schema import read_json
+from lossfloor.data.dataset import data_label
 from lossfloor.floor.curve import OptimalLossCurve, sigma_grid_coverage
 from lossfloor.objective.objective import Objective
 
@@ -86,9 +88,11 @@ def matching_curve(path, dataset, option: str = "--curve") -> OptimalLossCurve:
         raise InputError(f"{option} {path} is a curve of {curve.dim}-dimensional data, but {dataset.name} "
                          f"has dimension {dim}; recompute it with `lossfloor estimate`")
     if curve.fingerprint != dataset.fingerprint:
-        raise InputError(f"{option} {path} was computed on other data than {dataset.name} "
-                         f"(fingerprint {curve.fingerprint[:12] or 'missing'} vs "
-                         f"{dataset.fingerprint[:12]}); recompute it with `lossfloor estimate`")
+        theirs = data_label(read_json(path, "curve JSON file").get("data"))
+        ours = data_label(dataset.describe())
+        same = " (the same name, but other points)" * (theirs == ours)
+        raise InputError(f"{option} {path} was computed on {theirs}, the model is evaluated on {ours}{same}; "
+                         f"recompute it with `lossfloor estimate --data {dataset.name}`")
     if curve.settings.get("class_conditional"):
         raise InputError(f"{option} {path} is class-conditional; the model is unconditional")
     slack = CURVE_SANITY_SE * np.asarray(curve.stderr) + 1e-6 * curve.data_variance

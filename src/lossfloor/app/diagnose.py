@@ -22,7 +22,8 @@ from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.floor.estimator import Estimator
 from lossfloor.objective.objective import Objective
 
-DIAGNOSE_FILES = ("diagnosis.json", "diagnosis.csv", "diagnosis.png")
+DIAGNOSE_FILES = ("diagnosis.json", "diagnosis.csv", "diagnosis.png", "diagnosis_bands.csv")
+CURVE_FILE = "optimal_loss.json"  # J* as estimated by a diagnosis without --curve, for the next one
 DIAGNOSE_QUERIES = 1024  # noisy queries per level for the model's loss (and J* when it is estimated)
 
 
@@ -42,7 +43,8 @@ class DiagnoseSettings:
     n: int | None = None
     data_seed: int = 0
     flip: bool = False
-    curve: str | None = None  # default: estimated here
+    test_data: str | None = None  # the held-out data, where --data has no test split (same shape)
+    curve: str | None = None  # default: estimated here (and saved as --out/optimal_loss.json)
     levels: int = 16
     sigma_min: float = SIGMA_GRID[0]
     sigma_max: float = SIGMA_GRID[1]
@@ -98,7 +100,7 @@ class DiagnoseRun:
             curve = f"{s.curve} ({len(self.curve.sigma)} levels, {estimator} estimator)"
         else:
             curve = (f"estimated here: {len(self.sigmas)} levels from {self.sigmas[0]:.4g} to "
-                     f"{self.sigmas[-1]:.4g}, {s.queries} queries each")
+                     f"{self.sigmas[-1]:.4g}, {s.queries} queries each (saved as {self.out / CURVE_FILE})")
         return ([f"model:     {self.source.model_line}",
                  f"data:      {self.train_set.name} (train N = {len(self.train_set)}{test})",
                  f"objective: {describe_objective(self.objective)}"]
@@ -110,6 +112,7 @@ class DiagnoseRun:
 class DiagnoseResult:
     diagnosis: Diagnosis
     files: list[Path]
+    saved_curve: Path | None = None  # J* estimated here and saved (no --curve)
 
     def report(self) -> list[str]:
         """Per level: model loss, J*, gap ± SE, gap/variance (and test); then the objective's totals."""
@@ -124,6 +127,10 @@ class DiagnoseResult:
             lines.append(f"total {d.objective} loss ({split}): model {t['model']:.5g} "
                          f"± {t['model_stderr']:.2g}, optimal {t['optimal']:.5g} "
                          f"± {t['optimal_stderr']:.2g}, gap {t['gap']:.5g} ± {t['gap_stderr']:.2g}")
+        lines += d.band_lines()
+        if self.saved_curve is not None:
+            lines.append(f"saved J*(sigma) as {self.saved_curve}; pass --curve {self.saved_curve} to "
+                         "diagnose another model of the same data without estimating it again")
         return lines
 
 
@@ -152,7 +159,7 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
                          "checkpoint's own data is reloaded as it was trained)")
     check_diagnose_grid(s)
     device, out = resolve_device(s.device), Path(s.out)
-    check_out_dir(out, DIAGNOSE_FILES, force=s.force)
+    check_out_dir(out, DIAGNOSE_FILES + ((CURVE_FILE,) if s.curve is None else ()), force=s.force)
     source = SOURCES[kind](s, device)
     if s.data is None:
         train_set = source.own_data("train")
@@ -164,7 +171,11 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
     if train_set.std is not None:  # issue 21: the model's losses would be on the means, the floor on points
         raise InputError(f"{train_set.name}: diagnose does not yet support stochastic latents (mean/std); "
                          "estimate their floor with `lossfloor estimate`")
-    test_set = load_test_split(test_load)
+    if s.test_data is None:
+        test_set = load_test_split(test_load)
+    else:  # a file of its own: a missing one is an error, not "no test split"
+        test_set = load_dataset(s.test_data, data_dir=s.data_dir, seed=s.data_seed)
+        source.check_data(test_set)
     curve = None if s.curve is None else matching_curve(s.curve, train_set)
     if curve is None:
         sigmas = source.levels(s.sigma_min, s.sigma_max, s.levels)
@@ -210,10 +221,13 @@ def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
     JSON, CSV and PNG."""
     s, out, curve, source = run.settings, Path(run.out), run.curve, run.source
     out.mkdir(parents=True, exist_ok=True)
+    saved = None
     if curve is None:
         est = Estimator(run.train_set.rows(), EstimatorConfig(queries=s.queries), device=run.device)
         curve = est.curve(run.sigmas, seed=s.seed, progress=progress)
         curve.fingerprint = run.train_set.fingerprint
+        saved = out / CURVE_FILE
+        curve.save(saved, estimator="full", data=run.train_set.describe(), scaling=run.train_set.scaling)
     test_x = None if run.test_set is None else run.test_set.x
     bars = SplitBars(["train"] + ([] if test_x is None else ["test"]), len(run.sigmas), progress)
     try:
@@ -231,5 +245,6 @@ def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
     title = f"{run.train_set.name}: {run.objective.name} ({source.title}) vs optimal loss"
     plot_diagnosis(result, files[2], title)
     atomic_write_text(files[1], result.csv_text())
+    atomic_write_text(files[3], result.bands_csv_text())
     atomic_write_json(files[0], {**meta, **result.to_dict()})
-    return DiagnoseResult(result, files)
+    return DiagnoseResult(result, files, saved)

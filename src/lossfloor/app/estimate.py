@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lossfloor.app.common import check_coverage, check_out_dir, parse_sigmas, resolve_device
+from lossfloor.app.warn import for_command
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_text
 from lossfloor.core.schema import read_json
@@ -84,10 +85,16 @@ class EstimateRun:
 
     def header(self) -> str:
         """One line: the data, the estimator, the queries and levels (and how many are done)."""
-        data, s = self.estimator.data, self.settings
-        return (f"{s.data} ({s.split}): N = {data.n}, D = {data.dim}, data variance {data.variance:.6g}; "
-                f"{s.estimator} estimator, {self.queries} queries per level, {len(self.grid)} levels "
-                f"({len(self.done)} already done)")
+        data, s, est = self.estimator.data, self.settings, self.estimator
+        variance = f"data variance {data.variance:.6g}"
+        if est.classes:  # J* and J*/var are within the query's class: say so, and which variance
+            variance = (f"class-conditional ({len(est.classes)} classes): within-class variance "
+                        f"{est.data_variance:.6g} (overall {data.variance:.6g})")
+        queries = (f"{self.queries} queries per level" if s.target_stderr is None else
+                   f"queries per level as --target-stderr {s.target_stderr:g} needs (a first round of "
+                   f"{s.min_queries or self.queries}; the counts used follow the table)")
+        return (f"{s.data} ({s.split}): N = {data.n}, D = {data.dim}, {variance}; {s.estimator} estimator, "
+                f"{queries}, {len(self.grid)} levels ({len(self.done)} already done)")
 
 
 @dataclass
@@ -96,6 +103,7 @@ class EstimateResult:
     total: TotalLoss
     objective: Objective
     files: list[Path]
+    class_conditional: bool = False
 
     def report(self) -> tuple[list[str], list[str]]:
         """(lines for stdout, warnings for stderr): the curve's table, the total and the critical sigma."""
@@ -108,14 +116,20 @@ class EstimateResult:
                      f"below the grid {total.below_grid_error:.2g}; "
                      f"{total.extrapolated:.3g} of it from beyond the sigma grid)")
         coverage = curve.coverage(self.objective)
-        warnings = [] if coverage.supported else [f"warning: {coverage.message}"]
-        critical = curve.critical_sigma()
-        lines.append("critical sigma (J* > 1% of the data variance): " + (
-            f"{critical:.4g}" if math.isfinite(critical) else "none on this grid (J* stays below 1%)"))
+        warnings = [] if coverage.supported else [f"warning: {for_command(coverage.message, 'estimate')}"]
+        used = curve.settings.get("queries_used") or []
+        if used and min(used) != max(used):
+            lines.append(f"queries used per level: {min(used):,}–{max(used):,} (optimal_loss.csv: per level)")
+        within = "within-class " * self.class_conditional
+        lines.append(f"critical sigma (J* > 1% of the {within}data variance, interpolated): "
+                     f"{curve.critical()}")
         if curve.loss[-1] < 0.9 * curve.data_variance:
             lines.append(f"note: J*(sigma_max) is {curve.loss[-1] / curve.data_variance:.2f} of the data "
                          "variance; raise --sigma-max to reach the plateau")
         lines.append(f"wrote {', '.join(str(f) for f in self.files)}")
+        lines.append(f"next: lossfloor diagnose --checkpoint RUN --curve {self.files[0]} (a model trained on "
+                     f"this data against J*), or lossfloor train ... --schedule optimal-loss --curve "
+                     f"{self.files[0]}")
         return lines, warnings
 
 
@@ -231,7 +245,9 @@ def finished_levels(out, identity: dict) -> dict:
             raise InputError(f"--resume: {path} is not a lossfloor estimate ({err})") from None
         changed = [k for k in identity if saved.get(k) != identity[k]]
         if changed:
-            raise InputError(f"--resume: {path} was made with different settings ({', '.join(changed)}); "
+            both = ", ".join(f"{k} {saved.get(k)!r} (now {identity[k]!r})" for k in changed
+                             if k != "fingerprint") + ("; other data" if "fingerprint" in changed else "")
+            raise InputError(f"--resume: {path} was made with different settings ({both.lstrip('; ')}); "
                              "use another --out or --force")
         return {s: LevelEstimate(s, v, e, q, c) for s, v, e, q, c in levels}
     return {}
@@ -287,4 +303,4 @@ def run_estimate(run: EstimateRun, progress: bool = True) -> EstimateResult | No
                total_below_grid_error=total.below_grid_error,
                data=run.dataset.describe(), scaling=run.dataset.scaling)
     (out / PARTIAL_FILE).unlink(missing_ok=True)
-    return EstimateResult(curve, total, obj, files)
+    return EstimateResult(curve, total, obj, files, s.class_conditional)

@@ -6,7 +6,7 @@ import math
 
 import click
 
-from lossfloor.core.registry import Registry
+from lossfloor.core.registry import Registry, did_you_mean
 
 # -- command-line option types ---------------------------------------------------------------------
 # Each numeric option is checked once, where it is parsed: a click ParamType that refuses NaN, infinities
@@ -118,6 +118,12 @@ class RegistryChoice(click.Choice):
     @property
     def choices(self) -> tuple[str, ...]:
         return tuple(self.registry)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value not in self.registry:
+            self.fail(f"{value!r} is not one of {', '.join(map(repr, self.registry))}"
+                      f"{did_you_mean(value, self.registry)}", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 def choice(names) -> click.Choice:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -103,8 +106,9 @@ def prepare_train(s: TrainSettings) -> TrainRun:
         changed = [k for k, v in asdict(config).items() if k not in ("steps", "log_every", "checkpoint_every")
                    and ckpt.train.get(k) != v]
         if changed:
-            raise InputError(f"--resume: {out} was trained with different {', '.join(changed)}; pass the "
-                             "same options or use another --out")
+            both = ", ".join(f"{k} {ckpt.train.get(k)!r} (now {getattr(config, k)!r})" for k in changed)
+            raise InputError(f"--resume: {out} was trained with {both}; pass the same options or use "
+                             "another --out")
     # A toy's size is recorded even when defaulted, so the checkpoint reloads its data if TOY_SIZE changes.
     n = len(dataset) if s.n is None and s.data in TOYS else s.n
     load = {"name": s.data, "data_dir": s.data_dir, "n": n, "seed": s.data_seed, "flip": s.flip}
@@ -125,3 +129,43 @@ def run_train(run: TrainRun, progress: bool = True):
         for path in run.files:
             path.unlink(missing_ok=True)
     return run.trainer.run(progress=progress)
+
+
+# -- after training ------------------------------------------------------------------------------
+
+
+class Terminated(Exception):
+    """SIGTERM arrived during training (`sigterm_raises`)."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Inside, SIGTERM (a scheduler's or `kill`'s) raises `Terminated` so the command can say one line
+    instead of dying silently (main thread only; the previous handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def terminated_line(run: TrainRun) -> str:
+    """What a terminated run left behind and how to continue it."""
+    ckpt = run.files[0]
+    saved = (f"{ckpt} holds the last checkpoint (every {run.settings.checkpoint_every} steps): rerun the "
+             "same command with --resume to continue" if ckpt.exists() else "no checkpoint was written yet")
+    return f"terminated (SIGTERM) at step {run.trainer.step}; {saved}"
+
+
+def next_steps(run: TrainRun) -> str:
+    """The commands that usually follow a training run."""
+    curve = f" --curve {run.settings.curve}" if run.settings.curve else ""
+    return (f"next: lossfloor diagnose --checkpoint {run.out}{curve} (the gap to J* per sigma; without "
+            "--curve J* is estimated and saved), lossfloor sample --checkpoint " + str(run.out))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import difflib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from lossfloor.core.errors import InputError
@@ -28,13 +29,15 @@ class Registry:
 
     def __getitem__(self, name: str) -> Callable:
         if name not in self.entries:
-            raise KeyError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.entries)}")
+            raise KeyError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.entries)}; choose from "
+                           f"{', '.join(self.entries)}")
         return self.entries[name][0]
 
     def require(self, name: str) -> Callable:
         """The factory under `name` (a user's choice), or an `InputError` that names the choices."""
         if name not in self.entries:
-            raise InputError(f"unknown {self.kind} {name!r}; choose from {', '.join(self.entries)}")
+            raise InputError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.entries)}; choose from "
+                             f"{', '.join(self.entries)}")
         return self.entries[name][0]
 
     def __contains__(self, name: object) -> bool:
@@ -55,3 +58,13 @@ class Registry:
     def summary(self, separator: str = "; ") -> str:
         """Every entry as "name: description" (a CLI option's help)."""
         return separator.join(f"{name}: {text}" if text else name for name, (_, text) in self.entries.items())
+
+
+def did_you_mean(name, choices: Iterable[str]) -> str:
+    """" (did you mean 'edm'?)" for the closest of `choices` to a mistyped `name` (a different case, a
+    near-miss spelling: `difflib`), else ""."""
+    choices = [str(c) for c in choices]
+    text = str(name)
+    same_case = [c for c in choices if c.lower() == text.lower()]
+    close = same_case or difflib.get_close_matches(text.lower(), choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -64,6 +64,17 @@ class Dataset:
                    else {})}
 
 
+def data_label(info) -> str:
+    """A dataset as a person names it, from `Dataset.describe()`'s dict (as saved in curves and checkpoints):
+    "ring (train, N = 400)", "fashion (train, N = 60,000, flipped)"; "unrecorded data" without one."""
+    if not isinstance(info, dict) or not info.get("name"):
+        return "unrecorded data"
+    extra = [str(info.get("split") or "train")]
+    extra += [f"N = {info['n']:,}"] if isinstance(info.get("n"), int) else []
+    extra += ["flipped"] if info.get("flip") else []
+    return f"{info['name']} ({', '.join(extra)})"
+
+
 def fingerprint(x: torch.Tensor) -> str:
     """sha256 of the shape and float32 bytes of the preprocessed data."""
     arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from lossfloor.floor.config import LevelEstimate, level_generator, stratified_sources
+from lossfloor.floor.critical import band_edges, band_rows, band_summary
 from lossfloor.floor.curve import MODEL_KIND, OptimalLossCurve
 from lossfloor.nets.denoiser import x0_loss
 from lossfloor.objective.objective import Objective
@@ -113,6 +114,8 @@ class Diagnosis:
     totals: dict  # split -> {model, model_stderr, optimal, optimal_stderr, gap, gap_stderr, extrapolated}
     test: list[LevelGap] | None = None
     model_curves: dict = field(default_factory=dict, repr=False)  # split -> the model's loss curve
+    bands: dict = field(default_factory=dict)  # split -> `gap_bands` rows: each sigma band's weighted gap
+    profile: dict = field(default_factory=dict, repr=False)  # split -> `gap_profile` (the figure's panel)
 
     @property
     def violations(self) -> list[LevelGap]:
@@ -123,7 +126,21 @@ class Diagnosis:
         return {"objective": self.objective, "train": [g.to_dict() for g in self.train],
                 "test": None if self.test is None else [g.to_dict() for g in self.test],
                 "totals": self.totals, "floor_violation": bool(self.violations),
-                "violation_sigmas": [g.sigma for g in self.violations]}
+                "violation_sigmas": [g.sigma for g in self.violations], "gap_bands": self.bands}
+
+    def band_lines(self) -> list[str]:
+        """Where the objective-weighted gap is, one line per split ("62% of the gap at sigma < 0.5, ...")."""
+        return [f"where the gap is ({split}): {band_summary(rows)}" for split, rows in self.bands.items()]
+
+    def bands_csv_text(self) -> str:
+        """One row per (split, sigma band): its range, weighted gap and share of the total gap."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=["split", "sigma_lo", "sigma_hi", "weighted_gap", "share"],
+                                lineterminator="\n")
+        writer.writeheader()
+        for split, rows in self.bands.items():
+            writer.writerows({"split": split, **row} for row in rows)
+        return buf.getvalue()
 
     def csv_text(self) -> str:
         """One row per (split, sigma)."""
@@ -140,13 +157,37 @@ class Diagnosis:
 def totals(model: OptimalLossCurve, optimal: OptimalLossCurve, objective: Objective) -> dict:
     """The objective's total model loss, total optimal loss and total gap, per dimension (the model's loss
     below the grid extrapolated as a model's, ~ sigma^2: `floor.interpolation.below_grid`)."""
-    if not model.is_model:
-        model = replace(model, settings={**model.settings, "kind": MODEL_KIND})
-    m, o = model.total(objective), optimal.total(objective)
+    m, o = _as_model(model).total(objective), optimal.total(objective)
     return {"model": m.value, "model_stderr": m.stderr, "optimal": o.value, "optimal_stderr": o.stderr,
             "gap": m.value - o.value, "gap_stderr": math.hypot(m.stderr, o.stderr),
             "model_extrapolated": m.extrapolated, "optimal_extrapolated": o.extrapolated,
             "model_below_grid_error": m.below_grid_error, "optimal_below_grid_error": o.below_grid_error}
+
+
+def _as_model(curve: OptimalLossCurve) -> OptimalLossCurve:
+    return curve if curve.is_model else replace(curve, settings={**curve.settings, "kind": MODEL_KIND})
+
+
+def gap_bands(model: OptimalLossCurve, optimal: OptimalLossCurve, objective: Objective, edges=None) -> list:
+    """Each sigma band's part of the objective-weighted total gap (`floor.critical.band_rows`), from the two
+    curves' totals split at `edges` (default: sigma* x {0.1, 1, 10}, sigma* of J*); the parts add up to
+    `totals(...)["gap"]`."""
+    edges = band_edges(optimal.critical_sigma()) if edges is None else np.asarray(edges, dtype=float)
+    if not len(edges):
+        return []
+    parts = _as_model(model).split_total(objective, edges) - optimal.split_total(objective, edges)
+    return band_rows(edges, parts)
+
+
+def gap_profile(model: OptimalLossCurve, optimal: OptimalLossCurve, objective: Objective,
+                per_decade: int = 4) -> dict:
+    """The weighted gap per log-sigma bin (`per_decade` bins a decade over the model's grid), divided by the
+    bin's width in log10 sigma: the density whose integral over the grid is the total gap's part there
+    (the parts below and above the grid, extrapolated, are in `gap_bands`'s end bands)."""
+    lo, hi = math.log10(model.sigma[0]), math.log10(model.sigma[-1])
+    edges = np.logspace(lo, hi, max(2, round((hi - lo) * per_decade)) + 1)
+    parts = _as_model(model).split_total(objective, edges) - optimal.split_total(objective, edges)
+    return {"edges": edges.tolist(), "density": (parts[1:-1] / np.diff(np.log10(edges))).tolist()}
 
 
 def diagnose(denoiser, objective: Objective, optimal: OptimalLossCurve, train_x: Tensor, *,
@@ -163,6 +204,9 @@ def diagnose(denoiser, objective: Objective, optimal: OptimalLossCurve, train_x:
         result.test = compare(held_out, optimal)
         result.totals["test"] = totals(held_out, optimal, objective)
         result.model_curves["test"] = held_out
+    for split, curve in result.model_curves.items():
+        result.bands[split] = gap_bands(curve, optimal, objective)
+        result.profile[split] = gap_profile(curve, optimal, objective)
     return result
 
 

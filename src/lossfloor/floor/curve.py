@@ -12,6 +12,8 @@ import torch
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_json
 from lossfloor.core.schema import check_curve_dict, read_json
+from lossfloor.floor.critical import CRITICAL_FRACTION, CriticalSigma
+from lossfloor.floor.critical import critical_sigma as _critical_sigma
 from lossfloor.floor.interpolation import (
     ZERO_FLOOR,
     _dot,
@@ -313,17 +315,30 @@ class OptimalLossCurve:
         which = np.clip(np.searchsorted(grid, ls, side="right") - 1, 0, len(grid) - 2)
         return np.bincount(which, weights=coef * diff, minlength=max(len(grid) - 1, 0))
 
-    def critical_sigma(self, fraction: float = 0.01) -> float:
-        """The smallest grid sigma where J* exceeds `fraction` of the data variance (nan if none)."""
-        above = np.nonzero(self.loss > fraction * self.data_variance)[0]
-        return float(self.sigma[above[0]]) if len(above) else math.nan
+    def critical_sigma(self, fraction: float = CRITICAL_FRACTION) -> float:
+        """sigma*, where the interpolated J* crosses `fraction` of the data variance (nan if it does not on
+        the grid; `floor.critical`)."""
+        return self.critical(fraction).value
+
+    def critical(self, fraction: float = CRITICAL_FRACTION) -> CriticalSigma:
+        """sigma* with its interpolation uncertainty (`floor.critical.critical_sigma`)."""
+        return _critical_sigma(self.sigma, self.loss, self.data_variance, fraction, self.stderr)
+
+    def split_total(self, objective: Objective, edges) -> np.ndarray:
+        """`total(objective).value`'s quadrature summed per sigma band between the increasing `edges`
+        (len(edges) + 1 parts, the first below edges[0], the last above edges[-1]; per dimension)."""
+        ls, coef = self._quadrature(objective)
+        which = np.searchsorted(np.log(np.asarray(edges, dtype=float)), ls, side="right")
+        return np.bincount(which, weights=coef * self._evaluate(ls), minlength=len(edges) + 1)
 
     # -- I/O ---------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = asdict(self)
         for k in ("sigma", "loss", "stderr"):
             d[k] = [float(v) for v in d[k]]
-        d["critical_sigma"] = self.critical_sigma()
+        critical = self.critical()
+        d["critical_sigma"], d["critical_sigma_error"] = critical.value, critical.error
+        d["critical_sigma_mc_error"] = critical.mc_error
         return d
 
     @classmethod

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lossfloor.core.errors import InputError
-from lossfloor.core.registry import Registry
+from lossfloor.core.registry import Registry, did_you_mean
 from lossfloor.objective.components import _t64, component_from_dict, component_to_dict
 from lossfloor.objective.densities import (
     DiscreteUniformT,
@@ -204,16 +204,27 @@ def objective_names() -> list[str]:
     return PRESETS.names()
 
 
+def _registered_case(part: str, names) -> str:
+    """`part` as spelled in `names` where only its case differs (`EDM` -> `edm`, `f` -> `F`), else as is."""
+    return part if part in names else next((n for n in names if n.lower() == part.lower()), part)
+
+
 def get_objective(name: str) -> Objective:
     """An objective by name: a preset (`edm`) or `<preset>-<target>-<weight>` (`cosine-v-nelbo`)."""
+    if name not in PRESETS:  # `EDM`, `Flow-v-Simple`: each part's case as registered (x0, F, simple)
+        parts = name.split("-")
+        kinds = (PRESETS, TARGETS, WEIGHTS)
+        name = "-".join([_registered_case(p, n) for p, n in zip(parts, kinds, strict=False)] + parts[3:])
     base, *rest = name.split("-")
     if base not in PRESETS or len(rest) not in (0, 2):
+        hint = did_you_mean(base, PRESETS) if base not in PRESETS else ""
         raise InputError(
-            f"unknown objective {name!r}; use one of {', '.join(PRESETS)} or "
+            f"unknown objective {name!r}{hint}; use one of {', '.join(PRESETS)} or "
             f"<preset>-<target>-<weight> with target in {{{', '.join(TARGETS)}}} "
             f"and weight in {{{', '.join(WEIGHTS)}}}")
     if rest and rest[1] not in WEIGHTS:
-        raise InputError(f"unknown weight {rest[1]!r} in objective {name!r}; choose from "
+        raise InputError(f"unknown weight {rest[1]!r}{did_you_mean(rest[1], WEIGHTS)} in objective {name!r}; "
+                         "choose from "
                          f"{', '.join(WEIGHTS)}")
     obj = PRESETS[base]()
     if rest:

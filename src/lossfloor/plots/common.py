@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from lossfloor.core.files import atomic_write_bytes
-from lossfloor.floor.curve import OptimalLossCurve
+from lossfloor.floor.critical import critical_sigma
 from lossfloor.objective.objective import Objective
 
 WEIGHT_DYNAMIC_RANGE = 1e12  # the lambda * p axis stops this many orders below its maximum
@@ -85,9 +85,8 @@ def plot_above(ax, x, y, bottom: float, style: str, label: str, **kw) -> None:
 
 
 def critical_sigma_of(sigma, optimal_loss, data_variance: float, fraction: float = 0.01) -> float:
-    """The smallest sigma whose J* exceeds `fraction` of the data variance (as `OptimalLossCurve`'s)."""
-    curve = OptimalLossCurve(sigma, optimal_loss, np.zeros(len(sigma)), data_variance, 1, 1)
-    return curve.critical_sigma(fraction)
+    """sigma* of J* levels (`floor.critical.critical_sigma`, as `OptimalLossCurve.critical_sigma`)."""
+    return critical_sigma(sigma, optimal_loss, data_variance, fraction).value
 
 
 def mark_critical_sigma(ax, critical: float | None, label: bool = True) -> None:
@@ -103,6 +102,20 @@ def gap_linthresh(gaps, stderrs) -> float:
     se = np.asarray([s for s in stderrs if np.isfinite(s) and s > 0])
     scale = float(np.max(np.abs(gaps))) if len(gaps) else 1.0
     return float(max(se.min() if len(se) else 0.0, 1e-9 * max(scale, 1e-12)))
+
+
+def gap_limits(gaps, stderrs, linthresh: float, band_room: float = 3.0) -> tuple[float, float]:
+    """y limits of a symlog gap axis that fit the gaps: no negative (positive) range beyond the linear one
+    when no gap is below (above) 0, and the +-2 SE bands shown up to `band_room` times the largest gap on
+    their side, so wide bands never squeeze the gaps into a corner."""
+    g, se = np.asarray(gaps, dtype=float), np.nan_to_num(np.asarray(stderrs, dtype=float))
+    top_gap, bottom_gap = max(float(g.max()), 0.0), min(float(g.min()), 0.0)
+    top = min(float(np.max(g + 2 * se)), band_room * max(top_gap, linthresh))
+    bottom = max(float(np.min(g - 2 * se)), -band_room * max(-bottom_gap, linthresh))
+    pad = 1.5
+    top = pad * max(top, linthresh) if top_gap > 0 else linthresh
+    bottom = pad * min(bottom, -linthresh) if bottom_gap < 0 else -linthresh
+    return bottom, top
 
 
 def symlog_decade_ticks(ax, linthresh: float, most: int = 5) -> None:

@@ -8,11 +8,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from lossfloor.floor.critical import band_label
 from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.objective.objective import Objective
 from lossfloor.plots.common import (
     WEIGHT_DYNAMIC_RANGE,
     critical_sigma_of,
+    gap_limits,
     gap_linthresh,
     mark_critical_sigma,
     save_figure,
@@ -86,10 +88,11 @@ def plot_samples(x: torch.Tensor, path, reference: torch.Tensor | None = None, t
 
 
 def plot_diagnosis(diagnosis, path, title: str = "") -> None:
-    """Model loss and J* against sigma (top) and the gap with 2-SE bands (bottom, symlog: linear only within
-    the smallest standard error), train and test, with the critical sigma marked on both."""
-    fig, (ax, gap_ax) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True,
-                                     gridspec_kw={"height_ratios": [3, 2]})
+    """Model loss and J* against sigma (top), the gap with 2-SE bands (middle, symlog: linear only within
+    the smallest standard error, limits fitted to the gaps) and the objective-weighted gap per decade of
+    sigma with each band's share (bottom), train and test, with the critical sigma marked on all three."""
+    fig, (ax, gap_ax, weighted_ax) = plt.subplots(3, 1, figsize=(7.5, 8.5), sharex=True,
+                                                  gridspec_kw={"height_ratios": [3, 2, 2]})
     sig = np.array([g.sigma for g in diagnosis.train])
     j_star = np.array([g.optimal_loss for g in diagnosis.train])
     variance = diagnosis.train[0].data_variance
@@ -114,6 +117,7 @@ def plot_diagnosis(diagnosis, path, title: str = "") -> None:
     critical = critical_sigma_of(sig, j_star, variance)
     mark_critical_sigma(ax, critical)
     mark_critical_sigma(gap_ax, critical, label=False)
+    mark_critical_sigma(weighted_ax, critical, label=False)
     ax.set_xscale("log")
     ax.set_ylabel("per-dimension x0 MSE")
     ax.legend(fontsize=8)
@@ -121,8 +125,35 @@ def plot_diagnosis(diagnosis, path, title: str = "") -> None:
     gap_ax.axhline(0, color="k", lw=0.8)
     linthresh = gap_linthresh(all_gaps, all_se)
     gap_ax.set_yscale("symlog", linthresh=linthresh)
+    gap_ax.set_ylim(*gap_limits(all_gaps, all_se, linthresh))
     symlog_decade_ticks(gap_ax, linthresh)
-    gap_ax.set_xlabel("noise level σ (VE)")
     gap_ax.set_ylabel(f"gap J(σ) − J*(σ)\n(symlog, linear within ±{linthresh:.2g})")
     gap_ax.legend(fontsize=8)
+    plot_weighted_gap(weighted_ax, diagnosis)
+    weighted_ax.set_xlabel("noise level σ (VE)")
     save_figure(fig, path)
+
+
+def plot_weighted_gap(ax, diagnosis) -> None:
+    """The objective-weighted gap lambda p (J - J*) per decade of sigma over the grid (its integral is the
+    total gap's part there), with the train split's band shares (below the grid included) over their
+    bands."""
+    for (split, profile), color in zip(diagnosis.profile.items(), ("C0", "C1"), strict=False):
+        edges, density = np.asarray(profile["edges"]), np.asarray(profile["density"])
+        ax.stairs(density, edges, color=color, label=f"weighted gap ({split})")
+    train = diagnosis.profile.get("train")
+    for row in diagnosis.bands.get("train", []) if train else []:
+        lo, hi = train["edges"][0], train["edges"][-1]
+        left, right = max(row["sigma_lo"], lo), min(row["sigma_hi"], hi)
+        if math.isfinite(row["share"]):
+            inside = right > left  # else the band lies beyond the grid: its share is written at that end
+            x = math.sqrt(left * right) if inside else (lo if row["sigma_hi"] <= lo else hi)
+            text = f"{row['share']:.0%} of the gap" + ("" if inside else f" ({band_label(row)})")
+            ax.text(x, 0.04 if inside else 0.5, text, transform=ax.get_xaxis_transform(), fontsize=8,
+                    ha="center" if inside else ("left" if x == lo else "right"), va="bottom", color="C0")
+        if 0 < row["sigma_lo"] and lo < row["sigma_lo"] < hi:
+            ax.axvline(row["sigma_lo"], color="0.6", lw=0.6, ls="--")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_ylabel(f"{diagnosis.objective}: λ·p·gap\nper decade of σ")
+    if diagnosis.profile:
+        ax.legend(fontsize=8, loc="upper left")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lossfloor.core.files import atomic_write_text
+from lossfloor.floor.critical import band_edges, band_rows, band_summary
 from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.floor.excess import Excess, weighted_excess
 from lossfloor.objective.objective import Objective
@@ -100,6 +101,11 @@ def binned_excess(gap: BinnedLoss, objective: Objective) -> Excess:
     return weighted_excess(objective, gap.centers[full], gap.mean()[full], gap.stderr()[full])
 
 
+def default_bands(curve: OptimalLossCurve) -> np.ndarray:
+    """sigma* x {0.1, 1, 10} of the curve (none without a sigma*)."""
+    return band_edges(curve.critical_sigma())
+
+
 class GapMonitor:
     """Running per-log-sigma-bin x0 loss, optimal loss and gap of a training loop.
 
@@ -107,20 +113,26 @@ class GapMonitor:
     ``update_from_target(t, target_loss)`` converts a per-sample target loss (eps, v, ...) of the
     objective at process times t first.  Each sample's floor J*(sigma_i) is binned alongside, so a bin's
     gap compares like with like however wide it is.  With an objective, `summary` adds the weighted
-    totals E[lambda (J - J*)] over the samples seen and ``excess``: `FloorValidator`'s scalar, the
-    objective-weighted excess over the floor on the binned gaps (`binned_excess`), as the trainer logs it.
+    totals E[lambda (J - J*)] over the samples seen, ``excess``: `FloorValidator`'s scalar, the
+    objective-weighted excess over the floor on the binned gaps (`binned_excess`), as the trainer logs it, and
+    each sigma band's share of the weighted gap (`band_edges`, default sigma* x {0.1, 1, 10}: "62% of the
+    gap at sigma < 0.5, ...", `where`).
     """
 
-    def __init__(self, curve: OptimalLossCurve, objective: Objective | None = None, edges=None):
+    def __init__(self, curve: OptimalLossCurve, objective: Objective | None = None, edges=None,
+                 band_edges=None):
         self.curve, self.objective = curve, objective
         self.loss, self.floor, self.gap = BinnedLoss(edges), BinnedLoss(edges), BinnedLoss(edges)
         self._weighted = np.zeros(3)  # sums of lambda J, lambda J*, count
+        self.band_edges = np.asarray(default_bands(curve) if band_edges is None else band_edges, dtype=float)
+        self._bands = np.zeros(len(self.band_edges) + 1)  # sums of lambda (J - J*) per sigma band
 
     def reset(self) -> None:
         """Start a new interval."""
         for b in (self.loss, self.floor, self.gap):
             b.reset()
         self._weighted[:] = 0
+        self._bands[:] = 0
 
     def update(self, sigma, x0_loss) -> None:
         """Add per-sample x0 losses (per dimension) at VE noise levels sigma."""
@@ -133,6 +145,8 @@ class GapMonitor:
         if self.objective is not None:
             lam = self.objective.x0_weight(torch.as_tensor(sigma)).numpy()
             self._weighted += [np.sum(lam * loss), np.sum(lam * floor), len(loss)]
+            which = np.searchsorted(self.band_edges, sigma, side="right")
+            self._bands += np.bincount(which, lam * (loss - floor), minlength=len(self._bands))
 
     def update_from_target(self, t, target_loss) -> None:
         """Add per-sample losses on the objective's own target (per dimension) at process times t."""
@@ -157,8 +171,13 @@ class GapMonitor:
             excess = binned_excess(self.gap, self.objective)
             out.update(objective=self.objective.name, weighted_loss=model / n, weighted_optimal=floor / n,
                        weighted_gap=(model - floor) / n, excess=excess.value, excess_stderr=excess.stderr,
-                       excess_coverage=excess.coverage)
+                       excess_coverage=excess.coverage,
+                       gap_bands=band_rows(self.band_edges, self._bands / n) if len(self.band_edges) else [])
         return out
+
+    def where(self) -> str:
+        """Each band's share of the weighted gap so far, one line ("62% of the gap at sigma < 0.5, ...")."""
+        return band_summary(self.summary().get("gap_bands", []))
 
     def to_csv(self, path=None) -> str:
         """The per-bin rows as CSV text, also written atomically to `path` when given."""

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_torch_save
+from lossfloor.data.dataset import data_label
 from lossfloor.data.load import load_dataset
 from lossfloor.data.toys import TOYS
 from lossfloor.floor.curve import OptimalLossCurve
@@ -305,7 +306,8 @@ class Trainer:
             raise InputError(f"checkpoint model {ckpt.model} differs from {self.model_config}")
         theirs, ours = ckpt.data.get("fingerprint"), self.data_info.get("fingerprint")
         if theirs and ours and theirs != ours:
-            raise InputError("the checkpoint was trained on different data (fingerprint mismatch)")
+            raise InputError(f"the checkpoint was trained on {data_label(ckpt.data)}, not on "
+                             f"{data_label(self.data_info)} (the data fingerprints differ)")
         s = ckpt.state
         self.net.load_state_dict(s["net"])
         self.ema.load_state_dict(s["ema"])
