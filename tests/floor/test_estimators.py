@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lossfloor.floor.config import EstimatorConfig, stratified_sources
+from lossfloor.floor.config import EstimatorConfig, LevelEstimate, stratified_sources
 from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.floor.estimator import Estimator
 from lossfloor.floor.reference import (
@@ -382,3 +382,22 @@ def test_all_zero_level_with_a_loose_bound_stops_at_queries(clusters):
     cfg = EstimatorConfig("full", queries=128, target_stderr=1e-30, min_queries=32, max_queries=1 << 16)
     level = Estimator(x, cfg, dtype=torch.float64).level(0.05, seed=0)
     assert level.loss == 0.0 and level.queries == 128 and level.stderr > 0
+
+
+def test_a_resumed_level_is_found_despite_the_last_bits_of_its_sigma(clusters):
+    """A grid recomputed elsewhere (numpy's geomspace can differ in the last bits) still reuses the levels an
+    earlier run saved: within SNAP_RTOL the saved level is the requested one, and nothing is recomputed."""
+    from lossfloor.floor.estimator import snap_to_done
+
+    x, _ = clusters
+    est = Estimator(x, EstimatorConfig("full", queries=64))
+    first = est.curve([0.5, 2.0])
+    done = {float(s): LevelEstimate(float(s), float(v), float(e), 64)
+            for s, v, e in zip(first.sigma, first.loss, first.stderr, strict=True)}
+    nudged = [0.5 * (1 + 3e-16), 2.0 * (1 - 4e-16)]
+    assert snap_to_done(nudged, done) == [0.5, 2.0]
+    called = []
+    est.level = lambda *a, **k: called.append(a)  # any recomputation would be recorded
+    again = est.curve(nudged, done=done)
+    assert not called and list(again.loss) == list(first.loss)
+    assert snap_to_done([0.5 * (1 + 1e-6)], done) == [0.5 * (1 + 1e-6)]  # a different level stays different

@@ -40,6 +40,22 @@ from lossfloor.floor.mixture import MixtureMatrix, check_mixture_config
 DEFAULT_CONFIG = EstimatorConfig()  # the full estimator, `DEFAULT_QUERIES` queries per level
 
 
+SNAP_RTOL = 1e-9  # a requested level this close (relative) to a finished one is that level
+
+
+def snap_to_done(sigmas, done: dict) -> list[float]:
+    """Each requested level replaced by a finished one (a key of `done`) within SNAP_RTOL of it: a grid
+    recomputed by another numpy (geomspace's last bits) still finds the levels saved by an earlier run."""
+    keys = np.array(sorted(done), dtype=float)
+    if not len(keys):
+        return [float(s) for s in sigmas]
+    out = []
+    for s in sigmas:
+        k = keys[np.argmin(np.abs(keys - s))]
+        out.append(float(k) if abs(k - s) <= SNAP_RTOL * abs(s) else float(s))
+    return out
+
+
 class Estimator:
     """J*(sigma) on one dataset, optionally class-conditional (posterior within the query's class).
 
@@ -103,6 +119,7 @@ class Estimator:
             if not s > 0 or not math.isfinite(s):
                 raise InputError(f"sigma must be positive and finite, got {s}")
         done = dict(done or {})
+        sigmas = snap_to_done(sigmas, done)
         todo = [s for s in sigmas if s not in done]
         # With a target stderr the queries of a level are not known ahead: the bar counts levels instead.
         adaptive = self.config.target_stderr is not None
@@ -150,7 +167,7 @@ class Estimator:
         if not (math.isfinite(total_stderr) and total_stderr > 0):
             raise InputError(f"total stderr must be positive and finite, got {total_stderr}")
         done = dict(done or {})
-        sigmas = [float(s) for s in sigmas]
+        sigmas = snap_to_done([float(s) for s in sigmas], done)
         grid = sorted(set(sigmas) | {s for s in done if min(sigmas) <= s <= max(sigmas)})
         base = replace(self.config, target_stderr=None)
         curve = self.curve(grid, seed, done, on_level, progress)
