@@ -19,7 +19,7 @@ from lossfloor.data.rows import load_rows_dataset
 from lossfloor.floor.config import DEFAULT_QUERIES, EstimatorConfig, LevelEstimate
 from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.floor.distributed import init_from_env, is_main_process, main_only, rank_device
-from lossfloor.floor.estimator import Estimator
+from lossfloor.floor.estimator import Estimator, snap_to_done
 from lossfloor.floor.totals import TotalLoss
 from lossfloor.objective.objective import Objective, get_objective
 
@@ -222,6 +222,7 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
                 "subset": s.subset, "C": s.C, "form": s.form, "seed": s.seed, "dtype": s.dtype,
                 "class_conditional": s.class_conditional, "fingerprint": dataset.fingerprint}
     done = main_only(finished_levels, out, identity) if s.resume else {}
+    grid = snap_to_done(grid, done)  # the saved levels, even where this numpy's grid differs in the last bits
     if s.total_stderr is None:  # --total-stderr adds levels of its own: keep them all
         done = {sigma: done[sigma] for sigma in grid if sigma in done}
     return EstimateRun(s, grid, obj, dataset, est, queries, identity, done, out, is_main_process())
