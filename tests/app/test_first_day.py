@@ -125,3 +125,28 @@ def test_threads_option_sets_torch_threads(tmp_path, capsys):
     finally:
         torch.set_num_threads(before)
     assert run(["--threads", 0, "estimate"], capsys)[0] == 2
+
+
+def test_sigma_data_preconditions_for_the_data_and_far_data_get_a_note(tmp_path, capsys):
+    """--sigma-data (issue 19) sets EDM's preconditioning: the EDM total changes with it (its weight
+    1/c_out^2 reads sigma_data) and is recorded in the objective; data whose std is far from the assumed 0.5
+    get a one-line note with the value to pass, and passing it silences the note."""
+    import json
+
+    import numpy as np
+
+    np.save(tmp_path / "wide.npy", 3.0 * np.random.default_rng(0).standard_normal((200, 2)).astype("float32"))
+    base = ["estimate", "--data", tmp_path / "wide.npy", "--num-sigmas", "8", "--queries", "64",
+            "--no-progress"]
+    code, out, err = run([*base, "--out", tmp_path / "a"], capsys)
+    assert code == 0, err
+    note = [line for line in out.splitlines() if line.startswith("note: the data's standard deviation")]
+    assert len(note) == 1 and "--sigma-data 2.98" in note[0]
+    code, out, err = run([*base, "--sigma-data", "3", "--out", tmp_path / "b"], capsys)
+    assert code == 0, err
+    assert "note: the data's standard deviation" not in out
+    a, b = (json.loads((tmp_path / d / "optimal_loss.json").read_text()) for d in "ab")
+    assert a["loss"] == b["loss"]  # J* does not depend on the preconditioning
+    assert b["objective_spec"]["precond"]["sigma_data"] == 3.0 and a["total"] != b["total"]
+    code, _, err = run([*base, "--sigma-data", "0", "--out", tmp_path / "c"], capsys)
+    assert code == 2 and "--sigma-data" in err

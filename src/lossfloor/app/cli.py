@@ -98,6 +98,8 @@ def cli(threads):
 @data_options(EST)
 @click.option("--class-conditional", is_flag=True, help="posterior within the query's class (needs labels)")
 @click.option("--objective", default=EST.objective, help=OBJECTIVE_HELP)
+@click.option("--sigma-data", type=Real(0, 1e4, lo_open=True),
+              help="EDM preconditioning's sigma_data (the data's std per dimension) [the objective's: 0.5]")
 @click.option("--sigmas", type=SIGMAS, help="comma-separated noise levels, e.g. 0.1,0.5,2")
 @click.option("--sigma-min", type=SIGMA, help=f"smallest level of the geometric grid [{GRID[0]}]")
 @click.option("--sigma-max", type=SIGMA, help=f"largest level of the geometric grid [{GRID[1]}]")
@@ -151,9 +153,12 @@ def estimate(progress, **options):
 @click.option("--data", default=TRAIN.data, help=DATA_HELP)
 @data_options(TRAIN)
 @click.option("--objective", default=TRAIN.objective, help=OBJECTIVE_HELP)
+@click.option("--sigma-data", type=Real(0, 1e4, lo_open=True),
+              help="EDM preconditioning's sigma_data (the data's std per dimension) [the objective's: 0.5]")
 @click.option("--schedule", type=choice(SCHEDULES), default=TRAIN.schedule,
               help="loss weight and noise density (docs/theory.md#training-schedules)")
-@click.option("--curve", type=PATH, help="optimal_loss.json of the training data (optimal-loss schedules)")
+@click.option("--curve", type=PATH, help="optimal_loss.json of the training data: the excess over the floor "
+              "in the logs and progress bar (any schedule); needed by the optimal-loss schedules")
 @click.option("--model", type=choice(MODELS),
               help=f"network [unet for images, mlp otherwise]; {MODELS.summary()}")
 @click.option("--width", type=Integer(1, 8192), help="hidden width (mlp) or base channels (unet) [256 / 32]")

@@ -15,6 +15,7 @@ from lossfloor.core.schema import read_json
 from lossfloor.data.dataset import data_label
 from lossfloor.floor.curve import OptimalLossCurve, sigma_grid_coverage
 from lossfloor.objective.objective import Objective
+from lossfloor.objective.targets import Preconditioning
 
 SIGMA_GRID = (0.002, 80.0, 32)  # EDM's range; curve.total covers 6 more decades each side for every preset
 DTYPES = ("float32", "float64")
@@ -110,3 +111,21 @@ def check_coverage(objective: Objective, sigmas) -> None:
     """Raise ValueError unless a curve on `sigmas` (with its tails) covers the objective's noise levels."""
 
     sigma_grid_coverage(objective, sigmas)
+
+
+SIGMA_DATA_RATIO = 2.0  # a data standard deviation outside [sigma_data / 2, 2 sigma_data] gets a note
+
+
+def with_sigma_data(objective: Objective, sigma_data: float | None) -> Objective:
+    """The objective with EDM's preconditioning for data of standard deviation `sigma_data` (None: as is)."""
+    return objective if sigma_data is None else objective.with_(precond=Preconditioning(float(sigma_data)))
+
+
+def sigma_data_note(objective: Objective, variance: float) -> str | None:
+    """One line when the data's standard deviation per dimension is far from the preconditioning's sigma_data
+    (the network's input scale c_in, and EDM's weight and F target, assume it), else None."""
+    sd, assumed = math.sqrt(max(variance, 0.0)), objective.precond.sigma_data
+    if assumed / SIGMA_DATA_RATIO <= sd <= assumed * SIGMA_DATA_RATIO:
+        return None
+    return (f"note: the data's standard deviation per dimension is {sd:.3g}, far from the preconditioning's "
+            f"sigma_data = {assumed:g}; pass --sigma-data {sd:.3g} to precondition for this data")

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import torch
 
-from lossfloor.app.common import check_coverage, check_out_dir, parse_sigmas, resolve_device
+from lossfloor.app.common import (
+    check_coverage,
+    check_out_dir,
+    parse_sigmas,
+    resolve_device,
+    sigma_data_note,
+    with_sigma_data,
+)
 from lossfloor.app.warn import for_command
 from lossfloor.core.errors import InputError
 from lossfloor.core.files import atomic_write_text
@@ -31,6 +38,8 @@ RESUME_KEYS = ("estimator", "queries", "target_stderr", "total_stderr", "min_que
 
 # -- estimate ---------------------------------------------------------------------------------
 
+PRECONDITIONED_WEIGHTS = ("edm_weight", "soft_min_snr")  # weights that read sigma_data
+
 
 @dataclass(frozen=True)
 class EstimateSettings:
@@ -44,6 +53,7 @@ class EstimateSettings:
     flip: bool = False
     class_conditional: bool = False
     objective: str = "edm"
+    sigma_data: float | None = None  # EDM's preconditioning for data of this std (default: the preset's 0.5)
     sigmas: tuple[float, ...] | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
@@ -115,6 +125,9 @@ class EstimateResult:
                      f"(Monte-Carlo {total.mc_stderr:.2g}, interpolation {total.interpolation_error:.2g}, "
                      f"below the grid {total.below_grid_error:.2g}; "
                      f"{total.extrapolated:.3g} of it from beyond the sigma grid)")
+        uses_sigma_data = self.objective.target == "F" or self.objective.weight.kind in PRECONDITIONED_WEIGHTS
+        note = sigma_data_note(self.objective, curve.data_variance) if uses_sigma_data else None
+        lines += [note] if note else []
         coverage = curve.coverage(self.objective)
         warnings = [] if coverage.supported else [f"warning: {for_command(coverage.message, 'estimate')}"]
         used = curve.settings.get("queries_used") or []
@@ -176,7 +189,7 @@ def prepare_estimate(s: EstimateSettings) -> EstimateRun:
     """Check everything and load the data; nothing is written (under torchrun rank 0 checks --out)."""
 
     grid = parse_sigmas(s.sigmas, s.sigma_min, s.sigma_max, s.num_sigmas)
-    obj = get_objective(s.objective)
+    obj = with_sigma_data(get_objective(s.objective), s.sigma_data)
     check_coverage(obj, grid)
     _check_estimate_options(s)
     if s.total_stderr is not None and len(grid) < 2:

@@ -9,7 +9,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lossfloor.app.checks import check_model_size
-from lossfloor.app.common import check_out_dir, matching_curve, resolve_device
+from lossfloor.app.common import (
+    check_out_dir,
+    matching_curve,
+    resolve_device,
+    sigma_data_note,
+    with_sigma_data,
+)
 from lossfloor.core.errors import InputError
 from lossfloor.data.dataset import Dataset
 from lossfloor.data.load import load_dataset
@@ -36,8 +42,10 @@ class TrainSettings:
     data_seed: int = 0
     flip: bool = False
     objective: str = "edm"
+    sigma_data: float | None = None  # EDM's preconditioning for data of this std (default: the preset's 0.5)
     schedule: str = "native"  # a name of lossfloor.train.schedules.SCHEDULES
-    curve: str | None = None  # optimal_loss.json of the training data (the optimal-loss schedules)
+    curve: str | None = None  # optimal_loss.json of the training data: the floor in the logs (every schedule)
+    # and the optimal-loss schedules' weight and density
     model: str | None = None  # default: unet for images, mlp otherwise
     width: int | None = None
     depth: int | None = None
@@ -74,17 +82,15 @@ class TrainRun:
         obj, s, data = self.trainer.objective, self.settings, self.dataset
         return (f"{s.data}: N = {len(data)}, shape {tuple(data.shape)}; objective {obj.name} "
                 f"(target {obj.target}, weight {obj.weight}); {self.model_kind} with {self.parameters:,} "
-                "parameters" + (f"; resuming at step {self.trainer.step}" if self.resumed else ""))
+                "parameters" + (f"; resuming at step {self.trainer.step}" if self.resumed else "")
+                + (f"\n{note}" if (note := sigma_data_note(obj, float(data.x.var(0).mean()))) else ""))
 
 
 def prepare_train(s: TrainSettings) -> TrainRun:
     """Check the options, load the data and build (or resume) the trainer; nothing is written."""
 
-    objective = get_objective(s.objective)
+    objective = with_sigma_data(get_objective(s.objective), s.sigma_data)
     uses_curve = s.schedule.startswith("optimal-loss")
-    if s.curve is not None and not uses_curve:
-        raise InputError(f"--curve applies to the optimal-loss schedules; --schedule {s.schedule} does not "
-                         "use it (drop --curve or pick an optimal-loss schedule)")
     if uses_curve and s.curve is None:
         raise InputError(f"--schedule {s.schedule} needs an optimal-loss curve: --curve optimal_loss.json of "
                          "the training data (from `lossfloor estimate` on the same data)")
@@ -113,7 +119,7 @@ def prepare_train(s: TrainSettings) -> TrainRun:
     n = len(dataset) if s.n is None and s.data in TOYS else s.n
     load = {"name": s.data, "data_dir": s.data_dir, "n": n, "seed": s.data_seed, "flip": s.flip}
     trainer = Trainer(dataset.x, obj, model_config, config, out=out, data_info=data_info(dataset, load),
-                      device=dev, std=dataset.std)
+                      device=dev, std=dataset.std, curve=curve)
     if ckpt is not None:
         trainer.load_state(ckpt)
         if trainer.step >= s.steps:
