@@ -47,6 +47,19 @@ def test_floor_cache_reads_the_older_wrapped_layout(rings, tmp_path):
     assert common.floor_matches(loaded, a, SIGMAS, config, 0)
 
 
+def test_a_floor_cached_with_another_chunk_size_is_reused(rings, tmp_path):
+    """Chunk and batch sizes set speed, not the estimate: a floor cached before a default changed (the
+    committed results/schedule/floor.json used chunks of 8192) is reused; another estimate setting is not."""
+    from dataclasses import replace
+
+    a, _ = rings
+    config = EstimatorConfig(queries=8)
+    fast = replace(config, chunk_size=8192, batch_size=7)
+    curve = common.cached_floor(tmp_path / "f.json", a, SIGMAS, fast)
+    assert common.floor_matches(curve, a, SIGMAS, config, 0)
+    assert not common.floor_matches(curve, a, SIGMAS, replace(config, queries=9), 0)
+
+
 def test_run_cells_computes_only_missing_or_stale_cells(tmp_path):
     calls = []
 

@@ -73,14 +73,20 @@ def load_floor(path) -> tuple[OptimalLossCurve, dict]:
     return curve, stored
 
 
+PERFORMANCE_SETTINGS = ("batch_size", "chunk_size")  # EstimatorConfig fields that set speed only
+
+
 def floor_matches(curve: OptimalLossCurve, train, sigmas, config, seed: int) -> bool:
     """True when a cached curve was estimated on this data, sigma grid, estimator configuration and seed.
 
-    A setting missing from an older file counts as that field's default (the behaviour it was run with).
+    A setting missing from an older file counts as that field's default (the behaviour it was run with);
+    the kernel's batch and chunk sizes (speed, not the estimate: PERFORMANCE_SETTINGS) are not compared, so
+    a floor cached before a default chunk size changed is still reused.
     """
     settings = curve.settings or {}
     defaults = {f.name: f.default for f in fields(config)}
-    same_settings = all(settings.get(k, defaults[k]) == v for k, v in asdict(config).items())
+    same_settings = all(settings.get(k, defaults[k]) == v for k, v in asdict(config).items()
+                        if k not in PERFORMANCE_SETTINGS)
     same_grid = len(curve.sigma) == len(sigmas) and np.allclose(curve.sigma, sigmas, rtol=1e-9)
     same_data = curve.fingerprint == train.fingerprint
     return same_data and same_grid and same_settings and settings.get("seed") == seed
