@@ -77,7 +77,8 @@ class EncodeResult:
     record: dict
 
     def report(self) -> list[str]:
-        return [f"latents: shape {self.shape} per image, mean std {self.mean_std:.4g} ({self.record['units']})"]
+        units = self.record["units"]
+        return [f"latents: shape {self.shape} per image, mean std {self.mean_std:.4g} ({units})"]
 
 
 def prepare_encode(s: EncodeSettings) -> EncodeRun:
