@@ -53,8 +53,8 @@ class VAE:
     def describe(self) -> dict:
         c = self.config
         return {"path": str(self.path), "class": type(self.model).__name__,
-                "in_channels": c.get("in_channels"), "latent_channels": c.get("latent_channels"), "scaling_factor": self.scaling_factor,
-                "shift_factor": self.shift_factor}
+                "in_channels": c.get("in_channels"), "latent_channels": c.get("latent_channels"),
+                "scaling_factor": self.scaling_factor, "shift_factor": self.shift_factor}
 
 
 def load_vae(path, option: str = "--vae") -> VAE:
