@@ -157,3 +157,19 @@ def test_raw_latents_refuses_a_model_without_latent_dist(vae_dir):
 
     with pytest.raises(InputError, match="no latent_dist"):
         raw_latents(vae, torch.zeros(2, 1, 8, 8), progress=False)
+
+
+@pytest.mark.slow
+def test_encode_estimate_train_diagnose_end_to_end(vae_dir, tmp_path, capsys):
+    out = tmp_path / "latents.npz"
+    assert run_cli(["encode", "--vae", vae_dir, "--n", 128, "--out", out, "--no-progress"], capsys)[0] == 0
+    code, _, err = run_cli(["train", "--data", out, "--steps", 20, "--width", 16, "--depth", 1,
+                            "--no-progress", "--out", tmp_path / "tr"], capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(["diagnose", "--checkpoint", tmp_path / "tr", "--levels", 4, "--queries", 64,
+                                 "--sigma-min", 0.01, "--no-progress", "--out", tmp_path / "dg"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "dg" / "diagnosis.json").read_text())
+    assert report["data"]["mixture"] and report["test"] is not None and not report["floor_violation"]
+    low = report["train"][0]  # sigma = 0.01 << s: the mixture's floor is ~ sigma^2, not ~ 0
+    assert low["optimal_loss"] == pytest.approx(0.01**2, rel=0.1)

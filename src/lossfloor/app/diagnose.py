@@ -161,9 +161,6 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
         train_set = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
         test_load = lambda: load_dataset(s.data, data_dir=s.data_dir, split="test", seed=s.data_seed)  # noqa: E731
     source.check_data(train_set)
-    if train_set.std is not None:  # issue 21: the model's losses would be on the means, the floor on points
-        raise InputError(f"{train_set.name}: diagnose does not yet support stochastic latents (mean/std); "
-                         "estimate their floor with `lossfloor estimate`")
     test_set = load_test_split(test_load)
     curve = None if s.curve is None else matching_curve(s.curve, train_set)
     if curve is None:
@@ -211,14 +208,17 @@ def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
     s, out, curve, source = run.settings, Path(run.out), run.curve, run.source
     out.mkdir(parents=True, exist_ok=True)
     if curve is None:
-        est = Estimator(run.train_set.rows(), EstimatorConfig(queries=s.queries), device=run.device)
+        est = Estimator(run.train_set.rows(), EstimatorConfig(queries=s.queries), device=run.device,
+                        std=run.train_set.std_rows())  # a Gaussian mixture's J* for stochastic latents
         curve = est.curve(run.sigmas, seed=s.seed, progress=progress)
         curve.fingerprint = run.train_set.fingerprint
     test_x = None if run.test_set is None else run.test_set.x
     bars = SplitBars(["train"] + ([] if test_x is None else ["test"]), len(run.sigmas), progress)
     try:
         result = diagnose(source.denoiser, run.objective, curve, run.train_set.x, test_x=test_x,
-                          queries=s.queries, seed=s.seed, progress=bars, sigmas=run.sigmas)
+                          queries=s.queries, seed=s.seed, progress=bars, sigmas=run.sigmas,
+                          train_std=run.train_set.std,
+                          test_std=None if run.test_set is None else run.test_set.std)
     finally:
         bars.close()
     meta = {**source.head, "data": run.train_set.describe(),
