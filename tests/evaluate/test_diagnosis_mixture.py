@@ -2,7 +2,6 @@
 mixture's J*; the exact mixture posterior mean has gap ~ 0, the means' (points') posterior mean does not."""
 
 import numpy as np
-import pytest
 import torch
 
 from lossfloor.evaluate.diagnosis import diagnose
