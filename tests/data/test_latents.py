@@ -109,7 +109,7 @@ def test_subset_estimators_are_refused_for_latents(tmp_path, capsys):
     assert code == 2 and "subset estimators" in err and len(err.strip().splitlines()) == 1
 
 
-def test_cli_train_on_latents_and_diagnose_refused(tmp_path, capsys):
+def test_cli_train_on_latents_and_diagnose_against_the_mixture(tmp_path, capsys):
     rng = np.random.default_rng(1)
     path = tmp_path / "flat.npz"
     np.savez(path, mean=rng.standard_normal((32, 4)).astype(np.float32),
@@ -117,6 +117,23 @@ def test_cli_train_on_latents_and_diagnose_refused(tmp_path, capsys):
     code, _, err = _run(["train", "--data", path, "--steps", "2", "--width", "8", "--depth", "1",
                          "--no-progress", "--out", tmp_path / "tr"], capsys)
     assert code == 0, err
-    code, _, err = _run(["diagnose", "--checkpoint", tmp_path / "tr", "--out", tmp_path / "dg"], capsys)
-    assert code == 2 and "stochastic latents" in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "dg").exists() or not any((tmp_path / "dg").iterdir())
+    code, _, err = _run(["estimate", "--data", path, "--sigmas", "0.01,0.1,1,10", "--queries", "32",
+                         "--no-progress", "--out", tmp_path / "est"], capsys)
+    assert code == 0, err
+    curve = json.loads((tmp_path / "est" / "optimal_loss.json").read_text())
+    code, _, err = _run(["diagnose", "--checkpoint", tmp_path / "tr", "--curve",
+                         tmp_path / "est" / "optimal_loss.json", "--queries", "32", "--no-progress", "--out",
+                         tmp_path / "dg"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "dg" / "diagnosis.json").read_text())
+    assert report["data"]["mixture"] and [g["optimal_loss"] for g in report["train"]] == curve["loss"]
+    # a curve of the means taken as points is other data (its fingerprint): refused in one line
+    np.save(tmp_path / "means.npy", np.load(path)["mean"])
+    code, _, err = _run(["estimate", "--data", tmp_path / "means.npy", "--sigmas", "0.01,0.1,1,10",
+                         "--queries", "32", "--no-progress", "--out", tmp_path / "pts"], capsys)
+    assert code == 0, err
+    code, _, err = _run(["diagnose", "--checkpoint", tmp_path / "tr", "--curve",
+                         tmp_path / "pts" / "optimal_loss.json", "--no-progress", "--out", tmp_path / "dg2"],
+                        capsys)
+    assert code == 2 and "fingerprint" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "dg2").exists() or not any((tmp_path / "dg2").iterdir())

@@ -13,6 +13,7 @@ import torch
 
 from lossfloor.app.common import DTYPES, SIGMA_GRID
 from lossfloor.app.diagnose import DiagnoseSettings, prepare_diagnose, run_diagnose
+from lossfloor.app.encode import EncodeSettings, prepare_encode, run_encode
 from lossfloor.app.estimate import EstimateSettings, prepare_estimate, run_estimate
 from lossfloor.app.fit import FitSettings, prepare_fit, run_fit
 from lossfloor.app.options import (
@@ -247,6 +248,33 @@ def diagnose(progress, **options):
     echo(result.report())
     if result.diagnosis.violations:
         click.echo("!" * 100 + "\n" + violation_message(result.diagnosis) + "\n" + "!" * 100, err=True)
+    click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
+
+
+# -- encode -------------------------------------------------------------------------------------
+
+
+@cli.command(short_help="Images -> latent mean/std (.npz) with a diffusers VAE.")
+@click.option("--vae", type=PATH, required=True, help="a diffusers AutoencoderKL save_pretrained folder "
+              "(or a pipeline with vae/); local files only")
+@click.option("--data", default="digits", help="images: " + DATA_HELP)
+@click.option("--data-dir", type=PATH, help="folder with the Fashion-MNIST IDX files")
+@click.option("--n", type=COUNT, help="encode a random subset of N images")
+@click.option("--data-seed", type=SEED, default=0, help="seed of --n")
+@click.option("--normalise", is_flag=True, help="EDM2-style per-channel normalisation to std 0.5 instead of "
+              "the VAE's scaling/shift factors")
+@click.option("--batch-size", type=Integer(1, 1 << 16), default=64, help="images per encoder call")
+@device_option
+@click.option("--out", type=PATH, default="latents.npz", help="the latent .npz to write")
+@click.option("--force", is_flag=True, help="overwrite an existing --out")
+@progress_option
+def encode(progress, **options):
+    """Encode images with a VAE: each image's latent_dist mean and std, in the units the diffusion model
+    sees, as a latent .npz for estimate, train and diagnose (docs/latents.md)."""
+    run = prepare_encode(EncodeSettings(**options))
+    echo(run.header())
+    result = run_encode(run, progress)
+    echo(result.report())
     click.echo(f"wrote {', '.join(str(f) for f in result.files)}")
 
 

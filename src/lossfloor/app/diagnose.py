@@ -168,9 +168,6 @@ def prepare_diagnose(s: DiagnoseSettings) -> DiagnoseRun:
         train_set = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
         test_load = lambda: load_dataset(s.data, data_dir=s.data_dir, split="test", seed=s.data_seed)  # noqa: E731
     source.check_data(train_set)
-    if train_set.std is not None:  # issue 21: the model's losses would be on the means, the floor on points
-        raise InputError(f"{train_set.name}: diagnose does not yet support stochastic latents (mean/std); "
-                         "estimate their floor with `lossfloor estimate`")
     if s.test_data is None:
         test_set = load_test_split(test_load)
     else:  # a file of its own: a missing one is an error, not "no test split"
@@ -223,7 +220,8 @@ def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
     out.mkdir(parents=True, exist_ok=True)
     saved = None
     if curve is None:
-        est = Estimator(run.train_set.rows(), EstimatorConfig(queries=s.queries), device=run.device)
+        est = Estimator(run.train_set.rows(), EstimatorConfig(queries=s.queries), device=run.device,
+                        std=run.train_set.std_rows())  # a Gaussian mixture's J* for stochastic latents
         curve = est.curve(run.sigmas, seed=s.seed, progress=progress)
         curve.fingerprint = run.train_set.fingerprint
         saved = out / CURVE_FILE
@@ -232,7 +230,9 @@ def run_diagnose(run: DiagnoseRun, progress: bool = True) -> DiagnoseResult:
     bars = SplitBars(["train"] + ([] if test_x is None else ["test"]), len(run.sigmas), progress)
     try:
         result = diagnose(source.denoiser, run.objective, curve, run.train_set.x, test_x=test_x,
-                          queries=s.queries, seed=s.seed, progress=bars, sigmas=run.sigmas)
+                          queries=s.queries, seed=s.seed, progress=bars, sigmas=run.sigmas,
+                          train_std=run.train_set.std,
+                          test_std=None if run.test_set is None else run.test_set.std)
     finally:
         bars.close()
     meta = {**source.head, "data": run.train_set.describe(),

@@ -68,13 +68,17 @@ def _device_of(denoiser, fallback) -> torch.device:
 
 @torch.no_grad()
 def model_level(denoiser, x: Tensor, sigma: float, queries: int, generator: torch.Generator,
-                batch_size: int = 512) -> LevelEstimate:
-    """The denoiser's per-dimension x0 loss at sigma on data x, from `queries` noisy copies (stratified)."""
+                batch_size: int = 512, std: Tensor | None = None) -> LevelEstimate:
+    """The denoiser's per-dimension x0 loss at sigma on data x, from `queries` noisy copies (stratified).
+    With `std` (a Gaussian mixture, data/latents.py) each clean point is a fresh z = x + std eps' and the loss
+    is measured against z, as the model was trained and as the mixture's J* is defined."""
     device = _device_of(denoiser, x.device)
     sources = stratified_sources(len(x), queries, generator)
     losses = []
     for idx in sources.split(batch_size):
         x0 = x[idx].to(device)
+        if std is not None:
+            x0 = x0 + std[idx].to(device) * torch.randn(x0.shape, generator=generator).to(device)
         eps = torch.randn(x0.shape, generator=generator).to(device)
         losses.append(x0_loss(denoiser, x0, sigma, eps).cpu())
     values = torch.cat(losses)
@@ -82,15 +86,20 @@ def model_level(denoiser, x: Tensor, sigma: float, queries: int, generator: torc
                          len(values))
 
 
-def model_curve(denoiser, x: Tensor, sigmas, queries: int, seed: int = 0, progress=None) -> OptimalLossCurve:
-    """The denoiser's x0 loss on a sigma grid, in the optimal-loss curve's container (for `total`)."""
+def model_curve(denoiser, x: Tensor, sigmas, queries: int, seed: int = 0, progress=None,
+                std: Tensor | None = None) -> OptimalLossCurve:
+    """The denoiser's x0 loss on a sigma grid, in the optimal-loss curve's container (for `total`); with
+    `std` on z drawn from the Gaussian mixture (`model_level`)."""
     levels = []
     for s in sigmas:
-        levels.append(model_level(denoiser, x, float(s), queries, level_generator(seed + 1, float(s))))
+        levels.append(model_level(denoiser, x, float(s), queries, level_generator(seed + 1, float(s)),
+                                  std=std))
         if progress is not None:
             progress(1)
     rows = x.reshape(len(x), -1).double()
     variance = rows.var(0, unbiased=False).mean().item()
+    if std is not None:  # the mixture's variance: between the means plus within the components
+        variance += std.double().pow(2).mean().item()
     return OptimalLossCurve([e.sigma for e in levels], [e.loss for e in levels], [e.stderr for e in levels],
                             variance, len(x), rows.shape[1],
                             settings={"queries": queries, "seed": seed, "kind": MODEL_KIND})
@@ -192,15 +201,16 @@ def gap_profile(model: OptimalLossCurve, optimal: OptimalLossCurve, objective: O
 
 def diagnose(denoiser, objective: Objective, optimal: OptimalLossCurve, train_x: Tensor, *,
              test_x: Tensor | None = None, queries: int = 1024, seed: int = 0, progress=None,
-             sigmas=None) -> Diagnosis:
+             sigmas=None, train_std: Tensor | None = None, test_std: Tensor | None = None) -> Diagnosis:
     """Evaluate the denoiser on the training (and test) data at `sigmas` (default: J*'s levels; J* is
-    interpolated elsewhere) and compare."""
+    interpolated elsewhere) and compare.  `train_std` / `test_std`: the data are Gaussian mixtures (stochastic
+    latents) and the model is scored on z drawn from them, against the mixture's J*."""
     sigmas = optimal.sigma if sigmas is None else sigmas
-    model = model_curve(denoiser, train_x, sigmas, queries, seed, progress)
+    model = model_curve(denoiser, train_x, sigmas, queries, seed, progress, std=train_std)
     result = Diagnosis(objective.name, compare(model, optimal), {"train": totals(model, optimal, objective)},
                        model_curves={"train": model})
     if test_x is not None:
-        held_out = model_curve(denoiser, test_x, sigmas, queries, seed, progress)
+        held_out = model_curve(denoiser, test_x, sigmas, queries, seed, progress, std=test_std)
         result.test = compare(held_out, optimal)
         result.totals["test"] = totals(held_out, optimal, objective)
         result.model_curves["test"] = held_out

@@ -104,7 +104,7 @@ def quiet():
         logging.enable_progress_bar()
 
 
-def load_weights(cls, model_dir: Path) -> nn.Module:
+def load_weights(cls, model_dir: Path, option: str = "--diffusers") -> nn.Module:
     """`cls.from_pretrained(model_dir)` (diffusers reads .bin with weights_only=True, .safetensors as data),
     strictly: every weight present, none unexpected or of another shape, all finite."""
     try:
@@ -113,17 +113,17 @@ def load_weights(cls, model_dir: Path) -> nn.Module:
                                               output_loading_info=True)
     except Exception as err:  # noqa: BLE001 - diffusers raises OSError, ValueError, RuntimeError, ... on bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"--diffusers {model_dir}: could not load the {cls.__name__} weights ({first})") \
+        raise InputError(f"{option} {model_dir}: could not load the {cls.__name__} weights ({first})") \
             from None
     for key, problem in (("missing_keys", "lacks"), ("unexpected_keys", "has unexpected"),
                          ("mismatched_keys", "has wrongly shaped")):
         names = [k[0] if isinstance(k, tuple) else k for k in info.get(key) or []]
         if names:
-            raise InputError(f"--diffusers {model_dir}: the weights file {problem} weights "
+            raise InputError(f"{option} {model_dir}: the weights file {problem} weights "
                              f"{', '.join(names[:3])}{' ...' if len(names) > 3 else ''} for its "
                              f"{cls.__name__} (diffusers would initialise them at random)")
     bad = next((n for n, t in (*model.named_parameters(), *model.named_buffers())
                 if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
     if bad is not None:
-        raise InputError(f"--diffusers {model_dir}: weight {bad} holds NaN or infinite values")
+        raise InputError(f"{option} {model_dir}: weight {bad} holds NaN or infinite values")
     return model
