@@ -135,5 +135,5 @@ def test_cli_train_on_latents_and_diagnose_against_the_mixture(tmp_path, capsys)
     code, _, err = _run(["diagnose", "--checkpoint", tmp_path / "tr", "--curve",
                          tmp_path / "pts" / "optimal_loss.json", "--no-progress", "--out", tmp_path / "dg2"],
                         capsys)
-    assert code == 2 and "fingerprint" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "was computed on" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "dg2").exists() or not any((tmp_path / "dg2").iterdir())
