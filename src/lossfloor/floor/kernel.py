@@ -20,6 +20,15 @@ F64 = torch.float64
 DEFAULT_CHUNK = 4096  # data rows per GEMM: on the 2-core CPU 4096 ran faster than 8192 (benchmarks/kernel.py)
 
 
+
+def rescale(log_max: Tensor, other_max: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The merged running maximum and the factors exp(max_i - merged) that bring two sets of sums scaled by
+    exp(-max_i) to it (a query with no points on either side, max -inf, keeps factors of 0)."""
+    new_max = torch.maximum(log_max, other_max)
+    safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+    return new_max, torch.exp(log_max - safe), torch.exp(other_max - safe)
+
+
 @dataclass
 class PosteriorStats:
     """Unnormalised posterior sums, scaled by exp(-log_max) per query; merge with `merge`."""
@@ -31,9 +40,7 @@ class PosteriorStats:
 
     def merge(self, other: PosteriorStats) -> PosteriorStats:
         """Combine sums over two disjoint sets of data points (log-sum-exp form)."""
-        new_max = torch.maximum(self.log_max, other.log_max)
-        safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        a, b = torch.exp(self.log_max - safe), torch.exp(other.log_max - safe)
+        new_max, a, b = rescale(self.log_max, other.log_max)
         return PosteriorStats(
             new_max,
             a * self.weight + b * other.weight,

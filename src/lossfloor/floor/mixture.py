@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lossfloor.core.errors import InputError
 from lossfloor.floor.config import EstimatorConfig, stratified_sources
-from lossfloor.floor.kernel import DEFAULT_CHUNK, F64, exp_floor
+from lossfloor.floor.kernel import DEFAULT_CHUNK, F64, exp_floor, rescale
 from lossfloor.floor.matrix import DataMatrix, _rows
 from lossfloor.floor.values import _value
 
@@ -61,9 +61,7 @@ class MixtureStats:
 
     def merge(self, other: MixtureStats) -> MixtureStats:
         """Combine sums over two disjoint sets of components (log-sum-exp form)."""
-        new_max = torch.maximum(self.log_max, other.log_max)
-        safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-        a, b = torch.exp(self.log_max - safe), torch.exp(other.log_max - safe)
+        new_max, a, b = rescale(self.log_max, other.log_max)
         return MixtureStats(
             self.reference, new_max,
             a * self.weight + b * other.weight,
