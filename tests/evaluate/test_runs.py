@@ -37,9 +37,9 @@ def test_synthetic_runs_recover_exponent_and_floor_within_intervals(tmp_path):
     assert len(set(runs.run)) == 8 and np.allclose(runs.compute, np.geomspace(1e9, 1e13, 32))
     report = fit_runs(runs, Estimate(FLOOR, 0.0), opts=FitOptions(n_boot=200, seed=0))
     fits = report["total"]["fits"]
-    assert ALPHA in _interval(fits["corrected"]["alpha_ci"])
-    assert ALPHA in _interval(fits["free"]["alpha_ci"])
-    assert FLOOR in _interval(fits["free"]["floor_ci"])
+    assert ALPHA in percentile_interval(fits["corrected"]["alpha_ci"])
+    assert ALPHA in percentile_interval(fits["free"]["alpha_ci"])
+    assert FLOOR in percentile_interval(fits["free"]["floor_ci"])
     assert abs(fits["corrected"]["alpha"] - ALPHA) < 0.02
     assert fits["corrected"]["units"] == 8  # whole runs resampled
     assert math.isfinite(fits["plain"]["extrapolation_error"])
@@ -50,7 +50,7 @@ def test_synthetic_runs_recover_exponent_and_floor_within_intervals(tmp_path):
     json_ready(report)  # strict JSON: no '_' entries, no nan
 
 
-def _interval(ci):
+def percentile_interval(ci):
     lo, hi = ci
     return type("I", (), {"__contains__": lambda self, v: lo <= v <= hi})()
 

@@ -41,7 +41,7 @@ DRIVER = textwrap.dedent("""
             return step(self)
         training.Trainer.train_step = train_step
     elif where == "log":
-        append = training._append_csv
+        append = training.append_csv
         def append_csv(path, rows):
             calls["n"] += 1
             if calls["n"] == at:
@@ -50,7 +50,7 @@ DRIVER = textwrap.dedent("""
                     f.flush()
                 die()
             append(path, rows)
-        training._append_csv = append_csv
+        training.append_csv = append_csv
     elif where == "checkpoint":
         save = training.atomic_torch_save
         def atomic_torch_save(obj, path):

@@ -23,8 +23,8 @@ from lossfloor.core.registry import Registry
 from lossfloor.data.dataset import Dataset
 from lossfloor.evaluate.adapters import CallableDenoiser
 from lossfloor.integrations.diffusers import (
-    _diffusers,
     check_data,
+    import_diffusers,
     load_diffusers,
     sigma_grid,
     snap_to_training_levels,
@@ -92,7 +92,7 @@ def open_diffusers(s, device: torch.device) -> DenoiserSource:
         raise InputError("--raw-weights applies to lossfloor checkpoints; a diffusers folder has one set of "
                          "weights (save the EMA model with save_pretrained to diagnose it)")
     try:
-        _diffusers()
+        import_diffusers()
     except ImportError as err:
         raise InputError(f"--diffusers: {err}") from None
     loaded = load_diffusers(s.diffusers)

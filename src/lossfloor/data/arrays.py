@@ -12,7 +12,7 @@ import numpy as np
 
 from lossfloor.core.errors import InputError, reason
 from lossfloor.data.dataset import UINT8_SCALING, NoTestSplit
-from lossfloor.data.images import _from_uint8
+from lossfloor.data.images import from_uint8
 
 NPY_MAGIC = b"\x93NUMPY"
 MAX_MAGNITUDE = 1e12  # largest |x| of a float or integer array (float32 squared distances stay finite)
@@ -60,7 +60,7 @@ def read_npy(path) -> np.ndarray:
         raise InputError(f"{path}: cannot read this .npy file ({reason(err)})") from None
 
 
-def _npz(path: Path, split):
+def read_npz(path: Path, split):
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not an .npz archive (not a zip file; empty, truncated or another format)")
     try:
@@ -71,7 +71,7 @@ def _npz(path: Path, split):
         raise InputError(f"{path}: damaged .npz archive ({reason(err)})") from None
 
 
-def _npz_member(arrays, key: str, path: Path) -> np.ndarray:
+def npz_member(arrays, key: str, path: Path) -> np.ndarray:
     try:
         arr = arrays[key]
     except ValueError as err:
@@ -94,19 +94,19 @@ def _npz_arrays(path: Path, split):
             need = "x" if split == "train" else "x_test"
             error = InputError if split == "train" else NoTestSplit
             raise error(f"{path}: no array named {need!r} (holds {', '.join(keys) or 'nothing'})")
-        x, scaling = _scaled_array(_npz_member(arrays, xkey, path), path)
-        labels = _npz_member(arrays, lkey, path) if lkey else None
+        x, scaling = scaled_array(npz_member(arrays, xkey, path), path)
+        labels = npz_member(arrays, lkey, path) if lkey else None
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise InputError(f"{path}: labels must be integers, got {labels.dtype}")
     return x, labels, scaling, str(path), []
 
 
-def _scaled_array(arr: np.ndarray, path) -> tuple[np.ndarray, dict]:
+def scaled_array(arr: np.ndarray, path) -> tuple[np.ndarray, dict]:
     """uint8 arrays are images: scaled to [-1, 1], (N, H, W) gets a channel axis; floats are kept as given."""
     if arr.dtype == np.uint8:
         if arr.ndim == 3:
             arr = arr[:, None]
-        return _from_uint8(arr), UINT8_SCALING
+        return from_uint8(arr), UINT8_SCALING
     if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise InputError(f"{path}: expected a numeric array, got dtype {arr.dtype}")
     finite = arr[np.isfinite(arr)] if np.issubdtype(arr.dtype, np.floating) else arr

@@ -92,7 +92,7 @@ def check_shape(name, shape) -> None:
         raise InputError(f"{name}: no data: shape {shape} has no {'points' if shape[0] == 0 else 'values'}")
 
 
-def _make(name, split, x, labels, scaling, source, classes=()) -> Dataset:
+def make_dataset(name, split, x, labels, scaling, source, classes=()) -> Dataset:
     x = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32))
     check_shape(name, x.shape)
     finite = torch.isfinite(x).reshape(len(x), -1).all(1)
@@ -111,7 +111,7 @@ def _make(name, split, x, labels, scaling, source, classes=()) -> Dataset:
                    fingerprint=fingerprint(x), source=str(source), classes=list(classes))
 
 
-def _subsample(x, labels, n, seed):
+def subsample(x, labels, n, seed):
     if n is None:
         return x, labels
     if n > len(x):
@@ -120,7 +120,7 @@ def _subsample(x, labels, n, seed):
     return x[idx], None if labels is None else labels[idx]
 
 
-def _flipped(ds: Dataset) -> Dataset:
+def with_mirrors(ds: Dataset) -> Dataset:
     if not ds.is_image:
         raise InputError(f"{ds.name}: --flip needs images (N, C, H, W), not points of shape {ds.shape}")
     x = torch.cat([ds.x, ds.x.flip(-1)])

@@ -27,7 +27,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 # -- real images ----------------------------------------------------------------------------------
 
 
-def _from_uint8(pixels: np.ndarray) -> np.ndarray:
+def from_uint8(pixels: np.ndarray) -> np.ndarray:
     """x / 127.5 - 1 rounded once to float32 (a lookup table: exact and light on memory)."""
     return (np.arange(256) / 127.5 - 1.0).astype(np.float32)[pixels]
 
@@ -76,10 +76,10 @@ def _fashion(folder: Path, split):
     labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"))
     if images.ndim != 3 or labels.shape != (len(images),):
         raise InputError(f"{folder}: Fashion-MNIST images {images.shape} and labels {labels.shape} differ")
-    return _from_uint8(images[:, None]), labels, UINT8_SCALING, str(folder), list(FASHION_CLASSES)
+    return from_uint8(images[:, None]), labels, UINT8_SCALING, str(folder), list(FASHION_CLASSES)
 
 
-def _image_folder(folder: Path):
+def read_image_folder(folder: Path):
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
@@ -111,7 +111,7 @@ def _image_folder(folder: Path):
         scaling = {**UINT16_SCALING, "mode": "I;16"}
         return (x / 32767.5 - 1.0).astype(np.float32), labels, scaling, str(folder), classes
     scaling = {**UINT8_SCALING, "mode": "L" if grey else "RGB"}
-    return _from_uint8(x), labels, scaling, str(folder), classes
+    return from_uint8(x), labels, scaling, str(folder), classes
 
 
 def _read_image(path: Path):

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from lossfloor.core.errors import InputError, reason
-from lossfloor.data.arrays import _npz_member
-from lossfloor.data.dataset import Dataset, NoTestSplit, _make
+from lossfloor.data.arrays import npz_member
+from lossfloor.data.dataset import Dataset, NoTestSplit, make_dataset
 
 LATENT_KEYS = ("mean", "std", "logvar")
 
@@ -64,7 +64,7 @@ def load_latents(path, split: str = "train", *, n: int | None = None, seed: int 
         labels = None if labels is None else np.concatenate([labels, labels])
     scaling = {"kind": "latent", "formula": "(mean - shift) * scale, std * |scale|",
                "scale": _listed(scale), "shift": _listed(shift), "std_from": std_key}
-    ds = _make(str(path), split, mean, labels, scaling, path)
+    ds = make_dataset(str(path), split, mean, labels, scaling, path)
     ds.flip = flip
     if np.any(std > 0):
         ds.std = torch.as_tensor(np.ascontiguousarray(std, dtype=np.float32))
@@ -95,12 +95,12 @@ def _read(path: Path, split: str):
         if len(has) != 1:
             raise InputError(f"{path}: a latent file needs exactly one of 'std{suffix}' and 'logvar{suffix}' "
                              f"next to 'mean{suffix}' (holds {', '.join(keys)})")
-        mean = _numbers(_npz_member(arrays, f"mean{suffix}", path), f"mean{suffix}", path)
-        spread = _numbers(_npz_member(arrays, f"{has[0]}{suffix}", path), f"{has[0]}{suffix}", path)
+        mean = _numbers(npz_member(arrays, f"mean{suffix}", path), f"mean{suffix}", path)
+        spread = _numbers(npz_member(arrays, f"{has[0]}{suffix}", path), f"{has[0]}{suffix}", path)
         lkey = next((k for k in (f"labels{suffix}", f"y{suffix}") if k in arrays), None)
-        labels = _npz_member(arrays, lkey, path) if lkey else None
-        scale = _numbers(_npz_member(arrays, "scale", path), "scale", path) if "scale" in arrays else None
-        shift = _numbers(_npz_member(arrays, "shift", path), "shift", path) if "shift" in arrays else None
+        labels = npz_member(arrays, lkey, path) if lkey else None
+        scale = _numbers(npz_member(arrays, "scale", path), "scale", path) if "scale" in arrays else None
+        shift = _numbers(npz_member(arrays, "shift", path), "shift", path) if "shift" in arrays else None
     if mean.shape != spread.shape:
         raise InputError(f"{path}: 'mean' has shape {mean.shape} but '{has[0]}' has shape {spread.shape}; "
                          "they must match")

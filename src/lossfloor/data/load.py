@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lossfloor.core.errors import InputError
-from lossfloor.data.arrays import _npz, _scaled_array, read_npy
-from lossfloor.data.dataset import SPLITS, Dataset, NoTestSplit, _flipped, _make, _subsample
-from lossfloor.data.images import IMAGE_SETS, _image_folder
+from lossfloor.data.arrays import read_npy, read_npz, scaled_array
+from lossfloor.data.dataset import SPLITS, Dataset, NoTestSplit, make_dataset, subsample, with_mirrors
+from lossfloor.data.images import IMAGE_SETS, read_image_folder
 from lossfloor.data.latents import is_latent_file, load_latents
 from lossfloor.data.toys import TOY_SIZE, TOYS, load_toy
 
@@ -49,9 +49,9 @@ def load_dataset(name: str = "digits", *, data_dir=None, split: str = "train", f
             x, labels, scaling, source, classes = IMAGE_SETS[name](split, data_dir)
         else:
             x, labels, scaling, source, classes = _from_path(name, split)
-        x, labels = _subsample(x, labels, n, seed)
-        ds = _make(name, split, x, labels, scaling, source, classes)
-    return _flipped(ds) if flip else ds
+        x, labels = subsample(x, labels, n, seed)
+        ds = make_dataset(name, split, x, labels, scaling, source, classes)
+    return with_mirrors(ds) if flip else ds
 
 
 def _from_path(name, split):
@@ -64,12 +64,12 @@ def _from_path(name, split):
     if path.is_dir():
         if split != "train":
             raise NoTestSplit(f"{path}: an image folder has no test split")
-        return _image_folder(path)
+        return read_image_folder(path)
     if path.suffix == ".npy":
         if split != "train":
             raise NoTestSplit(f"{path}: a .npy file has no test split (use an .npz with x_test)")
-        x, scaling = _scaled_array(read_npy(path), path)
+        x, scaling = scaled_array(read_npy(path), path)
         return x, None, scaling, str(path), []
     if path.suffix == ".npz":
-        return _npz(path, split)
+        return read_npz(path, split)
     raise InputError(f"{path}: expected a .npy or .npz file or a folder of images")

@@ -17,7 +17,7 @@ import torch
 from lossfloor.core.errors import InputError
 from lossfloor.data.arrays import npy_header
 from lossfloor.data.dataset import UINT8_SCALING, Dataset, check_shape
-from lossfloor.data.images import _from_uint8
+from lossfloor.data.images import from_uint8
 
 
 class NpyRows:
@@ -61,7 +61,7 @@ class NpyRows:
 
     def _decode(self, raw: np.ndarray, count: int) -> np.ndarray:
         if self.file_dtype == np.uint8:
-            raw = _from_uint8(raw)  # UINT8_SCALING, bit for bit as lossfloor.data applies it
+            raw = from_uint8(raw)  # UINT8_SCALING, bit for bit as lossfloor.data applies it
         return raw.astype(self.dtype, copy=False).reshape(count, *self.row_shape)
 
     def _read(self, f, start: int, count: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from lossfloor.core.registry import Registry
-from lossfloor.data.dataset import Dataset, _make
+from lossfloor.data.dataset import Dataset, make_dataset
 
 TOY_SIZE = 10_000  # points drawn by default: `lossfloor estimate --data ring` finishes in about a minute
 
@@ -25,7 +25,7 @@ def load_toy(name, split, n, seed) -> Dataset:
     scaling = {"kind": "standardise", "formula": "(x - mean) / std per coordinate (train-draw statistics)",
                "mean": mean.tolist(), "std": std.tolist()}
     source = f"generated: {name}, n={n}, seed={seed}"
-    return _make(name, split, (points - mean) / std, labels, scaling, source)
+    return make_dataset(name, split, (points - mean) / std, labels, scaling, source)
 
 
 def _split_counts(n, parts):

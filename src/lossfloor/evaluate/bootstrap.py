@@ -31,7 +31,7 @@ class Interval:
 # --------------------------------------------------------------------------------------------
 
 
-def _group_index(groups, n: int) -> list[np.ndarray]:
+def group_index(groups, n: int) -> list[np.ndarray]:
     if groups is None:
         return [np.array([i]) for i in range(n)]
     groups = np.asarray(groups)
@@ -44,7 +44,7 @@ def _group_index(groups, n: int) -> list[np.ndarray]:
 def bootstrap_weights(groups, n: int, n_boot: int, seed: int) -> np.ndarray:
     """(n_boot, n) counts: how often each point is drawn when whole groups are resampled with
     replacement (as many draws as groups)."""
-    members = _group_index(groups, n)
+    members = group_index(groups, n)
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(members), size=(n_boot, len(members)))
     counts = np.stack([np.bincount(row, minlength=len(members)) for row in picks]) if n_boot else \
@@ -66,7 +66,7 @@ def expanded_quantiles(groups: int, level: float = LEVEL) -> tuple[float, float]
     return 1 - q, q
 
 
-def _interval(samples: np.ndarray, groups: int, level: float = LEVEL) -> Interval:
+def percentile_interval(samples: np.ndarray, groups: int, level: float = LEVEL) -> Interval:
     ok = samples[np.isfinite(samples)]
     if len(ok) == 0:
         return Interval(math.nan, math.nan)

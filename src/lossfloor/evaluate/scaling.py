@@ -39,7 +39,7 @@ import numpy as np
 from scipy import optimize
 
 from lossfloor.core.errors import InputError
-from lossfloor.evaluate.bootstrap import LEVEL, Interval, _group_index, _interval, bootstrap_weights
+from lossfloor.evaluate.bootstrap import LEVEL, Interval, bootstrap_weights, group_index, percentile_interval
 
 FORMS = ("plain", "corrected", "free")
 HUBER_DELTA = 1e-3  # Hoffmann et al.'s delta, on natural-log residuals
@@ -247,7 +247,7 @@ def _fit_free(compute, loss, w, delta: float, starts=None) -> tuple[float, float
     return float(alpha), float(math.exp(a - alpha * center)), float(math.exp(e))
 
 
-def _rows(form, compute, loss, floor, w, delta, starts=None) -> _Rows:
+def gather_rows(form, compute, loss, floor, w, delta, starts=None) -> _Rows:
     """Fit `form` once per weight row; `floor` (one per row) is used by the corrected form only."""
     if form != "free":
         return _linear_rows(compute, loss, floor if form == "corrected" else np.zeros(len(w)), w)
@@ -282,7 +282,7 @@ def fit(form: str, compute, loss, floor: float | None = None, *, floor_stderr: f
     if form == "corrected" and (floor is None or not math.isfinite(floor)):
         raise InputError("the corrected form needs a finite floor J*")
     floor = float(floor) if form == "corrected" else 0.0
-    point = _rows(form, compute, loss, np.array([floor]), np.ones((1, len(loss))), delta)
+    point = gather_rows(form, compute, loss, np.array([floor]), np.ones((1, len(loss))), delta)
     alpha, beta, fitted_floor = float(point.alpha[0]), float(point.beta[0]), float(point.floor[0])
     below = tuple(int(i) for i in np.nonzero(loss <= fitted_floor)[0]) if math.isfinite(fitted_floor) else ()
 
@@ -297,14 +297,14 @@ def fit(form: str, compute, loss, floor: float | None = None, *, floor_stderr: f
         if math.isfinite(line[0]):
             a = float(np.mean(np.log(loss - half) - line[0] * np.log(compute)))
             starts.append((a, float(line[0]), math.log(half)))
-    boot = Bootstrap(**vars(_rows(form, compute, loss, floors, w, delta, starts)))
-    units = len(_group_index(groups, len(loss)))
+    boot = Bootstrap(**vars(gather_rows(form, compute, loss, floors, w, delta, starts)))
+    units = len(group_index(groups, len(loss)))
 
     extra, n_extra = extrapolation_error(form, compute, loss, floor, delta=delta,
                                          fraction=extrapolation_fraction)
     return PowerLawFit(form, alpha, beta, fitted_floor, float(point.rho[0]), float(point.r2[0]), len(loss),
-                       below, *(_interval(getattr(boot, k), units) for k in ("alpha", "beta", "floor", "rho",
-                                                                            "r2")),
+                       below, *(percentile_interval(getattr(boot, k), units)
+                                for k in ("alpha", "beta", "floor", "rho", "r2")),
                        extra, n_extra, seed, units, boot)
 
 
@@ -318,7 +318,7 @@ def extrapolation_error(form: str, compute, loss, floor: float | None = None, *,
         return math.nan, 0
     w = np.zeros((1, len(loss)))
     w[0, train] = 1
-    p = _rows(form, compute, loss, np.array([0.0 if floor is None else float(floor)]), w, delta)
+    p = gather_rows(form, compute, loss, np.array([0.0 if floor is None else float(floor)]), w, delta)
     pred = p.floor[0] + p.beta[0] * compute[test] ** p.alpha[0]
     if not (np.all(pred > 0) and np.all(loss[test] > 0)):
         return math.nan, len(test)
@@ -336,7 +336,8 @@ def paired_difference(a: PowerLawFit, b: PowerLawFit, stat: str = "rho",
     if a.boot is None or b.boot is None or a.seed != b.seed or a.n != b.n:
         raise ValueError("paired differences need two fits of the same points with the same seed")
     diff = getattr(a.boot, stat) - getattr(b.boot, stat)
-    return PairedDifference(stat, getattr(a, stat) - getattr(b, stat), _interval(diff, a.units, level))
+    return PairedDifference(stat, getattr(a, stat) - getattr(b, stat),
+                            percentile_interval(diff, a.units, level))
 
 
 # --------------------------------------------------------------------------------------------

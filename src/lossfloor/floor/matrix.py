@@ -15,7 +15,7 @@ from lossfloor.floor.kernel import (
 )
 
 
-def _rows(data, idx: Tensor, device, dtype) -> Tensor:
+def gather_rows(data, idx: Tensor, device, dtype) -> Tensor:
     """Rows of a tensor or an array-like (memmap) by index."""
     if isinstance(data, Tensor):
         return data[idx.to(data.device)].to(device=device, dtype=dtype)
@@ -76,4 +76,4 @@ class DataMatrix:
 
     def centered_rows(self, idx: Tensor) -> Tensor:
         """Rows by index, centred, on the working device and dtype."""
-        return _rows(self.rows, idx, self.device, self.dtype) - self.center.to(self.device, self.dtype)
+        return gather_rows(self.rows, idx, self.device, self.dtype) - self.center.to(self.device, self.dtype)

@@ -31,8 +31,8 @@ from torch import Tensor
 from lossfloor.core.errors import InputError
 from lossfloor.floor.config import EstimatorConfig, stratified_sources
 from lossfloor.floor.kernel import DEFAULT_CHUNK, F64, exp_floor, rescale
-from lossfloor.floor.matrix import DataMatrix, _rows
-from lossfloor.floor.values import _value
+from lossfloor.floor.matrix import DataMatrix, gather_rows
+from lossfloor.floor.values import query_value
 
 # What the mixture estimator does not do (yet): one line each, raised as InputError.
 UNSUPPORTED = {
@@ -196,7 +196,7 @@ class MixtureMatrix(DataMatrix):
         self.mean_sq += self.within_sq
 
     def centered_std(self, idx: Tensor) -> Tensor:
-        return _rows(self.std, idx, self.device, self.dtype)
+        return gather_rows(self.std, idx, self.device, self.dtype)
 
 
 def check_mixture_config(config: EstimatorConfig) -> None:
@@ -235,7 +235,7 @@ def mixture_values(data: MixtureMatrix, sigma: float, config: EstimatorConfig, g
         queries = mixture_queries(data.centered_rows(idx), data.centered_std(idx), sigma, generator)
         stats = mixture_posterior_stats(queries, means, data.std, sigma, beta=beta,
                                         chunk_size=config.chunk_size, coefficients=coefficients)
-        out.append(_value(stats, data, config.form).cpu())
+        out.append(query_value(stats, data, config.form).cpu())
         if progress is not None:
             progress(len(idx))
     return torch.cat(out), sources

@@ -37,7 +37,7 @@ def clamped(value: float, sigma: float, form: str) -> float:
     return value
 
 
-def _value(stats, data: DataMatrix, form: str) -> Tensor:
+def query_value(stats, data: DataMatrix, form: str) -> Tensor:
     """Per-query values of `form` (a `FORMS` entry), per dimension."""
     return FORMS[form](stats, data) / data.dim
 
@@ -68,7 +68,7 @@ def full_values(data: DataMatrix, sigma: float, config: EstimatorConfig, generat
         else:
             stats = sharded_posterior_stats(queries, kernel_rows, sigma, shift=shift,
                                             chunk_size=config.chunk_size, row_sq=data.row_sq)
-        out.append(_value(stats, data, config.form).cpu())
+        out.append(query_value(stats, data, config.form).cpu())
         if control is not None:
             controls.append(subset_posterior_values(queries, control, sigma, data, config))
             features.append(_features(x_src, eps, data))
@@ -116,7 +116,7 @@ def subset_values(data: DataMatrix, sigma: float, config: EstimatorConfig, self_
             queries = noisy(subset[local], sigma, generator)
             stats = sharded_posterior_stats(queries, subset, sigma, self_index=local.to(data.device),
                                             self_log_weight=log_w, chunk_size=config.chunk_size)
-            out.append(_value(stats, data, config.form).cpu())
+            out.append(query_value(stats, data, config.form).cpu())
             if progress is not None:
                 progress(len(local))
     return torch.cat(out), per_block
@@ -136,5 +136,5 @@ def subset_posterior_values(queries: Tensor, blocks: list[Tensor], sigma: float,
     for block in blocks:
         part = posterior_stats(queries, block, sigma, chunk_size=config.chunk_size)
         stats = part if stats is None else stats.merge(part)
-        out.append(_value(stats, data, config.form).cpu())
+        out.append(query_value(stats, data, config.form).cpu())
     return out

@@ -80,7 +80,7 @@ class UnsupportedScheduler(InputError):
     """A scheduler configuration lossfloor cannot map onto an objective."""
 
 
-def _diffusers():
+def import_diffusers():
     """The diffusers module (an optional dependency: `pip install lossfloor[diffusers]`)."""
     try:
         import diffusers
@@ -104,7 +104,7 @@ def _diffusers():
 def load_scheduler(scheduler_or_config):
     """A diffusers scheduler from itself, a config dict (with ``_class_name``), or a scheduler_config.json
     (or the folder holding it); the config is checked (`diffusers_config`) before diffusers builds it."""
-    if isinstance(scheduler_or_config, _diffusers().ConfigMixin):
+    if isinstance(scheduler_or_config, import_diffusers().ConfigMixin):
         return scheduler_or_config
     config, where = scheduler_or_config, "scheduler config"
     if isinstance(config, (str, Path)):
@@ -115,7 +115,7 @@ def load_scheduler(scheduler_or_config):
         raise UnsupportedScheduler(f"{where}: expected a scheduler config (a dict), got "
                                    f"{type(config).__name__}")
     name = config.get("_class_name")
-    diffusers = _diffusers()
+    diffusers = import_diffusers()
     cls = getattr(diffusers, str(name), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)
             and issubclass(cls, diffusers.ConfigMixin) and cls is not diffusers.SchedulerMixin):
@@ -349,7 +349,7 @@ def load_diffusers(path, **objective_options) -> DiffusersModel:
     if config.get("num_class_embeds") or config.get("class_embed_type"):
         raise InputError(f"--diffusers {model_dir}: a class-conditional {name}; lossfloor diagnoses "
                          "unconditional models")
-    cls = getattr(_diffusers(), name)
+    cls = getattr(import_diffusers(), name)
     count_parameters(cls, config, str(model_dir / "config.json"))  # on the meta device: size checked first
     return DiffusersModel(root, load_weights(cls, model_dir), scheduler, objective, model_dir, scheduler_dir)
 

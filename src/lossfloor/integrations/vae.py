@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from lossfloor.core.errors import InputError
-from lossfloor.integrations.diffusers import _diffusers
+from lossfloor.integrations.diffusers import import_diffusers
 from lossfloor.integrations.diffusers_config import count_parameters, load_weights, read_config
 
 VAE_CLASSES = ("AutoencoderKL",)  # diffusers' VAEs whose encode() returns a latent_dist
@@ -78,7 +78,7 @@ def load_vae(path, option: str = "--vae") -> VAE:
                                       and (key == "shift_factor" or value > 0)):
             raise InputError(f"{folder / 'config.json'}: field {key!r}: expected a finite "
                              f"{'positive ' if key == 'scaling_factor' else ''}number, got {value!r}")
-    cls = getattr(_diffusers(), name)
+    cls = getattr(import_diffusers(), name)
     count_parameters(cls, config, str(folder / "config.json"))
     model = load_weights(cls, folder, option=option)
     return VAE(folder, model.eval(), config)

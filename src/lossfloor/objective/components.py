@@ -17,7 +17,7 @@ from lossfloor.objective.legacy import current_form
 F64 = torch.float64
 
 
-def _t64(x) -> Tensor:
+def as_f64(x) -> Tensor:
     return torch.as_tensor(x, dtype=F64)
 
 
@@ -116,7 +116,7 @@ def static_dict(d):
     return d
 
 
-def _positive(**values) -> None:
+def check_positive(**values) -> None:
     for name, value in values.items():
         if not (isinstance(value, int | float) and value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be a positive finite number, got {value!r}")

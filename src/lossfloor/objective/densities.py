@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lossfloor.objective.components import F64, Component, _positive, _t64, register_component
+from lossfloor.objective.components import F64, Component, as_f64, check_positive, register_component
 from lossfloor.objective.processes import Process
 
 
@@ -72,10 +72,10 @@ class UniformT(TimeDistribution):
         return self.lo + (self.hi - self.lo) * torch.rand(n, generator=generator, dtype=F64)
 
     def cdf(self, t):
-        return ((_t64(t) - self.lo) / (self.hi - self.lo)).clamp(0, 1)
+        return ((as_f64(t) - self.lo) / (self.hi - self.lo)).clamp(0, 1)
 
     def log_density(self, t):
-        t = _t64(t)
+        t = as_f64(t)
         inside = (t >= self.lo) & (t <= self.hi)
         return torch.where(inside, -math.log(self.hi - self.lo), -math.inf)
 
@@ -96,7 +96,7 @@ class DiscreteUniformT(TimeDistribution):
         return j.to(F64) / self.steps
 
     def cdf(self, t):
-        return (torch.floor(_t64(t) * self.steps + 1e-9) / self.steps).clamp(0, 1)
+        return (torch.floor(as_f64(t) * self.steps + 1e-9) / self.steps).clamp(0, 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,17 +136,17 @@ class LogSigmaNormal(LogSigmaDensity):
     std: float = 1.2
 
     def __post_init__(self):
-        _positive(std=self.std)
+        check_positive(std=self.std)
 
     def sample_log_sigma(self, n, generator=None):
         return self.mean + self.std * torch.randn(n, generator=generator, dtype=F64)
 
     def cdf_log_sigma(self, log_sigma):
-        z = (_t64(log_sigma) - self.mean) / self.std
+        z = (as_f64(log_sigma) - self.mean) / self.std
         return 0.5 * torch.erfc(-z / math.sqrt(2))
 
     def log_density_log_sigma(self, log_sigma):
-        z = (_t64(log_sigma) - self.mean) / self.std
+        z = (as_f64(log_sigma) - self.mean) / self.std
         return -0.5 * z**2 - math.log(self.std * math.sqrt(2 * math.pi))
 
 
@@ -171,10 +171,10 @@ class LogSigmaUniform(LogSigmaDensity):
         return math.log(self.lo) + torch.rand(n, generator=generator, dtype=F64) * math.log(self.hi / self.lo)
 
     def cdf_log_sigma(self, log_sigma):
-        return ((_t64(log_sigma) - math.log(self.lo)) / math.log(self.hi / self.lo)).clamp(0, 1)
+        return ((as_f64(log_sigma) - math.log(self.lo)) / math.log(self.hi / self.lo)).clamp(0, 1)
 
     def log_density_log_sigma(self, log_sigma):
-        ls = _t64(log_sigma)
+        ls = as_f64(log_sigma)
         inside = (ls >= math.log(self.lo)) & (ls <= math.log(self.hi))
         return torch.where(inside, torch.full_like(ls, -math.log(math.log(self.hi / self.lo))), -math.inf)
 
@@ -188,17 +188,17 @@ class LogSigmaLogistic(LogSigmaDensity):
     scale: float = 1.0
 
     def __post_init__(self):
-        _positive(scale=self.scale)
+        check_positive(scale=self.scale)
 
     def sample_log_sigma(self, n, generator=None):
         u = torch.rand(n, generator=generator, dtype=F64).clamp(1e-12, 1 - 1e-12)
         return self.loc + self.scale * torch.logit(u)
 
     def cdf_log_sigma(self, log_sigma):
-        return torch.sigmoid((_t64(log_sigma) - self.loc) / self.scale)
+        return torch.sigmoid((as_f64(log_sigma) - self.loc) / self.scale)
 
     def log_density_log_sigma(self, log_sigma):
-        z = (_t64(log_sigma) - self.loc) / self.scale
+        z = (as_f64(log_sigma) - self.loc) / self.scale
         return -torch.nn.functional.softplus(-z) - torch.nn.functional.softplus(z) - math.log(self.scale)
 
 
@@ -211,15 +211,15 @@ class LogSigmaLaplace(LogSigmaDensity):
     b: float = 0.5
 
     def __post_init__(self):
-        _positive(b=self.b)
+        check_positive(b=self.b)
 
     def sample_log_sigma(self, n, generator=None):
         u = torch.rand(n, generator=generator, dtype=F64).clamp(1e-12, 1 - 1e-12) - 0.5
         return -self.mu / 2 - (self.b / 2) * torch.sign(u) * torch.log1p(-2 * u.abs())
 
     def cdf_log_sigma(self, log_sigma):
-        z = (_t64(log_sigma) + self.mu / 2) / (self.b / 2)
+        z = (as_f64(log_sigma) + self.mu / 2) / (self.b / 2)
         return torch.where(z < 0, 0.5 * torch.exp(z.clamp(max=0)), 1 - 0.5 * torch.exp(-z.clamp(min=0)))
 
     def log_density_log_sigma(self, log_sigma):
-        return -(_t64(log_sigma) + self.mu / 2).abs() / (self.b / 2) - math.log(self.b)
+        return -(as_f64(log_sigma) + self.mu / 2).abs() / (self.b / 2) - math.log(self.b)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from lossfloor.core.errors import InputError
 from lossfloor.core.registry import Registry, did_you_mean
-from lossfloor.objective.components import _t64, component_from_dict, component_to_dict
+from lossfloor.objective.components import as_f64, component_from_dict, component_to_dict
 from lossfloor.objective.densities import (
     DiscreteUniformT,
     LogSigmaNormal,
@@ -76,7 +76,7 @@ class Objective:
 
     def cdf(self, log_sigma: Tensor) -> Tensor:
         """P(log sigma' <= log_sigma)."""
-        return self.time_dist.cdf_t(self.process, self.process.t_of_sigma(torch.exp(_t64(log_sigma))))
+        return self.time_dist.cdf_t(self.process, self.process.t_of_sigma(torch.exp(as_f64(log_sigma))))
 
     @property
     def is_discrete(self) -> bool:
@@ -90,7 +90,7 @@ class Objective:
         """log p(log sigma): density with respect to log sigma."""
         if self.is_discrete:
             raise ValueError(f"{self.name}: a discrete noise distribution has atoms, not a density")
-        ls = _t64(log_sigma).detach().clone().requires_grad_(True)
+        ls = as_f64(log_sigma).detach().clone().requires_grad_(True)
         with torch.enable_grad():
             t = self.process.t_of_sigma(torch.exp(ls))
             dt, = torch.autograd.grad(t.sum(), ls)
@@ -99,7 +99,7 @@ class Objective:
     # -- weights ---------------------------------------------------------------------------
     def x0_weight(self, sigma: Tensor) -> Tensor:
         """lambda(sigma): the weight on ||x0_hat - x0||^2 at VE noise level sigma."""
-        return self.weight.x0_weight(_t64(sigma), self)
+        return self.weight.x0_weight(as_f64(sigma), self)
 
     def target_weight(self, t: Tensor) -> Tensor:
         """The weight on the native target's squared error at time t."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lossfloor.objective.components import F64, Component, _t64, plain, register_component
+from lossfloor.objective.components import F64, Component, as_f64, plain, register_component
 
 # --------------------------------------------------------------------------------------------
 # Processes: x_t = alpha(t) x0 + sigma(t) eps.  ve_sigma(t) = sigma/alpha is increasing in t.
@@ -36,19 +36,19 @@ class Process(Component):
 
     def ve_sigma(self, t: Tensor) -> Tensor:
         """VE noise level sigma_t / alpha_t (inverse square root of the SNR)."""
-        t = _t64(t)
+        t = as_f64(t)
         return self.sigma(t) / self.alpha(t)
 
     def log_sigma_jacobian(self, t: Tensor) -> Tensor:
         """log |d log ve_sigma / dt| (by autograd): carries a density over log sigma to one over t."""
-        t = _t64(t).detach().clone().requires_grad_(True)
+        t = as_f64(t).detach().clone().requires_grad_(True)
         with torch.enable_grad():
             dls, = torch.autograd.grad(torch.log(self.ve_sigma(t)).sum(), t)
         return torch.log(dls.abs())
 
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(d alpha/dt, d sigma/dt) by autograd, so each process is written once."""
-        t = _t64(t).detach().clone().requires_grad_(True)
+        t = as_f64(t).detach().clone().requires_grad_(True)
         with torch.enable_grad():
             return _grad(self.alpha(t), t), _grad(self.sigma(t), t)
 
@@ -70,16 +70,16 @@ class VE(Process):
     t_max = math.inf
 
     def alpha(self, t):
-        return torch.ones_like(_t64(t))
+        return torch.ones_like(as_f64(t))
 
     def sigma(self, t):
-        return _t64(t) * 1.0
+        return as_f64(t) * 1.0
 
     def t_of_sigma(self, ve_sigma):
-        return _t64(ve_sigma) * 1.0
+        return as_f64(ve_sigma) * 1.0
 
     def log_sigma_jacobian(self, t):
-        return -torch.log(_t64(t))  # log sigma = log t
+        return -torch.log(as_f64(t))  # log sigma = log t
 
 
 @register_component("vp")
@@ -92,7 +92,7 @@ class VP(Process):
     name = "vp"
 
     def _log_abar(self, t):
-        t = _t64(t)
+        t = as_f64(t)
         return -0.5 * self.beta_d * t**2 - self.beta_min * t
 
     def alpha(self, t):
@@ -102,7 +102,7 @@ class VP(Process):
         return torch.sqrt(-torch.expm1(self._log_abar(t)))
 
     def t_of_sigma(self, ve_sigma):
-        c = torch.log1p(_t64(ve_sigma) ** 2)
+        c = torch.log1p(as_f64(ve_sigma) ** 2)
         return (torch.sqrt(self.beta_min**2 + 2 * self.beta_d * c) - self.beta_min) / self.beta_d
 
 
@@ -114,13 +114,13 @@ class Cosine(Process):
     name = "cosine"
 
     def alpha(self, t):
-        return torch.cos(0.5 * math.pi * _t64(t))
+        return torch.cos(0.5 * math.pi * as_f64(t))
 
     def sigma(self, t):
-        return torch.sin(0.5 * math.pi * _t64(t))
+        return torch.sin(0.5 * math.pi * as_f64(t))
 
     def t_of_sigma(self, ve_sigma):
-        return torch.atan(_t64(ve_sigma)) * (2 / math.pi)
+        return torch.atan(as_f64(ve_sigma)) * (2 / math.pi)
 
 
 @register_component("flow")
@@ -131,13 +131,13 @@ class Flow(Process):
     name = "flow"
 
     def alpha(self, t):
-        return 1.0 - _t64(t)
+        return 1.0 - as_f64(t)
 
     def sigma(self, t):
-        return _t64(t) * 1.0
+        return as_f64(t) * 1.0
 
     def t_of_sigma(self, ve_sigma):
-        s = _t64(ve_sigma)
+        s = as_f64(ve_sigma)
         return s / (1.0 + s)
 
 
@@ -154,15 +154,15 @@ class Discrete(Process):
     def __init__(self, alpha_bar, name: str = "discrete", recipe: dict | None = None):
         self.name = name
         self.recipe = recipe
-        self.alpha_bar = _t64(alpha_bar)
+        self.alpha_bar = as_f64(alpha_bar)
         self.steps = len(alpha_bar)
         self._grid_t = torch.arange(0, self.steps + 1, dtype=F64) / self.steps
-        self._log_abar = torch.cat([torch.zeros(1, dtype=F64), torch.log(_t64(alpha_bar))])
+        self._log_abar = torch.cat([torch.zeros(1, dtype=F64), torch.log(as_f64(alpha_bar))])
         # log(1 + sigma~^2) = -log alpha_bar is increasing on the grid: invert by interpolation.
         self._log1p_s2 = -self._log_abar
 
     def _interp(self, x, xp, fp):
-        x = _t64(x)
+        x = as_f64(x)
         idx = torch.searchsorted(xp, x.clamp(xp[0], xp[-1]).detach()).clamp(1, len(xp) - 1)
         x0, x1, f0, f1 = xp[idx - 1], xp[idx], fp[idx - 1], fp[idx]
         return f0 + (f1 - f0) * (x - x0) / (x1 - x0)
@@ -177,7 +177,7 @@ class Discrete(Process):
         return torch.sqrt(-torch.expm1(self._log_abar_at(t)))
 
     def t_of_sigma(self, ve_sigma):
-        return self._interp(torch.log1p(_t64(ve_sigma) ** 2), self._log1p_s2, self._grid_t)
+        return self._interp(torch.log1p(as_f64(ve_sigma) ** 2), self._log1p_s2, self._grid_t)
 
     def to_dict(self) -> dict:
         """Its recipe ({"kind": "ddpm", ...}) when it has one, else {"kind": "discrete", alpha_bar, name}."""

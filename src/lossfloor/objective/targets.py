@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lossfloor.core.registry import Registry
-from lossfloor.objective.components import Component, _t64, register_component
+from lossfloor.objective.components import Component, as_f64, register_component
 from lossfloor.objective.processes import Process
 
 # --------------------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def target_coefficients(target: str, process: Process, t: Tensor,
                         precond: Preconditioning = Preconditioning()) -> tuple[Tensor, Tensor]:
     """(a, b) with target = a * x_t + b * x0 at time t."""
     coefficients = TARGETS.require(target)
-    t = _t64(t)
+    t = as_f64(t)
     return coefficients(process, t, process.alpha(t), process.sigma(t), precond)
 
 

@@ -12,8 +12,8 @@ from torch import Tensor
 from lossfloor.core.registry import Registry
 from lossfloor.objective.components import (
     Component,
-    _positive,
-    _t64,
+    as_f64,
+    check_positive,
     register_component,
 )
 from lossfloor.objective.targets import Preconditioning, target_error_factor
@@ -28,7 +28,7 @@ def nelbo_log_sigma_weight(sigma: Tensor) -> Tensor:
     The VDM bound int -1/2 SNR'(t) J dt becomes int J / sigma^2 d log sigma with SNR = 1/sigma^2, the
     same for every process (the bound is invariant to the schedule between its end points).
     """
-    return _t64(sigma) ** -2
+    return as_f64(sigma) ** -2
 
 
 # --------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ class NELBO(NamedWeight):
     p(log sigma), so that E_p[lambda J] is the bound's diffusion term under any sampling density."""
 
     def x0_weight(self, sigma, objective):
-        s = _t64(sigma)
+        s = as_f64(sigma)
         return nelbo_log_sigma_weight(s) * torch.exp(-objective.log_density(torch.log(s)))
 
 
@@ -84,7 +84,7 @@ class EDMWeight(Weight):
     sigma_data: float = 0.5
 
     def x0_weight(self, sigma, objective=None):
-        return Preconditioning(self.sigma_data).c_out(_t64(sigma)) ** -2
+        return Preconditioning(self.sigma_data).c_out(as_f64(sigma)) ** -2
 
 
 @register_component("min_snr")
@@ -99,10 +99,10 @@ class MinSNRWeight(Weight):
     gamma: float = 5.0
 
     def __post_init__(self):
-        _positive(gamma=self.gamma)
+        check_positive(gamma=self.gamma)
 
     def x0_weight(self, sigma, objective=None):
-        return torch.clamp(_t64(sigma) ** -2, max=self.gamma)
+        return torch.clamp(as_f64(sigma) ** -2, max=self.gamma)
 
 
 @register_component("soft_min_snr")
@@ -114,7 +114,7 @@ class SoftMinSNRWeight(Weight):
     sigma_data: float = 0.5
 
     def x0_weight(self, sigma, objective=None):
-        return 1.0 / (_t64(sigma) ** 2 + self.sigma_data**2)
+        return 1.0 / (as_f64(sigma) ** 2 + self.sigma_data**2)
 
 
 WEIGHTS = Registry("weight")

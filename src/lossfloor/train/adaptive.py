@@ -15,7 +15,7 @@ from lossfloor.floor.curve import OptimalLossCurve
 from lossfloor.nets.networks import FourierEmbedding
 from lossfloor.objective.components import (
     F64,
-    _t64,
+    as_f64,
     component_from_dict,
     component_to_dict,
     plain,
@@ -76,13 +76,13 @@ class OptimalLossWeight(Weight):
 
     def bump_term(self, sigma) -> Tensor:
         """N(log sigma; mu, width^2) where sigma < sigma*, else 0 (0 everywhere without the bump)."""
-        ls = torch.log(_t64(sigma))
+        ls = torch.log(as_f64(sigma))
         z = (ls - self.mu) / self.width
         f = torch.exp(-0.5 * z**2) / (self.width * math.sqrt(2 * math.pi))
-        return torch.where(_t64(sigma) < self.sigma_star, f, 0.0) * float(self.bump)
+        return torch.where(as_f64(sigma) < self.sigma_star, f, 0.0) * float(self.bump)
 
     def x0_weight(self, sigma, objective=None):
-        s = _t64(sigma)
+        s = as_f64(sigma)
         jstar = torch.as_tensor(self.curve(s.detach().cpu().numpy().ravel()), dtype=F64).reshape(s.shape)
         inv = torch.where(jstar > 0, 1.0 / jstar.clamp(min=1e-300), math.inf)
         return self.a * torch.clamp(inv, max=self.w_max) + self.bump_term(s)
@@ -100,7 +100,7 @@ class UncertaintyNet(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, sigma: Tensor) -> Tensor:
-        c_noise = Preconditioning().c_noise(_t64(sigma)).float()
+        c_noise = Preconditioning().c_noise(as_f64(sigma)).float()
         return self.linear(self.fourier(c_noise)).squeeze(1)
 
 
@@ -243,12 +243,12 @@ class AdaptiveDensity(LogSigmaDensity):
         return torch.from_numpy(self.edges[b] + np.clip(frac, 0, 1) * np.diff(self.edges)[b])
 
     def cdf_log_sigma(self, log_sigma):
-        ls = np.asarray(_t64(log_sigma), dtype=float)
+        ls = np.asarray(as_f64(log_sigma), dtype=float)
         cum = np.concatenate([[0.0], np.cumsum(self.probs)]) / self.probs.sum()
         return torch.from_numpy(np.asarray(np.interp(ls, self.edges, cum), dtype=float))
 
     def log_density_log_sigma(self, log_sigma):
-        ls = np.asarray(_t64(log_sigma).detach(), dtype=float)
+        ls = np.asarray(as_f64(log_sigma).detach(), dtype=float)
         b = np.searchsorted(self.edges, ls, side="right") - 1
         inside = (b >= 0) & (b < self.bins) | (ls == self.edges[-1])
         b = np.clip(b, 0, self.bins - 1)

@@ -12,7 +12,7 @@ from lossfloor.core.files import atomic_write_text
 LOG_FILES = ("log.csv", "binned.csv")  # CSV logs: a header, then rows whose first column is the step
 
 
-def _append_csv(path: Path, rows: list[dict]) -> None:
+def append_csv(path: Path, rows: list[dict]) -> None:
     """Append rows (after a header if the file is new or empty), every line ending in LF."""
     new = not path.exists() or path.stat().st_size == 0
     with open(path, "a", newline="") as f:
@@ -30,7 +30,7 @@ def _log_step(line: str) -> float:
         return math.inf
 
 
-def _truncate_csv(path: Path, step: int) -> None:
+def truncate_csv(path: Path, step: int) -> None:
     """Keep the header and the complete rows with step <= `step`, with LF line ends; a partly written last
     line (a killed run) goes too.  The file is replaced atomically, and only if this changes it."""
     if not path.exists():
@@ -38,7 +38,7 @@ def _truncate_csv(path: Path, step: int) -> None:
     with open(path, newline="") as f:
         text = f.read()
     lines = [line for line in text.splitlines(keepends=True) if line.endswith("\n")]  # whole lines only
-    if not lines:  # not even a whole header: written again by the next _append_csv
+    if not lines:  # not even a whole header: written again by the next append_csv
         path.unlink()
         return
     if not lines[0].startswith("step,"):

@@ -51,7 +51,7 @@ from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
 from lossfloor.objective.components import static_dict
 from lossfloor.objective.objective import get_objective
 from lossfloor.train.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_NAME, Checkpoint, load_checkpoint
-from lossfloor.train.logs import LOG_FILES, _append_csv, _truncate_csv
+from lossfloor.train.logs import LOG_FILES, append_csv, truncate_csv
 from lossfloor.train.monitor import BinnedLoss, binned_excess
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ class Trainer:
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             for name in LOG_FILES:
-                _truncate_csv(self.out / name, self.step)
+                truncate_csv(self.out / name, self.step)
             for name in (CHECKPOINT_NAME, *LOG_FILES):  # temporary files of writes a kill cut short
                 for stale in self.out.glob(f".{name}.*.tmp"):
                     stale.unlink(missing_ok=True)
@@ -239,8 +239,8 @@ class Trainer:
             for row, gap in zip(bins, self.gaps.rows(), strict=True):
                 row.update(gap=gap["x0_loss"], gap_stderr=gap["stderr"])
         if self.out is not None:
-            _append_csv(self.out / "log.csv", [log])
-            _append_csv(self.out / "binned.csv", bins)
+            append_csv(self.out / "log.csv", [log])
+            append_csv(self.out / "binned.csv", bins)
             writer = self._tensorboard()
             if writer is not None:
                 writer.add_scalar("loss/objective", mean_loss, self.step)
