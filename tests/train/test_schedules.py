@@ -213,7 +213,7 @@ def test_laplace_is_the_log_snr_density_of_hang_et_al():
 def test_adaptive_update_moves_mass_toward_larger_weighted_gaps():
     curve = gaussian_curve()
     p = AdaptiveDensity(OptimalLossWeight(curve), sigma_min=0.01, sigma_max=10.0, bins=6, every=2,
-                        floor=0.1)
+                        floor=0.1, horizon=1)
     before = p.probs.copy()
     assert before.sum() == pytest.approx(1.0)
     centres = np.exp(0.5 * (p.edges[:-1] + p.edges[1:]))
@@ -242,6 +242,58 @@ def test_adaptive_bins_without_samples_keep_their_estimate():
     p.update(torch.tensor([1.0]), torch.tensor([0.5]))
     changed = p.j_model != before
     assert changed.sum() == 1 and p.j_model[changed][0] == 0.5
+
+
+def _planted(p, gap, rng, updates, noise):
+    """Feed `updates` updates of per-sample losses J*_bin + gap + noise at the bin centres."""
+    centres = torch.tensor(np.exp(0.5 * (p.edges[:-1] + p.edges[1:])))
+    for _ in range(updates * p.every):
+        loss = p.bin_jstar + gap + noise * rng.standard_normal(p.bins)
+        p.update(centres, torch.tensor(loss))
+
+
+def test_adaptive_smoothing_tracks_a_planted_gap_with_the_error_it_reports():
+    """Planted per-bin gaps under per-sample noise 10x larger: the smoothed J - J* recovers them within
+    4 reported standard errors, and the error shrinks like 1 / sqrt(m (2h - 1)) for m samples per update."""
+    rng = np.random.default_rng(0)
+    gap = np.linspace(0.001, 0.02, 8)
+    errors = {}
+    for horizon in (1, 10, 40):
+        p = AdaptiveDensity(OptimalLossWeight(gaussian_curve()), bins=8, every=4, horizon=horizon)
+        _planted(p, gap, rng, updates=200, noise=0.1)
+        se = p.gap_stderr()
+        z = (p.j_model - p.bin_jstar - gap) / se
+        assert np.all(np.abs(z) < 4), (horizon, z)
+        errors[horizon] = float(np.mean(se))
+    # 4 samples per bin per update, sd 0.1: h = 1 gives 0.05; the steady-state n_eff is 4 (2h - 1).
+    assert errors[1] == pytest.approx(0.1 / 2, rel=0.2)
+    for h in (10, 40):
+        assert errors[h] == pytest.approx(0.1 / math.sqrt(4 * (2 * h - 1)), rel=0.2)
+
+
+def test_adaptive_smoothing_follows_a_moving_gap_within_its_horizon():
+    """After the gap jumps, the smoothed estimate has moved 1 - (1 - 1/h)^k of the way after k updates."""
+    p = AdaptiveDensity(OptimalLossWeight(gaussian_curve()), bins=4, every=1, horizon=5)
+    rng = np.random.default_rng(1)
+    _planted(p, np.zeros(4), rng, updates=50, noise=0.0)
+    _planted(p, np.full(4, 0.01), rng, updates=3, noise=0.0)
+    moved = (p.j_model - p.bin_jstar) / 0.01
+    # Weights 1, k, k^2 on the new updates over the whole sum (the old ~ k^3 / (1 - k)).
+    k = 1 - 1 / 5
+    assert moved == pytest.approx(np.full(4, (1 - k**3)), rel=1e-3)
+
+
+def test_adaptive_state_round_trips_and_old_dicts_keep_horizon_one():
+    p = AdaptiveDensity(OptimalLossWeight(gaussian_curve()), bins=4, every=2, horizon=7)
+    _planted(p, np.full(4, 0.01), np.random.default_rng(2), updates=3, noise=0.05)
+    q = AdaptiveDensity.from_dict(p.to_dict())
+    assert q.to_dict() == p.to_dict() and q.horizon == 7
+    np.testing.assert_array_equal(q.gap_stderr(), p.gap_stderr())
+    old = p.to_dict()
+    del old["horizon"]
+    for key in ("sum_sq", "ema_count", "ema_count_sq", "ema_sum", "ema_sq"):
+        del old["state"][key]
+    assert AdaptiveDensity.from_dict(old).horizon == 1
 
 
 # -- the trainer -------------------------------------------------------------------------------
@@ -297,6 +349,8 @@ BAD = [lambda: LogSigmaNormal(0.0, 0.0), lambda: LogSigmaLaplace(0.0, -1.0),
        lambda: LogSigmaLogistic(0.0, math.inf),
        lambda: AdaptiveDensity(OptimalLossWeight(gaussian_curve()), floor=0.0),
        lambda: AdaptiveDensity(OptimalLossWeight(gaussian_curve()), every=0),
+       lambda: AdaptiveDensity(OptimalLossWeight(gaussian_curve()), horizon=0.5),
+       lambda: AdaptiveDensity(OptimalLossWeight(gaussian_curve()), horizon=math.nan),
        lambda: OptimalLossWeight(gaussian_curve(), width=0.0),
        lambda: OptimalLossWeight(gaussian_curve(), w_max=-1.0)]
 

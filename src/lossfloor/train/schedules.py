@@ -43,7 +43,7 @@ def _need_curve(name: str, curve) -> OptimalLossCurve:
 def _optimal_loss(weight: bool, density: bool, bump: bool = True) -> Callable:
     def build(objective: Objective, curve=None, **options) -> Objective:
         curve = _need_curve("optimal-loss", curve)
-        density_keys = ("sigma_min", "sigma_max", "bins", "floor", "every")
+        density_keys = ("sigma_min", "sigma_max", "bins", "floor", "every", "horizon")
         w = OptimalLossWeight(curve, bump=bump, **{k: v for k, v in options.items() if k not in density_keys})
         out = objective.with_(weight=w) if weight else objective
         if density:
