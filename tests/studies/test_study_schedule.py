@@ -33,6 +33,35 @@ def test_aggregate_pairs_seeds_and_uses_a_t_interval():
     assert [r["schedule"] for r in study.aggregate(results[::-1])] == ["native", "optimal-loss"]
 
 
+def test_paired_t_p_matches_scipy_and_holm_matches_its_definition():
+    native = [10.0, 12.0, 11.0, 10.5, 11.5, 12.5]
+    ours = [9.0, 10.5, 10.9, 9.8, 10.0, 12.1]
+    results = [fake("edm", "native", s, v) for s, v in enumerate(native)]
+    results += [fake("edm", "min-snr", s, v) for s, v in enumerate(ours)]
+    results += [fake("edm", "logit-normal", s, v + 0.3 * (-1) ** s) for s, v in enumerate(native)]
+    rows = {r["schedule"]: r for r in study.aggregate(results)}
+    expected = scipy.stats.ttest_rel(ours, native).pvalue
+    assert rows["min-snr"]["fd_p"] == pytest.approx(expected, rel=1e-9)
+    assert math.isnan(rows["native"]["fd_p"]) and math.isnan(rows["native"]["fd_p_holm"])
+    p = sorted([rows["min-snr"]["fd_p"], rows["logit-normal"]["fd_p"]])
+    adjusted = sorted([rows["min-snr"]["fd_p_holm"], rows["logit-normal"]["fd_p_holm"]])
+    assert adjusted == pytest.approx([min(1, 2 * p[0]), min(1, max(2 * p[0], p[1]))])
+    # By hand: 4 p-values, step-down multipliers 4, 3, 2, 1 with the running maximum; nan stays out.
+    assert study.holm([0.01, 0.04, math.nan, 0.03, 0.5]) == pytest.approx(
+        [0.04, 0.09, math.nan, 0.09, 0.5], nan_ok=True)
+    # Schedules outside an objective's default list sort after native, the optimal-loss family first.
+    order = [r["schedule"] for r in study.aggregate(results[::-1])]
+    assert order == ["native", "logit-normal", "min-snr"]
+
+
+def test_powered_preset_declares_its_family_and_old_cells_still_match():
+    powered = study.PRESETS["powered"]
+    assert powered.seeds >= 6 and powered.steps == 2000 and powered.schedules == study.POWERED_SCHEDULES
+    assert set(study.POWERED_SCHEDULES) == {"native", "optimal-loss", "min-snr", "edm2-learned", "logit-normal"}
+    # Cells written before the horizon existed ran with 1: they match the presets that keep it.
+    assert study.LEGACY_SETTINGS == {"horizon": 1.0} and study.PRESETS["long"].horizon == 1.0
+
+
 def test_unknown_preset_or_objective_is_refused_before_writing(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["study", "schedule", "--objectives", "edm,nope", "--out", str(tmp_path / "x"), "--no-progress"])

@@ -80,6 +80,15 @@ class SchedulePreset:
     floor_queries: int = 1024
     classifier_steps: int = 600
     n_train: int | None = None
+    horizon: float = 1.0  # updates the adaptive density's bin gap is smoothed over (1: none, as first run)
+    schedules: tuple[str, ...] | None = None  # trained for every objective (None: SCHEDULE_STUDY's)
+
+
+# Fields added after cells were committed, with the value those cells ran with: a cell whose settings lack
+# one matches a preset that has this value.
+LEGACY_SETTINGS = {"horizon": 1.0}
+# The powered comparison (issue 23): the family of comparisons declared before running (docs/schedules.md).
+POWERED_SCHEDULES = ("native", "optimal-loss", "min-snr", "edm2-learned", "logit-normal")
 
 
 PRESETS = {
@@ -94,6 +103,9 @@ PRESETS = {
     "fashion": SchedulePreset(dataset="fashion-mnist", width=256, nelbo_points=1000),
     # A longer check of the default (4x the steps, the library's K = 100), for a subset of schedules.
     "long": SchedulePreset(steps=2000, every=100),
+    # The powered comparison: the long recipe, 6 seeds, the five schedules of POWERED_SCHEDULES on both
+    # objectives, the adaptive density smoothed over 10 updates (the library's default).
+    "powered": SchedulePreset(steps=2000, every=100, seeds=6, horizon=10.0, schedules=POWERED_SCHEDULES),
     # For tests: seconds.
     "quick": SchedulePreset(width=32, depth=1, steps=20, warmup=2, seeds=2, every=5, samples=64,
                             sample_steps=4, nelbo_points=32, nelbo_samples=1, gap_queries=16,
@@ -122,8 +134,8 @@ def _floor(train, preset: SchedulePreset, out: Path):
 
 def study_objective(objective: str, schedule: str, curve, preset: SchedulePreset):
     """The objective of one cell: the named base objective under the named schedule."""
-    options = {"every": preset.every} if schedule in ("optimal-loss", "optimal-loss-density",
-                                                      "optimal-loss-nobump") else {}
+    options = {"every": preset.every, "horizon": preset.horizon} if schedule in (
+        "optimal-loss", "optimal-loss-density", "optimal-loss-nobump") else {}
     return apply_schedule(objective, schedule, curve, **options)
 
 
@@ -154,9 +166,12 @@ def _density_history(trainer) -> dict | None:
     if not hasattr(p, "history"):
         return None
     widths = np.diff(p.edges)
+    se = p.gap_stderr()
     return {"edges_log_sigma": p.edges.tolist(), "every": p.every,
             "density": [(np.asarray(h) / np.sum(h) / widths).tolist() for h in p.history],
-            "bin_jstar": p.bin_jstar.tolist(), "bin_weight": p.bin_weight.tolist()}
+            "bin_jstar": p.bin_jstar.tolist(), "bin_weight": p.bin_weight.tolist(),
+            "bin_loss": p.j_model.tolist(),
+            "bin_loss_stderr": [float(v) if np.isfinite(v) else None for v in se]}
 
 
 def run_schedule_study(preset_name: str = "default", out="results/schedule", *, objectives=None,
@@ -170,7 +185,8 @@ def run_schedule_study(preset_name: str = "default", out="results/schedule", *, 
     objectives = tuple(objectives or SCHEDULE_STUDY)
     for o in objectives:
         check_choice("objective", o, SCHEDULE_STUDY)
-    known = {s for o in objectives for s in SCHEDULE_STUDY[o]}
+    trained = {o: preset.schedules or SCHEDULE_STUDY[o] for o in objectives}
+    known = {s for o in objectives for s in trained[o]}
     for s in schedules or ():
         check_choice("schedule", s, sorted(known))
     out = Path(out)
@@ -178,9 +194,9 @@ def run_schedule_study(preset_name: str = "default", out="results/schedule", *, 
     (out / "cells").mkdir(parents=True, exist_ok=True)
     curve = _floor(train, preset, out)
     classifier, accuracy = cached_classifier(out / "classifier.pt", train, test, preset.classifier_steps)
-    cells = [(o, s, seed) for o in objectives for s in SCHEDULE_STUDY[o] if not schedules or s in schedules
+    cells = [(o, s, seed) for o in objectives for s in trained[o] if not schedules or s in schedules
              for seed in range(preset.seeds)]
-    settings = asdict(preset)
+    settings = {k: v for k, v in asdict(preset).items() if k != "schedules"}
 
     def compute(cell) -> dict:
 
@@ -200,7 +216,8 @@ def run_schedule_study(preset_name: str = "default", out="results/schedule", *, 
                 "classifier_accuracy": accuracy, "density_history": _density_history(trainer), **result}
 
     results = run_cells(cells, lambda c: out / "cells" / f"{cell_name(*c)}.json", compute,
-                        matches=lambda r: r.get("settings") == settings, progress=progress,
+                        matches=lambda r: {**LEGACY_SETTINGS, **r.get("settings", {})} == settings,
+                        progress=progress,
                         desc="schedule study", name_of=lambda c: cell_name(*c))
     return write_schedule_report(results, out, curve)
 
@@ -218,8 +235,36 @@ def interval95(se: float, n: int) -> float:
 
 def in_study_order(results: list[dict]) -> list[dict]:
     """Cells sorted as the study lists them: objective, schedule (native first), seed."""
-    order = {key: i for i, key in enumerate((o, s) for o in SCHEDULE_STUDY for s in SCHEDULE_STUDY[o])}
-    return sorted(results, key=lambda r: (order.get((r["objective"], r["schedule"]), len(order)), r["seed"]))
+    objectives = list(SCHEDULE_STUDY)
+    names = list(dict.fromkeys(s for o in objectives for s in SCHEDULE_STUDY[o]))
+    names = sorted(names, key=lambda s: (s != "native", not s.startswith("optimal-loss"), names.index(s)))
+
+    def key(r):
+        o, s = r["objective"], r["schedule"]
+        return (objectives.index(o) if o in objectives else len(objectives), o,
+                names.index(s) if s in names else len(names), s, r["seed"])
+
+    return sorted(results, key=key)
+
+
+def paired_t_p(diff: float, se: float, n: int) -> float:
+    """Two-sided p of a paired t-test of mean difference `diff` with standard error `se` over n pairs."""
+    if n < 2 or not se > 0:
+        return math.nan
+    return float(2 * scipy.stats.t.sf(abs(diff / se), n - 1))
+
+
+def holm(p_values) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (nan stays nan, outside the family)."""
+    p = np.asarray(p_values, dtype=float)
+    ok = np.flatnonzero(np.isfinite(p))
+    out = np.full(len(p), math.nan)
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        out[i] = running
+    return out.tolist()
 
 
 def aggregate(results: list[dict]) -> list[dict]:
@@ -238,8 +283,12 @@ def aggregate(results: list[dict]) -> list[dict]:
             base = mean_se([r[key] for r in native.values()])[0] if native else math.nan
             rel = diff / base if base else math.nan
             row.update({key: mean, f"{key}_se": se, f"{key}_diff": diff,
-                        f"{key}_diff_ci95": interval95(dse, n), f"{key}_rel_diff": rel})
+                        f"{key}_diff_ci95": interval95(dse, n), f"{key}_rel_diff": rel,
+                        f"{key}_p": paired_t_p(diff, dse, n) if schedule != "native" else math.nan})
         rows.append(row)
+    for key, _ in METRICS:  # one family per metric: every comparison with native in this report
+        for row, adjusted in zip(rows, holm([r[f"{key}_p"] for r in rows]), strict=True):
+            row[f"{key}_p_holm"] = adjusted
     return rows
 
 
@@ -258,6 +307,27 @@ def summary_rows(rows: list[dict]) -> list[list[str]]:
              f"{r['gap_edm']:.4f} ± {r['gap_edm_se']:.4f}", _fmt_diff(r, "gap_edm")] for r in rows]
 
 
+def _fmt_p(p: float) -> str:
+    return "" if not math.isfinite(p) else f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+def comparison_rows(rows: list[dict]) -> list[list[str]]:
+    """Per comparison with native: the paired t-test p and its Holm adjustment, for each metric."""
+    out = []
+    for r in rows:
+        if r["schedule"] == "native":
+            continue
+        line = [r["objective"], r["schedule"], str(r["seeds"])]
+        for key, _ in METRICS:
+            p, ph = r[f"{key}_p"], r[f"{key}_p_holm"]
+            mark = " *" if ph < 0.05 else ""
+            line += [_fmt_diff(r, key), _fmt_p(p), _fmt_p(ph) + mark]
+        out.append(line)
+    return out
+
+
+COMPARISON_HEAD = ["objective", "schedule", "seeds", "ΔFD (95%)", "p", "p Holm", "Δ bits/dim (95%)", "p",
+             "p Holm", "Δ gap (95%)", "p", "p Holm"]
 HEAD = ["objective", "schedule", "seeds", "FD", "ΔFD vs native (95%)", "bits/dim",
         "Δ bits/dim (95%)", "EDM gap", "Δ gap (95%)"]
 CSV_FIELDS = ("objective", "schedule", "seed", "fd", "bits_per_dim", "bits_per_dim_se", "gap_edm",
@@ -286,7 +356,11 @@ def write_schedule_report(results: list[dict], out, curve=None) -> dict:
     atomic_write_text(out / "gaps.csv", csv_text(gap_rows, ("objective", "schedule", "seed", "sigma",
                                                             "model_loss", "optimal_loss", "gap")))
     write_json(out / "summary.json", {"rows": rows, "preset": results[0]["settings"] if results else None})
-    atomic_write_text(out / "summary.md", markdown_table(HEAD, summary_rows(rows)))
+    n_family = sum(r["schedule"] != "native" and math.isfinite(r["fd_p"]) for r in rows)
+    tests = markdown_table(COMPARISON_HEAD, comparison_rows(rows),
+                           f"Comparisons with native: two-sided paired t-test over seeds; Holm-adjusted "
+                           f"within each metric over its {n_family} comparisons here (*: adjusted p < 0.05)")
+    atomic_write_text(out / "summary.md", markdown_table(HEAD, summary_rows(rows)) + "\n" + tests)
     if results:
         plot_density_history(results, curve, out / "adaptive_density.png")
         plot_gaps(results, curve, out / "gaps.png")
@@ -298,5 +372,6 @@ def terminal_table(report: dict) -> str:
     return text_table(HEAD, summary_rows(report["rows"]))
 
 
-__all__ = ["DATASETS", "PRESETS", "SCHEDULE_STUDY", "SchedulePreset", "aggregate", "cell_name", "interval95",
+__all__ = ["DATASETS", "POWERED_SCHEDULES", "PRESETS", "SCHEDULE_STUDY", "SchedulePreset", "aggregate",
+           "cell_name", "holm", "interval95", "paired_t_p",
            "run_schedule_study", "study_objective", "terminal_table", "write_schedule_report"]
