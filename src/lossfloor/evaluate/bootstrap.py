@@ -55,13 +55,15 @@ def bootstrap_weights(groups, n: int, n_boot: int, seed: int) -> np.ndarray:
     return w
 
 
-def expanded_quantiles(groups: int, level: float = LEVEL) -> tuple[float, float]:
+def expanded_quantiles(groups: int, level: float = LEVEL, strata: int = 1) -> tuple[float, float]:
     """Quantile levels of the expanded percentile interval (Hesterberg 2015): the percentile interval
     covers below nominal with few independent units; widening it to Phi(sqrt(g/(g-1)) t_{g-1}) restores
-    the normal-theory coverage of a mean of g units."""
-    if groups < 3:
+    the normal-theory coverage of a mean of g units.  With `strata` (units resampled within equal strata of
+    n_h = g / strata) the factor is sqrt(n_h / (n_h - 1)) on t with g - strata degrees of freedom."""
+    n_h, df = groups / strata, groups - strata
+    if groups < 3 or n_h < 2 or df < 2:
         return (1 - level) / 2, (1 + level) / 2
-    z = math.sqrt(groups / (groups - 1)) * stats.t.ppf((1 + level) / 2, groups - 1)
+    z = math.sqrt(n_h / (n_h - 1)) * stats.t.ppf((1 + level) / 2, df)
     q = float(stats.norm.cdf(z))
     return 1 - q, q
 
