@@ -111,25 +111,47 @@ def test_presets_span_the_required_sizes(name):
 
 TINY = study.ScalingPreset(dataset="digits", model="mlp", widths=(4, 8, 16), steps=12, first_step=3,
                            checkpoints=3, batch_size=16, lr=2e-3, warmup=2, ema=0.9, levels=4,
-                           floor_queries=64, eval_points=24, eval_draws=2, test_points=16, n_boot=20)
+                           floor_queries=64, eval_points=24, eval_draws=2, test_points=16, n_boot=20,
+                           seeds=2, n_train=96, band=10.0, grid=12)
+
+
+def test_cpu_preset_meets_the_design_of_issue_23():
+    preset = study.SCALING_PRESETS["cpu"]
+    assert len(preset.widths) >= 7 and preset.seeds >= 3 and preset.band == 10.0
+    assert preset.n_train is not None and preset.n_train <= 500
+    levels = preset.sigmas(0.5)
+    assert levels[0] == pytest.approx(0.5) and levels[-1] == pytest.approx(5.0)
 
 
 @pytest.mark.slow
 def test_tiny_study_runs_resumes_and_reports(tmp_path, monkeypatch):
     monkeypatch.setitem(study.SCALING_PRESETS, "tiny", TINY)
+    # Part of the widths: cells are written, the report waits for the rest.
+    partial = study.run_scaling_study("tiny", tmp_path, widths=[4], progress=False)
+    assert partial == {"finished": 6, "cells": 18} and not (tmp_path / "scaling.json").exists()
     report = study.run_scaling_study("tiny", tmp_path, progress=False)
     cells = sorted((tmp_path / "cells").glob("*.json"))
-    assert len(cells) == 9
+    assert len(cells) == 3 * 2 * 3
     for name in ("scaling.json", "points.csv", "levels.csv", "table.md", "scaling_total.png",
                  "scaling_sigma.png", "rho_by_sigma.png"):
         assert (tmp_path / name).stat().st_size > 0
-    assert set(report["frontier"]["fits"]) >= {"plain", "corrected", "free", "corrected_minus_plain"}
+    assert set(report["frontier"]["fits"]) >= {"plain", "corrected", "free", "corrected_minus_plain",
+                                               "free_floor_minus_jstar"}
+    assert set(report["endpoints"]) >= {"delta_rho", "extrapolation_error", "free_floor_minus_jstar",
+                                        "largest_model_j_over_jstar"}
     points = (tmp_path / "points.csv").read_text().splitlines()
-    assert len(points) == 10 and points[0].startswith("width,parameters,step,compute_flops")
-    # Compute = FLOPs per step x steps, per width.
+    assert len(points) == 1 + 3 * 3 and points[0].startswith("width,parameters,step,runs,compute_flops")
     setup = json.loads((tmp_path / "setup.json").read_text())
+    # The band loss: log sigma uniform on [sigma*, 10 sigma*], the levels across it.
+    assert setup["sigmas"][0] == pytest.approx(setup["sigma_star"])
+    assert setup["sigmas"][-1] == pytest.approx(10 * setup["sigma_star"])
+    assert setup["objective_definition"]["time_dist"]["lo"] == pytest.approx(setup["sigma_star"])
+    # Compute = FLOPs per step x steps, per width; the seeds of a width train different models.
     first = json.loads(cells[0].read_text())
     assert first["compute"] == setup["sizes"][str(first["width"])]["flops_per_step"] * first["step"]
+    name = study.cell_name(first["width"], 1, first["step"])
+    other = json.loads((tmp_path / "cells" / f"{name}.json").read_text())
+    assert other["train"]["total"] != first["train"]["total"]
     # J is the same-draw floor plus the non-negative gap.
     floor = setup["same_draw_floor"]["total"][0]
     assert math.isclose(first["train"]["total"][0] - floor, first["train"]["total_gap"][0], rel_tol=1e-9)
@@ -139,6 +161,12 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path, monkeypatch):
     study.run_scaling_study("tiny", tmp_path, progress=False, report=False)
     after = json.loads(cells[0].read_text())
     assert after["train"] == before["train"] and after["test"] == before["test"]
+
+
+def test_unknown_width_is_refused_before_writing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["study", "scaling", "--preset", "quick", "--widths", "8,7", "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "--widths" in capsys.readouterr().err
 
 
 def test_cli_rejects_an_unknown_preset(tmp_path, capsys):

@@ -57,7 +57,8 @@ def test_paired_t_p_matches_scipy_and_holm_matches_its_definition():
 def test_powered_preset_declares_its_family_and_old_cells_still_match():
     powered = study.PRESETS["powered"]
     assert powered.seeds >= 6 and powered.steps == 2000 and powered.schedules == study.POWERED_SCHEDULES
-    assert set(study.POWERED_SCHEDULES) == {"native", "optimal-loss", "min-snr", "edm2-learned", "logit-normal"}
+    assert set(study.POWERED_SCHEDULES) == {"native", "optimal-loss", "min-snr", "edm2-learned",
+                                            "logit-normal"}
     # Cells written before the horizon existed ran with 1: they match the presets that keep it.
     assert study.LEGACY_SETTINGS == {"horizon": 1.0} and study.PRESETS["long"].horizon == 1.0
 

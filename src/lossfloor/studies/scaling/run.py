@@ -17,7 +17,12 @@ Compute F = (FLOPs of one training step) x steps, the FLOPs measured with torch'
 forward and backward pass of one batch (2 FLOPs per multiply-add of matmuls and convolutions; the optimizer
 update, EMA and elementwise ops are not counted).
 
-A cell is one (model width, checkpoint step): training resumes from the run's checkpoint to the cell's
+With `band` set (the committed `cpu` preset) the loss is the EDM objective restricted to the transition
+band sigma in [sigma*, band x sigma*] (log sigma uniform there, EDM's weight), for training and evaluation:
+sigma* is where J*/V crosses 1% (`floor/critical.py`), so J* is 1-90% of V on the band and the largest
+models come near it; below the band J* ~ 0 and only memorising the training set closes the gap there.
+
+A cell is one (model width, seed, checkpoint step): training resumes from the run's checkpoint to the cell's
 step, then the cell is evaluated and written; an interrupted study resumes at the next missing cell.
 The fits (`lossfloor.evaluate.scaling`) run on the finished cells in `scaling_report.write_scaling_report`.
 """
@@ -36,6 +41,7 @@ from lossfloor.data.load import load_dataset
 from lossfloor.evaluate.posterior import posterior_moments
 from lossfloor.floor.config import EstimatorConfig
 from lossfloor.nets.networks import ModelConfig, build_model, parameter_count
+from lossfloor.objective.densities import LogSigmaUniform
 from lossfloor.objective.objective import get_objective
 from lossfloor.studies.common import (
     SEED_MAX,
@@ -76,31 +82,44 @@ class ScalingPreset:
     sigma_min: float = 0.005
     sigma_max: float = 80.0
     n_boot: int = 1000
+    seeds: int = 1  # training runs per width (seeds seed, seed + 1, ...)
+    n_train: int | None = None  # a seeded subset of the training split (None: all of it)
+    band: float | None = None  # loss on [sigma*, band sigma*] (None: the objective's own density)
+    grid: int = 24  # levels of the J* curve that locates sigma* (band only)
 
     def checkpoint_steps(self) -> list[int]:
         """Distinct log-spaced checkpoint steps from `first_step` to `steps`."""
         return sorted({int(round(s)) for s in np.geomspace(self.first_step, self.steps, self.checkpoints)})
 
-    def sigmas(self) -> np.ndarray:
+    def sigmas(self, sigma_star: float | None = None) -> np.ndarray:
+        """The per-sigma evaluation levels: over the band given sigma*, else over [sigma_min, sigma_max]."""
+        if self.band is not None and sigma_star is not None:
+            return np.geomspace(sigma_star, self.band * sigma_star, self.levels)
         return np.geomspace(self.sigma_min, self.sigma_max, self.levels)
+
+    def curve_sigmas(self) -> np.ndarray:
+        """The levels of the cached J* curve (a wider grid for sigma* in band mode)."""
+        return np.geomspace(self.sigma_min, self.sigma_max, self.grid if self.band else self.levels)
 
 
 SCALING_PRESETS = {
-    # What the committed results could afford on 2 shared CPU cores (<= 20 min): 5 MLP widths (121x in
-    # parameters, 2.8k to 335k) on the 8x8 digits, 2,000 steps each.
-    "cpu": ScalingPreset(dataset="digits", model="mlp", widths=(8, 16, 32, 64, 128), steps=2000,
-                         first_step=20, checkpoints=10, batch_size=128, lr=2e-3, warmup=20, ema=0.99,
-                         levels=16, floor_queries=2876, eval_points=1438, eval_draws=4, test_points=359,
-                         n_boot=400),
-    # For a GPU: 6 UNet widths (~36x in parameters) on Fashion-MNIST, 20k steps.
+    # The committed run on 2 CPU cores (issue 23): 256 digits that the larger MLPs nearly memorise, the EDM
+    # loss on the transition band [sigma*, 10 sigma*], 10 widths (4 to 128, 250x in parameters) x 3 seeds,
+    # 8,000 steps each (the small widths plateau), 16 log-spaced checkpoints.
+    "cpu": ScalingPreset(dataset="digits", model="mlp", widths=(4, 6, 8, 12, 16, 24, 32, 48, 64, 128),
+                         steps=8000, first_step=25, checkpoints=16, batch_size=128, lr=2e-3, warmup=20,
+                         ema=0.99, levels=8, floor_queries=512, eval_points=256, eval_draws=16,
+                         test_points=359, n_boot=1000, seeds=3, n_train=256, band=10.0),
+    # For a GPU: 6 UNet widths (~36x in parameters) on Fashion-MNIST, 20k steps, 3 seeds, the band loss.
     "full": ScalingPreset(dataset="fashion-mnist", model="unet", widths=(8, 12, 16, 24, 32, 48),
                           steps=20_000, first_step=100, checkpoints=14, batch_size=128, lr=1e-3, warmup=200,
-                          ema=0.999,
-                          levels=24, floor_queries=4096, eval_points=4096, eval_draws=2, test_points=4096),
+                          ema=0.999, levels=8, floor_queries=4096, eval_points=4096, eval_draws=2,
+                          test_points=4096, seeds=3, band=10.0),
     # Tests: seconds.
     "quick": ScalingPreset(dataset="digits", model="mlp", widths=(8, 16, 32), steps=40, first_step=5,
                            checkpoints=4, batch_size=32, lr=2e-3, warmup=5, ema=0.9, levels=5,
-                           floor_queries=128, eval_points=64, eval_draws=2, test_points=32, n_boot=50),
+                           floor_queries=128, eval_points=64, eval_draws=2, test_points=32, n_boot=50,
+                           seeds=2, n_train=128, band=10.0),
 }
 PRESET_NAMES = tuple(SCALING_PRESETS)
 
@@ -214,35 +233,54 @@ def _train_to(train, objective, model, config, run_dir: Path, step: int, device,
 # -- the study ---------------------------------------------------------------------------------------
 
 
-def cell_name(width: int, step: int) -> str:
-    return f"w{width}_step{step:06d}"
+def cell_name(width: int, seed: int, step: int) -> str:
+    return f"w{width}_s{seed}_step{step:06d}"
+
+
+def study_objective(preset: ScalingPreset, curve):
+    """EDM, restricted to the band [sigma*, band sigma*] of `curve` when the preset has one; and sigma*."""
+    objective = get_objective(OBJECTIVE)
+    if preset.band is None:
+        return objective, None
+    sigma_star = float(curve.critical_sigma())
+    if not (sigma_star > 0 and np.isfinite(sigma_star)):
+        raise InputError(f"no critical sigma on the J* curve's grid [{preset.sigma_min}, {preset.sigma_max}]")
+    band = LogSigmaUniform(sigma_star, preset.band * sigma_star)
+    return objective.with_(time_dist=band, name=f"{OBJECTIVE}-band"), sigma_star
 
 
 def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, device: str = "cpu",
-                      progress: bool = True, report: bool = True) -> dict:
-    """Train every model size to every checkpoint (resumable per cell), evaluate, then (unless `report`
-    is False) fit and write the report."""
+                      widths=None, progress: bool = True, report: bool = True) -> dict:
+    """Train every (width, seed) run to every checkpoint (resumable per cell), evaluate, then fit and write
+    the report once every cell of the preset is finished (`widths`: train only these, e.g. to split the
+    work over processes)."""
 
     check_choice("preset", preset_name, SCALING_PRESETS)
     check_seeds([seed], "--seed")
-    if seed > SEED_MAX - 2:  # seed + 1 and seed + 2 seed the evaluation draws
-        raise InputError(f"--seed: {seed} is too large for the scaling study; at most {SEED_MAX - 2}")
     preset = SCALING_PRESETS[preset_name]
+    if seed > SEED_MAX - max(2, preset.seeds):  # seed + 1, seed + 2 seed the draws; + k the runs
+        raise InputError(f"--seed: {seed} is too large for the scaling study; at most "
+                         f"{SEED_MAX - max(2, preset.seeds)}")
+    for w in widths or ():
+        if w not in preset.widths:
+            raise InputError(f"--widths: {w} is not a width of preset {preset_name!r} "
+                             f"({', '.join(map(str, preset.widths))})")
     kw = {"data_dir": data_dir} if preset.dataset == "fashion-mnist" else {}
-    train, test = load_dataset(preset.dataset, **kw), load_dataset(preset.dataset, split="test", **kw)
+    train = load_dataset(preset.dataset, n=preset.n_train, **kw)
+    test = load_dataset(preset.dataset, split="test", **kw)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    objective = get_objective(OBJECTIVE)
-    sigmas = preset.sigmas()
-    curve = cached_floor(out / "optimal_loss.json", train, sigmas,
+    curve = cached_floor(out / "optimal_loss.json", train, preset.curve_sigmas(),
                          EstimatorConfig(queries=preset.floor_queries), seed=seed, progress=progress)
+    objective, sigma_star = study_objective(preset, curve)
+    sigmas = preset.sigmas(sigma_star)
     draws = eval_draws(train.x, preset.eval_points, preset.eval_draws, objective, seed + 1)
     test_draws = eval_draws(test.x, preset.test_points, preset.eval_draws, objective, seed + 2)
     floor = same_draw_floor(train.rows(), objective, draws, sigmas)
     lam = objective.x0_weight(draws.sigma).numpy()
     floor_summary = {"total": mean_se(lam * floor["total"]["variance"].numpy()),
                      "levels": [mean_se(v["variance"].numpy()) for v in floor["levels"]]}
-    info = data_info(train, {"name": train.name, "n": None, "seed": 0, "flip": False})
+    info = data_info(train, {"name": train.name, "n": preset.n_train, "seed": 0, "flip": False})
     config = TrainConfig(steps=preset.steps, batch_size=preset.batch_size, lr=preset.lr, warmup=preset.warmup,
                          ema=preset.ema, seed=seed, log_every=max(1, preset.steps // 50),
                          checkpoint_every=max(1, preset.steps // 10))
@@ -252,32 +290,39 @@ def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, de
         sizes[w] = {"parameters": parameter_count(build_model(model)),
                     "flops_per_step": step_flops(train, objective, model, config, device)}
     key = {"preset": asdict(preset), "seed": seed, "floor_fingerprint": curve.fingerprint,
-           "objective": objective.name}
+           "objective": objective.to_dict()}
 
     def compute(cell) -> dict:
-        w, step = cell
+        w, k, step = cell
         model = ModelConfig(preset.model, train.shape, w)
-        trainer = _train_to(train, objective, model, config, out / "runs" / f"w{w}", step, device, info)
+        trainer = _train_to(train, objective, model, replace(config, seed=seed + k),
+                            out / "runs" / f"w{w}_s{k}", step, device, info)
         den = trainer.denoiser()
-        return {"width": w, "step": step, **sizes[w], "compute": sizes[w]["flops_per_step"] * step,
+        return {"width": w, "run": k, "step": step, **sizes[w], "compute": sizes[w]["flops_per_step"] * step,
                 "train_seconds": trainer.elapsed, "cell": key,
                 "train": evaluate(den, objective, draws, sigmas, floor, device),
                 "test": evaluate(den, objective, test_draws, sigmas, None, device)}
 
-    cells = [(w, s) for w in preset.widths for s in preset.checkpoint_steps()]
+    all_cells = [(w, k, s) for w in preset.widths for k in range(preset.seeds)
+                 for s in preset.checkpoint_steps()]
+    cells = [c for c in all_cells if not widths or c[0] in widths]
     run_cells(cells, lambda c: out / "cells" / f"{cell_name(*c)}.json", compute,
               matches=lambda r: r.get("cell") == key, progress=progress, desc="scaling study",
               name_of=lambda c: cell_name(*c))
     write_json(out / "setup.json", {
         "preset_name": preset_name, "preset": asdict(preset), "seed": seed, "objective": objective.name,
+        "objective_definition": objective.to_dict(), "sigma_star": sigma_star, "sigmas": sigmas.tolist(),
         "data": train.describe(), "test_data": test.describe(),
         "sizes": {str(k): v for k, v in sizes.items()},
         "flop_convention": "torch.utils.flop_counter.FlopCounterMode over forward + backward of one batch "
                            "(2 FLOPs per multiply-add; optimizer, EMA and elementwise ops not counted)",
         "optimal_loss": curve.to_dict(), "curve_total": asdict(curve.total(objective)),
         "same_draw_floor": floor_summary, "eval_draws": len(draws.x0), "test_draws": len(test_draws.x0),
-        "checkpoint_steps": preset.checkpoint_steps()})
-    return write_scaling_report(out) if report else {}
+        "checkpoint_steps": preset.checkpoint_steps(), "cells": [cell_name(*c) for c in all_cells]})
+    finished = sum((out / "cells" / f"{cell_name(*c)}.json").exists() for c in all_cells)
+    if not report or finished < len(all_cells):
+        return {"finished": finished, "cells": len(all_cells)}
+    return write_scaling_report(out)
 
 
 __all__ = ["SCALING_PRESETS", "ScalingPreset", "run_scaling_study", "scaling_terminal_table",
