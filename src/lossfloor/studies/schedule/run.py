@@ -106,6 +106,9 @@ PRESETS = {
     # The powered comparison: the long recipe, 6 seeds, the five schedules of POWERED_SCHEDULES on both
     # objectives, the adaptive density smoothed over 10 updates (the library's default).
     "powered": SchedulePreset(steps=2000, every=100, seeds=6, horizon=10.0, schedules=POWERED_SCHEDULES),
+    # Post hoc (not in the declared family): the powered recipe with the bin gap unsmoothed (horizon 1).
+    "powered-h1": SchedulePreset(steps=2000, every=100, seeds=6, horizon=1.0,
+                                 schedules=("native", "optimal-loss")),
     # For tests: seconds.
     "quick": SchedulePreset(width=32, depth=1, steps=20, warmup=2, seeds=2, every=5, samples=64,
                             sample_steps=4, nelbo_points=32, nelbo_samples=1, gap_queries=16,
