@@ -144,13 +144,14 @@ class FrontierStudy:
 
     def summary(self) -> dict:
         """JSON-ready: per form its point values and intervals; paired differences; the free floor vs J*."""
-        _, _, size = self.curves.mean()
+        _, mean, size = self.curves.mean()
+        on = mean[self.points]
         out = {}
         for form, fit in self.fits.items():
             row = {"form": form, **fit, "n": len(self.points), "seed": self.seed,
                    "units": self.curves.runs, "strata": len(self.curves.sizes),
                    "bootstrap_failed": int(np.sum(~np.isfinite(self.boot[form]["rho"])))}
-            row["below_floor"] = []
+            row["below_floor"] = [int(i) for i in np.nonzero(on <= fit["floor"])[0]]  # left out of rho
             for stat in STATS:
                 row[f"{stat}_ci"] = self.interval(self.boot[form][stat])
             out[form] = row
