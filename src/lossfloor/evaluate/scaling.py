@@ -309,16 +309,17 @@ def fit(form: str, compute, loss, floor: float | None = None, *, floor_stderr: f
 
 
 def extrapolation_error(form: str, compute, loss, floor: float | None = None, *, delta: float = HUBER_DELTA,
-                        fraction: float = 2 / 3) -> tuple[float, int]:
+                        fraction: float = 2 / 3, starts=None) -> tuple[float, int]:
     """(mean |log J_hat - log J| on the top compute share, its number of points), fitting the form on
-    the lowest-compute `fraction` of the points; nan where the prediction is not positive."""
+    the lowest-compute `fraction` of the points (the free form from `starts`, as in `gather_rows`, or its
+    default grid); nan where the prediction is not positive."""
     compute, loss = _check(compute, loss)
     train, test = extrapolation_split(compute, fraction)
     if len(test) == 0:
         return math.nan, 0
     w = np.zeros((1, len(loss)))
     w[0, train] = 1
-    p = gather_rows(form, compute, loss, np.array([0.0 if floor is None else float(floor)]), w, delta)
+    p = gather_rows(form, compute, loss, np.array([0.0 if floor is None else float(floor)]), w, delta, starts)
     pred = p.floor[0] + p.beta[0] * compute[test] ** p.alpha[0]
     if not (np.all(pred > 0) and np.all(loss[test] > 0)):
         return math.nan, len(test)

@@ -7,6 +7,7 @@ import math
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.ticker import NullFormatter
 
 from lossfloor.plots.common import save_figure
 
@@ -155,5 +156,7 @@ def plot_scaling_rho(report: dict, path, objective) -> None:
     bx.errorbar(sig, d, yerr=[d - ci[:, 0], ci[:, 1] - d], fmt="o-", color="k", ms=4, capsize=2)
     bx.axhline(0, color="gray", lw=1)
     bx.set(xscale="log", xlabel="σ", ylabel="ρ(corrected) − ρ(plain)",
-           title="paired difference (95% CI, model sizes resampled)")
+           title="paired difference (95% CI, runs resampled, frontier re-chosen)")
+    for axis in (ax, bx):
+        axis.xaxis.set_minor_formatter(NullFormatter())  # no overlapping minor labels on a short log axis
     save_figure(fig, path)

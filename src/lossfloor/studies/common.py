@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -139,6 +140,11 @@ def check_choice(kind: str, value, allowed: Iterable) -> None:
     allowed = tuple(allowed)
     if value not in allowed:
         raise InputError(f"unknown {kind} {value!r}; choose from {', '.join(map(str, allowed))}")
+
+
+def json_plain(obj):
+    """`obj` as it reads back from JSON (tuples become lists): the form to compare a cell's key in."""
+    return json.loads(json.dumps(obj))
 
 
 def run_cells(cells: Sequence, path_of: Callable[[object], Path], compute: Callable[[object], dict], *,

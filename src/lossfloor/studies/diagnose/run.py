@@ -25,6 +25,7 @@ from lossfloor.studies.common import (
     check_choice,
     check_seeds,
     csv_text,
+    json_plain,
     run_cells,
     text_table,
     train_run,
@@ -123,8 +124,8 @@ def run_diagnose_study(datasets, variants, budget_name: str, out, *, seed: int =
         budget = DIAGNOSE_BUDGETS[budget_name][name]
         train, test = data[name]
         curve = diagnose_floor(train, budget, out / f"optimal_loss_{name}.json", seed, progress)
-        key = {"budget": asdict(budget), "seed": seed, "floor_sigma": curve.sigma.tolist(),
-               "floor_fingerprint": curve.fingerprint}
+        key = json_plain({"budget": asdict(budget), "seed": seed, "floor_sigma": curve.sigma.tolist(),
+                          "floor_fingerprint": curve.fingerprint})
 
         def compute(v, train=train, test=test, budget=budget, curve=curve, name=name, key=key) -> dict:
             r = diagnose_variant(train, test, v, budget, curve, out / "runs" / name / v, seed, progress)

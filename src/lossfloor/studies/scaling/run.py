@@ -48,6 +48,7 @@ from lossfloor.studies.common import (
     cached_floor,
     check_choice,
     check_seeds,
+    json_plain,
     mean_se,
     run_cells,
     write_json,
@@ -289,8 +290,8 @@ def run_scaling_study(preset_name: str, out, *, seed: int = 0, data_dir=None, de
         model = ModelConfig(preset.model, train.shape, w)
         sizes[w] = {"parameters": parameter_count(build_model(model)),
                     "flops_per_step": step_flops(train, objective, model, config, device)}
-    key = {"preset": asdict(preset), "seed": seed, "floor_fingerprint": curve.fingerprint,
-           "objective": objective.to_dict()}
+    key = json_plain({"preset": asdict(preset), "seed": seed, "floor_fingerprint": curve.fingerprint,
+                      "objective": objective.to_dict()})
 
     def compute(cell) -> dict:
         w, k, step = cell
