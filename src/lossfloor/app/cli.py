@@ -289,15 +289,17 @@ def encode(progress, **options):
 @click.option("--objective", help="with --curve: the objective the total losses were measured under; "
               + OBJECTIVE_HELP)
 @click.option("--column", multiple=True, metavar="FIELD=HEADER",
-              help="read FIELD (run, loss, compute, steps, flops_per_step, parameters, sigma) from another "
-                   "header, e.g. --column run=width")
+              help="read FIELD (run, loss, compute, steps, flops_per_step, parameters, sigma, size) from "
+                   "another header, e.g. --column run=width; with a size column, runs are seeds of a size")
 @click.option("--n-boot", type=Integer(10, 100_000), default=1000, help="bootstrap resamples (whole runs)")
 @click.option("--seed", type=SEED, default=0, help="seed of the bootstrap")
 @click.option("--out", type=PATH, default="out/fit", help="output folder")
 @click.option("--force", is_flag=True, help="overwrite the results in --out")
 def fit(**options):
     """Fit J = beta F^alpha, J - J* = beta F^alpha and J = E + beta F^alpha to RUNS.csv's compute frontier
-    (columns run, loss, compute; docs/scaling.md), 95% intervals resampling whole runs; and per run."""
+    (columns run, loss, compute; docs/scaling.md), 95% intervals resampling whole runs; and per run.  With
+    a size column (several seeds per model size) the frontier is that of each size's mean curve and the
+    bootstrap resamples seeds within sizes, re-choosing the frontier, as the scaling study does."""
     run = prepare_fit(FitSettings(**options))
     echo([f"runs:    {run.settings.runs_csv} ({len(run.runs.run)} rows, {len(set(run.runs.run))} runs)",
           run.floor_line()])

@@ -106,8 +106,13 @@ class FitResult:
             (f"x0 loss at sigma = {p['sigma']:.4g}", p) for p in self.report["per_sigma"]]
         lines = []
         for name, part in parts:
-            lines.append(f"{name}: {len(part['frontier'])} frontier points of {len(part['rows'])}, floor "
-                         f"{part['floor']:.6g}")
+            if "frontier_points" in part:  # a size column: the frontier of each size's mean curve
+                lines.append(f"{name}: {len(part['frontier_points'])} frontier points of the sizes' mean "
+                             f"curves ({len(part['rows'])} rows; seeds resampled within sizes), floor "
+                             f"{part['floor']:.6g}")
+            else:
+                lines.append(f"{name}: {len(part['frontier'])} frontier points of {len(part['rows'])}, floor "
+                             f"{part['floor']:.6g}")
             lines.append(text_table(scaling.FORM_HEAD, scaling.form_rows(part["fits"])).rstrip())
             d = part["fits"].get("corrected_minus_plain", {}).get("rho")
             if d:

@@ -28,6 +28,14 @@ from lossfloor.evaluate.scaling import FORMS, HUBER_DELTA, compute_frontier, ext
 STATS = ("alpha", "beta", "floor", "rho", "r2", "extrapolation_error")
 
 
+def _size_order(label) -> tuple:
+    """Sort key of size labels: numbers (also as text, "64") by value, then other text."""
+    try:
+        return (0, float(label), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(label))
+
+
 @dataclass(frozen=True)
 class Curves:
     """Checkpoints of runs grouped by size: `loss[h]` is (runs of size h, checkpoints) at `compute[h]`."""
@@ -44,7 +52,7 @@ class Curves:
         if not (len(compute) == len(loss) == len(size) == len(run)):
             raise InputError("compute, loss, size and run need one value per point")
         sizes, comp, los = [], [], []
-        for h in np.unique(size):
+        for h in sorted(np.unique(size).tolist(), key=_size_order):  # numeric labels in numeric order
             sel = size == h
             grid = np.unique(compute[sel])
             runs = np.unique(run[sel])
@@ -55,7 +63,7 @@ class Curves:
             if np.isnan(table).any():
                 raise InputError(f"size {h}: every run needs a loss at each of its size's {len(grid)} "
                                  "checkpoints")
-            sizes.append(h.item() if hasattr(h, "item") else h)
+            sizes.append(h)
             comp.append(grid)
             los.append(table)
         return cls(tuple(sizes), tuple(comp), tuple(los))
@@ -129,6 +137,19 @@ def _resample_starts(fits: dict, loss) -> list[tuple[float, float, float]] | Non
 
 
 @dataclass(frozen=True)
+class FittedLaw:
+    """A fitted J(F) = floor + beta F^alpha (figures and per-row predictions)."""
+
+    alpha: float
+    beta: float
+    floor: float
+    rho: float
+
+    def predict(self, compute) -> np.ndarray:
+        return self.floor + self.beta * np.asarray(compute, dtype=float) ** self.alpha
+
+
+@dataclass(frozen=True)
 class FrontierStudy:
     """Point fits on the frontier of the mean curves and their run-bootstrap resamples."""
 
@@ -139,6 +160,12 @@ class FrontierStudy:
     boot: dict  # form -> stat -> (n_boot,) array
     frontier_share: np.ndarray  # per size: fraction of resamples whose frontier contains it
     seed: int
+    jstar_draws: np.ndarray  # the floor used in each resample (J* redrawn from its standard error)
+
+    def laws(self) -> dict[str, FittedLaw]:
+        """Each form's point fit as a `FittedLaw`."""
+        return {f: FittedLaw(*(fit[k] for k in ("alpha", "beta", "floor", "rho")))
+                for f, fit in self.fits.items()}
 
     def interval(self, values: np.ndarray, level: float = LEVEL) -> list[float]:
         ok = values[np.isfinite(values)]
@@ -173,7 +200,7 @@ class FrontierStudy:
         if "plain" in self.fits and "free" in self.fits:
             out["free_minus_plain"] = {"extrapolation_error":
                                        self.difference("free", "plain", "extrapolation_error")}
-            e = self.boot["free"]["floor"] - self.floor
+            e = self.boot["free"]["floor"] - self.jstar_draws
             out["free_floor_minus_jstar"] = {"value": self.fits["free"]["floor"] - self.floor,
                                              "ci": self.interval(e), "jstar": self.floor}
         out["frontier_sizes"] = sorted({self.curves.sizes[int(i)] for i in size[self.points]})
@@ -182,22 +209,26 @@ class FrontierStudy:
         return out
 
 
-def frontier_study(curves: Curves, floor: float, *, n_boot: int, seed: int, forms=FORMS) -> FrontierStudy:
-    """Fit `forms` on the frontier of the mean curves and on `n_boot` run resamples (see the top)."""
+def frontier_study(curves: Curves, floor: float, *, n_boot: int, seed: int, forms=FORMS,
+                   floor_stderr: float = 0.0) -> FrontierStudy:
+    """Fit `forms` on the frontier of the mean curves and on `n_boot` run resamples (see the top).  A floor
+    standard error is propagated by redrawing J* ~ N(floor, se^2) per resample (for the corrected form and
+    E - J*); leave it 0 when the losses and J* share their draws (the study's paired gaps)."""
     compute, mean, size = curves.mean()
     idx, fits = _frontier_fits(compute, mean, floor, forms)
     starts = _resample_starts(fits, mean)
+    draws = floor + floor_stderr * np.random.default_rng([seed, 1]).standard_normal(n_boot)
     boot = {f: {s: np.full(n_boot, np.nan) for s in STATS} for f in forms}
     share = np.zeros(len(curves.sizes))
     for b, row in enumerate(curves.resampled_means(n_boot, seed)):
         ok = np.isfinite(row)
         sub = np.flatnonzero(ok)
-        i_b, fits_b = _frontier_fits(compute[sub], row[sub], floor, forms, starts)
+        i_b, fits_b = _frontier_fits(compute[sub], row[sub], float(draws[b]), forms, starts)
         share[np.unique(size[sub][i_b])] += 1
         for f in forms:
             for s in STATS:
                 boot[f][s][b] = fits_b[f][s]
-    return FrontierStudy(curves, float(floor), idx, fits, boot, share / max(n_boot, 1), seed)
+    return FrontierStudy(curves, float(floor), idx, fits, boot, share / max(n_boot, 1), seed, draws)
 
 
-__all__ = ["Curves", "FrontierStudy", "fit_point", "frontier_study"]
+__all__ = ["Curves", "FittedLaw", "FrontierStudy", "fit_point", "frontier_study"]

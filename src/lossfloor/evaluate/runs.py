@@ -12,6 +12,10 @@ The CSV (one row per evaluated checkpoint; a header row; other columns are ignor
 ``parameters``      optional: the model's parameter count (reported per run)
 ``sigma``           optional: empty for the objective's total loss; a noise level for the x0 loss at
                     that level (fitted per level against J*(sigma) from the curve)
+``size``            optional: the model size (any text) when several runs (seeds) share it; then the
+                    frontier is taken on each size's mean curve and the bootstrap resamples runs within
+                    sizes, re-choosing the frontier (`lossfloor.evaluate.frontier`); the runs of a size
+                    need the same checkpoints
 ==================  ==============================================================================
 
 Any of these names can be mapped to another header (`Columns`), e.g. the scaling study's points.csv with
@@ -31,7 +35,7 @@ import numpy as np
 
 from lossfloor.core.errors import InputError
 from lossfloor.core.stats import Estimate
-from lossfloor.evaluate import scaling
+from lossfloor.evaluate import frontier, scaling
 
 TOTAL = "total"
 
@@ -47,6 +51,7 @@ class Columns:
     flops_per_step: str = "flops_per_step"
     parameters: str = "parameters"
     sigma: str = "sigma"
+    size: str = "size"
 
     @classmethod
     def parse(cls, pairs) -> Columns:
@@ -72,6 +77,11 @@ class Runs:
     sigma: np.ndarray
     parameters: np.ndarray  # nan where not given
     line: np.ndarray  # the CSV line of each row (messages)
+    size: np.ndarray | None = None  # str labels when the CSV has a size column
+
+    @property
+    def sized(self) -> bool:
+        return self.size is not None
 
     def select(self, sigma: float | None) -> np.ndarray:
         """Indices of the total-loss rows (None) or of one noise level's rows."""
@@ -135,18 +145,23 @@ def read_runs(path, columns: Columns = Columns()) -> Runs:
         sigma = _number(path, line, c.sigma, row[c.sigma], optional=True) if c.sigma in header else math.nan
         params = (_number(path, line, c.parameters, row[c.parameters], optional=True)
                   if c.parameters in header else math.nan)
+        size = (row[c.size] or "").strip() if c.size in header else None
+        if size == "":
+            raise InputError(f"{path} line {line}: empty model size in column {c.size!r}")
+        if size is not None:  # runs are seeds of a size: "size/run" keeps them apart across sizes
+            run = f"{size}/{run}"
         key = (run, compute, None if math.isnan(sigma) else sigma)
         if key in seen:
             where = "" if key[2] is None else f" and sigma {sigma:g}"
             raise InputError(f"{path} lines {seen[key]} and {line}: run {run!r} has two rows at compute "
                              f"{compute:g}{where} (duplicate rows)")
         seen[key] = line
-        rows.append((run, compute, loss, sigma, params, line))
+        rows.append((run, compute, loss, sigma, params, line, size))
     if not rows:
         raise InputError(f"{path}: no data rows under the header")
     runs = Runs(str(path), np.array([r[0] for r in rows]), *(np.array([r[k] for r in rows], dtype=float)
                                                              for k in range(1, 5)),
-                np.array([r[5] for r in rows]))
+                np.array([r[5] for r in rows]), np.array([r[6] for r in rows]) if c.size in header else None)
     labels = sorted(set(runs.run.tolist()))
     if len(labels) < 2:
         raise InputError(f"{path}: one run ({labels[0]!r}); the intervals resample whole runs, so a fit "
@@ -162,12 +177,43 @@ class FitOptions:
     seed: int = 0
 
 
+def _sized_fits_of(runs: Runs, idx: np.ndarray, floor: Estimate, opts: FitOptions, name: str) -> dict:
+    """Fits on the frontier of each size's mean curve, seeds resampled within sizes (`evaluate.frontier`),
+    and point fits of each size's mean curve."""
+    try:
+        curves = frontier.Curves.from_points(runs.compute[idx], runs.loss[idx], runs.size[idx], runs.run[idx])
+    except InputError as err:
+        raise InputError(f"{runs.path}: the {name} rows: {err}") from None
+    study = frontier.frontier_study(curves, floor.value, n_boot=opts.n_boot, seed=opts.seed,
+                                    floor_stderr=floor.stderr)
+    if len(study.points) < 3:
+        raise InputError(f"{runs.path}: the compute frontier of the {name} rows' mean curves has "
+                         f"{len(study.points)} point(s); a fit needs at least 3")
+    compute, mean, size = curves.mean()
+    points = [(str(curves.sizes[size[i]]), float(compute[i]), float(mean[i])) for i in study.points]
+    on = {(s, c) for s, c, _ in points}
+    per_size = {}
+    for h, label in enumerate(curves.sizes):
+        m = np.nonzero(size == h)[0]
+        if len(m) >= 3 and np.ptp(compute[m]) > 0:
+            per_size[str(label)] = {f: frontier.fit_point(f, compute[m], mean[m], floor.value)
+                                    for f in ("plain", "corrected")}
+    return {"rows": idx.tolist(), "frontier": [int(i) for i in idx if (runs.size[i], runs.compute[i]) in on],
+            "frontier_points": [{"size": s, "compute": c, "mean_loss": v} for s, c, v in points],
+            "floor": floor.value, "floor_stderr": floor.stderr,
+            "frontier_below_floor": int(sum(v <= floor.value for _, _, v in points)),
+            "fits": study.summary(), "per_size": per_size, "_fits": study.laws()}
+
+
 def _fits_of(runs: Runs, idx: np.ndarray, floor: Estimate, opts: FitOptions, name: str) -> dict:
-    """Frontier fits (whole runs resampled) and per-run fits (points resampled) of rows `idx`."""
+    """Frontier fits (whole runs resampled) and per-run fits (points resampled) of rows `idx`; with a size
+    column, `_sized_fits_of`."""
     compute, loss, labels = runs.compute[idx], runs.loss[idx], runs.run[idx]
     if len(set(labels.tolist())) < 2:
         raise InputError(f"{runs.path}: the {name} rows come from one run ({labels[0]!r}); the intervals "
                          "resample whole runs, so a fit needs at least 2 runs")
+    if runs.sized:
+        return _sized_fits_of(runs, idx, floor, opts, name)
     order = {label: k for k, label in enumerate(dict.fromkeys(runs.run.tolist()))}  # runs in file order
     codes = np.array([order[label] for label in labels.tolist()])
     front, fits = scaling.frontier_fits(compute, loss, floor.value, codes, opts.n_boot, opts.seed,

@@ -138,6 +138,12 @@ def write_scaling_report(out) -> dict:
                      "train_floor_same_draws": f"{floor:.6g}", "test_loss": f"{p['test'][i]:.6g}",
                      "on_frontier": int(i in on_frontier)})
     atomic_write_text(out / "points.csv", csv_text(rows, list(rows[0])))
+    # Every cell in `lossfloor fit`'s format (size = width, run = seed): `lossfloor fit runs.csv --floor J*`
+    # refits the frontier endpoints with the same resamples.
+    run_rows = [{"size": int(cell["width"][i]), "run": int(cell["run"][i]), "step": int(cell["step"][i]),
+                 "compute": repr(float(cell["compute"][i])), "loss": repr(float(j_cell[i])),
+                 "test_loss": repr(float(cell["test"][i]))} for i in range(len(cell["compute"]))]
+    atomic_write_text(out / "runs.csv", csv_text(run_rows, list(run_rows[0])))
     level_rows = []
     for i in range(len(cell["compute"])):
         for k, s in enumerate(sigmas):
