@@ -88,8 +88,8 @@ def diagnose_study(datasets, variants, budget, seed, data_dir, out, progress):
 @study.command("scaling", short_help="Power laws of the loss in compute, with and without J* subtracted.")
 @click.option("--preset", type=choice(scaling_lib.SCALING_PRESETS), default="cpu",
               help="cpu: the committed results (10 MLP widths x 3 seeds on 256 digits, the EDM loss on the "
-                   "band [sigma*, 10 sigma*]; ~1 CPU-hour); full: 6 UNet widths on Fashion-MNIST (a GPU); "
-                   "quick: a smoke test")
+                   "band [sigma*, 10 sigma*]; ~15 CPU-minutes); full: 6 UNet widths on Fashion-MNIST "
+                   "(a GPU); quick: a smoke test")
 @click.option("--seed", type=STUDY_SEED, default=0,
               help="seed of the J* queries and the draws; training runs use seed, seed + 1, ...")
 @click.option("--widths", help="comma-separated subset of the preset's widths to train (to split the work "
