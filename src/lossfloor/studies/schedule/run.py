@@ -81,12 +81,13 @@ class SchedulePreset:
     classifier_steps: int = 600
     n_train: int | None = None
     horizon: float = 1.0  # updates the adaptive density's bin gap is smoothed over (1: none, as first run)
+    critical_fraction: float = 0.01  # sigma* of the optimal-loss weight: J*/V crosses this (interpolated)
     schedules: tuple[str, ...] | None = None  # trained for every objective (None: SCHEDULE_STUDY's)
 
 
 # Fields added after cells were committed, with the value those cells ran with: a cell whose settings lack
 # one matches a preset that has this value.
-LEGACY_SETTINGS = {"horizon": 1.0}
+LEGACY_SETTINGS = {"horizon": 1.0, "critical_fraction": 0.01}
 # The powered comparison (issue 23): the family of comparisons declared before running (docs/schedules.md).
 POWERED_SCHEDULES = ("native", "optimal-loss", "min-snr", "edm2-learned", "logit-normal")
 
@@ -106,9 +107,12 @@ PRESETS = {
     # The powered comparison: the long recipe, 6 seeds, the five schedules of POWERED_SCHEDULES on both
     # objectives, the adaptive density smoothed over 10 updates (the library's default).
     "powered": SchedulePreset(steps=2000, every=100, seeds=6, horizon=10.0, schedules=POWERED_SCHEDULES),
-    # Post hoc (not in the declared family): the powered recipe with the bin gap unsmoothed (horizon 1).
+    # Post hoc (not in the declared family): the powered recipe with the bin gap unsmoothed (horizon 1), and
+    # with sigma* where J* is 5% of V (w* = 20/V, near the grid sigma* the first runs used).
     "powered-h1": SchedulePreset(steps=2000, every=100, seeds=6, horizon=1.0,
                                  schedules=("native", "optimal-loss")),
+    "powered-cf5": SchedulePreset(steps=2000, every=100, seeds=6, horizon=10.0, critical_fraction=0.05,
+                                  schedules=("native", "optimal-loss")),
     # For tests: seconds.
     "quick": SchedulePreset(width=32, depth=1, steps=20, warmup=2, seeds=2, every=5, samples=64,
                             sample_steps=4, nelbo_points=32, nelbo_samples=1, gap_queries=16,
@@ -139,6 +143,8 @@ def study_objective(objective: str, schedule: str, curve, preset: SchedulePreset
     """The objective of one cell: the named base objective under the named schedule."""
     options = {"every": preset.every, "horizon": preset.horizon} if schedule in (
         "optimal-loss", "optimal-loss-density", "optimal-loss-nobump") else {}
+    if schedule.startswith("optimal-loss"):
+        options["critical_fraction"] = preset.critical_fraction
     return apply_schedule(objective, schedule, curve, **options)
 
 
