@@ -97,3 +97,19 @@ def test_fit_point_recovers_an_exact_power_law():
     assert fit["alpha"] == pytest.approx(ALPHA, rel=1e-9) and fit["rho"] == pytest.approx(1.0)
     assert fit["extrapolation_error"] == pytest.approx(0.0, abs=1e-9) and fit["extrapolation_points"] == 3
     assert math.isfinite(fit_point("free", compute, loss, JSTAR)["floor"])
+
+
+def test_a_floor_standard_error_widens_the_corrected_intervals():
+    curves = Curves.from_points(*runs(np.random.default_rng(6), run_sd=0.01, point_sd=0.005))
+    exact = frontier_study(curves, JSTAR, n_boot=200, seed=0, forms=("plain", "corrected"))
+    unsure = frontier_study(curves, JSTAR, n_boot=200, seed=0, forms=("plain", "corrected"),
+                            floor_stderr=0.01)
+    assert np.std(unsure.jstar_draws) == pytest.approx(0.01, rel=0.2) and np.all(exact.jstar_draws == JSTAR)
+
+    def width(study, form):
+        lo, hi = study.interval(study.boot[form]["alpha"])
+        return hi - lo
+
+    assert width(unsure, "corrected") > 1.5 * width(exact, "corrected")
+    assert width(unsure, "plain") == pytest.approx(width(exact, "plain"))  # the plain form has no floor
+    assert unsure.fits == exact.fits  # the point estimate uses J* itself
