@@ -60,7 +60,7 @@ def test_powered_preset_declares_its_family_and_old_cells_still_match():
     assert set(study.POWERED_SCHEDULES) == {"native", "optimal-loss", "min-snr", "edm2-learned",
                                             "logit-normal"}
     # Cells written before the horizon existed ran with 1: they match the presets that keep it.
-    assert study.LEGACY_SETTINGS == {"horizon": 1.0, "critical_fraction": 0.01}
+    assert study.LEGACY_SETTINGS == {"horizon": 1.0, "critical_fraction": 0.01, "first_seed": 0}
     assert study.PRESETS["long"].horizon == 1.0 and study.PRESETS["long"].critical_fraction == 0.01
 
 

@@ -71,6 +71,7 @@ class SchedulePreset:
     warmup: int = 50
     ema: float = 0.99
     seeds: int = 3
+    first_seed: int = 0  # seeds first_seed, first_seed + 1, ... (fresh seeds for a confirmatory run)
     every: int = 50  # steps between updates of the adaptive density
     samples: int = 2000
     sample_steps: int = 18
@@ -87,7 +88,7 @@ class SchedulePreset:
 
 # Fields added after cells were committed, with the value those cells ran with: a cell whose settings lack
 # one matches a preset that has this value.
-LEGACY_SETTINGS = {"horizon": 1.0, "critical_fraction": 0.01}
+LEGACY_SETTINGS = {"horizon": 1.0, "critical_fraction": 0.01, "first_seed": 0}
 # The powered comparison (issue 23): the family of comparisons declared before running (docs/schedules.md).
 POWERED_SCHEDULES = ("native", "optimal-loss", "min-snr", "edm2-learned", "logit-normal")
 
@@ -113,6 +114,9 @@ PRESETS = {
                                  schedules=("native", "optimal-loss")),
     "powered-cf5": SchedulePreset(steps=2000, every=100, seeds=6, horizon=10.0, critical_fraction=0.05,
                                   schedules=("native", "optimal-loss")),
+    # Confirmatory (declared in docs/schedules.md before running): powered-cf5 on six fresh seeds.
+    "confirm-cf5": SchedulePreset(steps=2000, every=100, seeds=6, first_seed=6, horizon=10.0,
+                                  critical_fraction=0.05, schedules=("native", "optimal-loss")),
     # For tests: seconds.
     "quick": SchedulePreset(width=32, depth=1, steps=20, warmup=2, seeds=2, every=5, samples=64,
                             sample_steps=4, nelbo_points=32, nelbo_samples=1, gap_queries=16,
@@ -204,7 +208,7 @@ def run_schedule_study(preset_name: str = "default", out="results/schedule", *, 
     curve = _floor(train, preset, out)
     classifier, accuracy = cached_classifier(out / "classifier.pt", train, test, preset.classifier_steps)
     cells = [(o, s, seed) for o in objectives for s in trained[o] if not schedules or s in schedules
-             for seed in range(preset.seeds)]
+             for seed in range(preset.first_seed, preset.first_seed + preset.seeds)]
     settings = {k: v for k, v in asdict(preset).items() if k != "schedules"}
 
     def compute(cell) -> dict:
