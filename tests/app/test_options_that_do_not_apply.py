@@ -63,6 +63,25 @@ def test_train_accepts_the_matching_curve(curves, tmp_path, capsys):
     assert code == 0, err
 
 
+def test_train_critical_fraction_reaches_the_schedule(curves, tmp_path, capsys):
+    from lossfloor.train.checkpoint import load_checkpoint
+
+    code, _, err = run([*TRAIN, "--schedule", "optimal-loss", "--curve", curves["ring"],
+                        "--critical-fraction", "0.05", "--out", tmp_path / "run"], capsys)
+    assert code == 0, err
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state.objective.weight.critical_fraction == 0.05
+    assert state.objective.time_dist.weight.critical_fraction == 0.05
+
+
+@pytest.mark.parametrize("extra, phrases", [
+    (["--schedule", "native", "--critical-fraction", "0.05"], ["--critical-fraction", "optimal-loss"]),
+    (["--schedule", "optimal-loss", "--critical-fraction", "1.5"], ["--critical-fraction"]),
+    (["--schedule", "optimal-loss", "--critical-fraction", "nan"], ["--critical-fraction"])])
+def test_train_refuses_a_critical_fraction_that_does_not_apply(curves, tmp_path, capsys, extra, phrases):
+    refused([*TRAIN, "--curve", curves["ring"], *extra], capsys, tmp_path / "run", *phrases)
+
+
 @pytest.mark.parametrize("which, phrases", [("other", ["was computed on", "the same name, but other points"]),
                                             ("digits", ["64-dimensional", "dimension 2"])])
 def test_train_refuses_a_curve_of_other_data(curves, tmp_path, capsys, which, phrases):

@@ -160,6 +160,9 @@ def estimate(progress, **options):
               help="loss weight and noise density (docs/theory.md#training-schedules)")
 @click.option("--curve", type=PATH, help="optimal_loss.json of the training data: the excess over the floor "
               "in the logs and progress bar (any schedule); needed by the optimal-loss schedules")
+@click.option("--critical-fraction", type=Real(0, 1, lo_open=True, hi_open=True),
+              help="optimal-loss schedules: sigma* is where J* crosses this fraction of the data variance "
+                   "[0.01; 0.05 reproduced the paper's FD gains on digits, docs/schedules.md]")
 @click.option("--model", type=choice(MODELS),
               help=f"network [unet for images, mlp otherwise]; {MODELS.summary()}")
 @click.option("--width", type=Integer(1, 8192), help="hidden width (mlp) or base channels (unet) [256 / 32]")

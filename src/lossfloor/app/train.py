@@ -46,6 +46,7 @@ class TrainSettings:
     schedule: str = "native"  # a name of lossfloor.train.schedules.SCHEDULES
     curve: str | None = None  # optimal_loss.json of the training data: the floor in the logs (every schedule)
     # and the optimal-loss schedules' weight and density
+    critical_fraction: float | None = None  # optimal-loss schedules: sigma* where J*/V crosses it [0.01]
     model: str | None = None  # default: unet for images, mlp otherwise
     width: int | None = None
     depth: int | None = None
@@ -91,6 +92,9 @@ def prepare_train(s: TrainSettings) -> TrainRun:
 
     objective = with_sigma_data(get_objective(s.objective), s.sigma_data)
     uses_curve = s.schedule.startswith("optimal-loss")
+    if s.critical_fraction is not None and not uses_curve:
+        raise InputError(f"--critical-fraction goes with the optimal-loss schedules, not --schedule "
+                         f"{s.schedule}")
     if uses_curve and s.curve is None:
         raise InputError(f"--schedule {s.schedule} needs an optimal-loss curve: --curve optimal_loss.json of "
                          "the training data (from `lossfloor estimate` on the same data)")
@@ -102,7 +106,8 @@ def prepare_train(s: TrainSettings) -> TrainRun:
     check_out_dir(out, TRAIN_FILES, resume=s.resume, force=s.force)
     dataset = load_dataset(s.data, data_dir=s.data_dir, flip=s.flip, n=s.n, seed=s.data_seed)
     curve = matching_curve(s.curve, dataset) if s.curve is not None else None
-    obj = apply_schedule(objective, s.schedule, curve)
+    options = {} if s.critical_fraction is None else {"critical_fraction": s.critical_fraction}
+    obj = apply_schedule(objective, s.schedule, curve, **options)
     kind = s.model or ("unet" if dataset.is_image else "mlp")
     model_config = ModelConfig(kind, dataset.shape, s.width, s.depth)
     check_model_size(model_config)  # counted on the meta device: a huge --width/--depth is refused first
