@@ -18,9 +18,9 @@ Every fit reports
   on one scale (log J) for all three forms, so it compares them; for ``plain`` it equals rho^2.
 - bootstrap 95% intervals of alpha, beta, the floor, rho and R^2, resampling whole groups (``groups``:
   one label per point, e.g. the training run; points of one run are correlated).  The intervals are
-  expanded percentile intervals (`expanded_quantiles`): with 20-40 units plain percentiles covered the
-  true exponent in 92.6% of 2,000 synthetic draws, the expanded ones in 94.1% of 1,000 (20 runs of 2
-  points with run effects; tests/test_scaling.py checks the rate).  Fits that
+  expanded percentile intervals (`expanded_quantiles`): with 20 runs of 2 points and run effects plain
+  percentiles covered the true exponent in 92.7% of 400 synthetic studies, the expanded ones in 94.8%
+  (results/benchmarks/scaling_coverage.md; tests/evaluate/test_scaling.py checks the rate).  Fits that
   share ``seed`` and ``groups`` share their resamples, so `paired_difference` gives paired intervals.
   A J* standard error (``floor_stderr``) is propagated by redrawing J* ~ N(J*, se^2) per resample.
 - ``extrapolation_error``: fit on the lower-compute two thirds of the points (by compute, not by input
