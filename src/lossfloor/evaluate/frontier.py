@@ -23,7 +23,14 @@ import numpy as np
 
 from lossfloor.core.errors import InputError
 from lossfloor.evaluate.bootstrap import LEVEL, expanded_quantiles
-from lossfloor.evaluate.scaling import FORMS, HUBER_DELTA, compute_frontier, extrapolation_error, gather_rows
+from lossfloor.evaluate.scaling import (
+    FORMS,
+    HUBER_DELTA,
+    compute_frontier,
+    extrapolation_error,
+    gather_rows,
+    resample_starts,
+)
 
 STATS = ("alpha", "beta", "floor", "rho", "r2", "extrapolation_error")
 
@@ -126,16 +133,6 @@ def _frontier_fits(compute, loss, floor: float, forms, starts=None) -> tuple[np.
                  for f in forms}
 
 
-def _resample_starts(fits: dict, loss) -> list[tuple[float, float, float]] | None:
-    """Starts of the free form's resample fits: its point estimate and E = half the smallest loss with
-    the point estimate's exponent (as `scaling.fit`), instead of the 12-point grid."""
-    free = fits.get("free")
-    if free is None or not all(math.isfinite(free[k]) and free[k] != 0 for k in ("alpha", "beta", "floor")):
-        return None
-    return [(math.log(free["beta"]), free["alpha"], math.log(free["floor"])),
-            (math.log(free["beta"]), free["alpha"], math.log(0.5 * float(np.min(loss))))]
-
-
 @dataclass(frozen=True)
 class FittedLaw:
     """A fitted J(F) = floor + beta F^alpha (figures and per-row predictions)."""
@@ -216,7 +213,9 @@ def frontier_study(curves: Curves, floor: float, *, n_boot: int, seed: int, form
     E - J*); leave it 0 when the losses and J* share their draws (the study's paired gaps)."""
     compute, mean, size = curves.mean()
     idx, fits = _frontier_fits(compute, mean, floor, forms)
-    starts = _resample_starts(fits, mean)
+    free = fits.get("free")
+    starts = (resample_starts(compute[idx], mean[idx], free["alpha"], free["beta"], free["floor"])
+              if free is not None and len(idx) >= 3 else None)
     draws = floor + floor_stderr * np.random.default_rng([seed, 1]).standard_normal(n_boot)
     boot = {f: {s: np.full(n_boot, np.nan) for s in STATS} for f in forms}
     share = np.zeros(len(curves.sizes))

@@ -247,6 +247,21 @@ def _fit_free(compute, loss, w, delta: float, starts=None) -> tuple[float, float
     return float(alpha), float(math.exp(a - alpha * center)), float(math.exp(e))
 
 
+def resample_starts(compute, loss, alpha: float, beta: float, floor: float) -> list | None:
+    """Starts of the free form's resample fits (instead of its 12-point grid): the point estimate
+    (alpha, beta, E) and the line through log(J - min J / 2); None if the point fit failed."""
+    if not (math.isfinite(alpha) and beta > 0):
+        return None
+    compute, loss = np.asarray(compute, dtype=float), np.asarray(loss, dtype=float)
+    half = 0.5 * float(loss.min())
+    line, _, _ = _weighted_line(np.log(compute), np.log(loss - half)[None, :], np.ones((1, len(loss))))
+    starts = [(math.log(beta), alpha, math.log(max(floor, 1e-300)))]
+    if math.isfinite(line[0]):
+        a = float(np.mean(np.log(loss - half) - line[0] * np.log(compute)))
+        starts.append((a, float(line[0]), math.log(half)))
+    return starts
+
+
 def gather_rows(form, compute, loss, floor, w, delta, starts=None) -> _Rows:
     """Fit `form` once per weight row; `floor` (one per row) is used by the corrected form only."""
     if form != "free":
@@ -289,14 +304,7 @@ def fit(form: str, compute, loss, floor: float | None = None, *, floor_stderr: f
     w = bootstrap_weights(groups, len(loss), n_boot, seed)
     rng = np.random.default_rng([seed, 1])  # J* redraws: a stream apart from the resamples
     floors = floor + floor_stderr * rng.standard_normal(n_boot) if form == "corrected" else np.zeros(n_boot)
-    starts = None
-    if form == "free" and math.isfinite(alpha):  # resamples start at the estimate and at E = min J / 2
-        half = 0.5 * float(loss.min())
-        line, _, _ = _weighted_line(np.log(compute), np.log(loss - half)[None, :], np.ones((1, len(loss))))
-        starts = [(math.log(beta), alpha, math.log(max(fitted_floor, 1e-300)))]
-        if math.isfinite(line[0]):
-            a = float(np.mean(np.log(loss - half) - line[0] * np.log(compute)))
-            starts.append((a, float(line[0]), math.log(half)))
+    starts = resample_starts(compute, loss, alpha, beta, fitted_floor) if form == "free" else None
     boot = Bootstrap(**vars(gather_rows(form, compute, loss, floors, w, delta, starts)))
     units = len(group_index(groups, len(loss)))
 
